@@ -1,0 +1,1 @@
+"""How to build it: templates, rendering, the Docker engine, base images, toolchain images, builds."""

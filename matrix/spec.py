@@ -1,0 +1,401 @@
+"""Load a matrix spec in layers (built-in → spec file → --set) and expand it into frozen Cells.
+
+Modelled on cibuildwheel's options: every layer is validated against one schema, unknown keys are
+rejected with "did you mean", and the resolved result is a frozen record per cell whose id is
+stable across runs (it depends only on distro, target and engine).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matrix.errors import UsageError, did_you_mean
+
+BUILTIN = Path(__file__).with_name("defaults.toml")
+DEFAULT_SPEC = Path(__file__).with_name("default.toml")
+DEFAULT_ENGINE = "0.33.0"
+TARGETS = ("cpu", "cuda")
+CUDA_SOURCES = ("auto", "nvidia-image", "nvidia-repo", "distro")
+FAMILIES = ("debian", "fedora")
+
+
+# --- schema: one checker per value type; each returns an error text or None -------------------
+
+Check = Callable[[Any], str | None]
+
+
+def _is(kind: type, name: str) -> Check:
+    def check(v: Any) -> str | None:
+        if isinstance(v, kind) and (kind is bool or not isinstance(v, bool)):
+            return None
+        return f"expected {name}, got {type(v).__name__} {v!r}"
+    return check
+
+
+def _positive_number(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        return f"expected a positive number, got {v!r}"
+    return None
+
+
+def _jobs(v: Any) -> str | None:
+    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        return None
+    return f"expected a positive integer or \"auto\", got {v!r}"
+
+
+def _one_of(choices: Sequence[str]) -> Check:
+    def check(v: Any) -> str | None:
+        if isinstance(v, str) and v in choices:
+            return None
+        hint = did_you_mean(v, choices) if isinstance(v, str) else ""
+        return f"expected one of {', '.join(choices)}, got {v!r}{hint}"
+    return check
+
+
+def _list_of(item: Check, what: str) -> Check:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list):
+            return f"expected a list of {what}, got {type(v).__name__} {v!r}"
+        for i, x in enumerate(v):
+            err = item(x)
+            if err:
+                return f"item {i}: {err}"
+        return None
+    return check
+
+
+_str = _is(str, "a string")
+_bool = _is(bool, "true or false")
+
+KNOBS: dict[str, Check] = {
+    "max_jobs": _jobs,
+    "gib_per_job": _positive_number,
+    "numactl": _bool,
+    "tcmalloc": _bool,
+    "disk_gb": _positive_number,
+    "cuda": _one_of(CUDA_SOURCES),
+    "cuda_version": _str,
+    "extra_packages": _list_of(_str, "strings"),
+}
+DISTRO: dict[str, Check] = {
+    "family": _one_of(FAMILIES),
+    "suite": _str,
+    "image": _str,
+    "components": _list_of(_str, "strings"),
+    "python": _str,
+    "apt_check_valid_until": _bool,
+}
+SELECTOR: dict[str, Check] = {"distro": _str, "target": _str, "engine": _str}
+MATRIX: dict[str, Check] = {
+    "distros": _list_of(_str, "distro names"),
+    "targets": _list_of(_one_of(TARGETS), "targets"),
+    "engines": _list_of(_str, "engine versions or paths"),
+    "include": _list_of(_is(dict, "a table"), "tables"),
+    "exclude": _list_of(_is(dict, "a table"), "tables"),
+}
+TOP = ("matrix", "knobs", "distros", "overrides")
+
+
+def _check_table(data: Any, schema: dict[str, Check], where: str, source: str) -> None:
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: {where}: expected a table, got {type(data).__name__}")
+    for key, value in data.items():
+        if key not in schema:
+            raise UsageError(f"{source}: {where}.{key}: unknown key{did_you_mean(key, schema)}")
+        err = schema[key](value)
+        if err:
+            raise UsageError(f"{source}: {where}.{key}: {err}")
+
+
+def validate_layer(doc: Any, source: str) -> None:
+    """Check one layer (a parsed spec file or the --set layer); raise UsageError on the first fault."""
+    if not isinstance(doc, dict):
+        raise UsageError(f"{source}: expected a table at the top level")
+    for key, value in doc.items():
+        if key not in TOP:
+            raise UsageError(f"{source}: {key}: unknown key{did_you_mean(key, TOP)}")
+        if key == "matrix":
+            _check_table(value, MATRIX, "matrix", source)
+            for part in ("include", "exclude"):
+                for i, sel in enumerate(value.get(part, [])):
+                    _check_table(sel, SELECTOR, f"matrix.{part}[{i}]", source)
+        elif key == "knobs":
+            _check_table(value, KNOBS, "knobs", source)
+        elif key == "distros":
+            if not isinstance(value, dict):
+                raise UsageError(f"{source}: distros: expected a table of distro tables")
+            for name, table in value.items():
+                _check_table(table, DISTRO, f"distros.{name}", source)
+        elif key == "overrides":
+            if not isinstance(value, list):
+                raise UsageError(f"{source}: overrides: expected an array of tables ([[overrides]])")
+            for i, table in enumerate(value):
+                if not isinstance(table, dict) or not isinstance(table.get("select"), str):
+                    raise UsageError(f"{source}: overrides[{i}].select: expected a glob string over cell ids")
+                rest = {k: v for k, v in table.items() if k != "select"}
+                _check_table(rest, KNOBS, f"overrides[{i}]", source)
+
+
+# --- layers --------------------------------------------------------------------------------
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not valid TOML: not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+
+
+def parse_sets(sets: Iterable[str]) -> dict[str, Any]:
+    """--set a.b=VALUE pairs into a nested layer; VALUE is read as TOML, else taken as a string."""
+    layer: dict[str, Any] = {}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. knobs.max_jobs=2")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        parts = key.split(".")
+        if parts[0] in KNOBS:  # bare knob names are a shorthand for knobs.NAME
+            parts = ["knobs", *parts]
+        node = layer
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {item!r}: {p} is not a table")
+        node[parts[-1]] = value
+    return layer
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; lists and scalars replace; overrides append."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if key == "overrides":
+            out[key] = [*out.get(key, []), *copy.deepcopy(value)]
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# --- records -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Distro:
+    name: str
+    family: str
+    suite: str
+    image: str
+    components: tuple[str, ...]
+    python: str
+    apt_check_valid_until: bool = True
+
+
+@dataclass(frozen=True)
+class Knobs:
+    max_jobs: int
+    max_jobs_requested: str
+    gib_per_job: float
+    numactl: bool
+    tcmalloc: bool
+    disk_gb: float
+    cuda: str
+    cuda_version: str
+    extra_packages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EngineSource:
+    """A vLLM version from PyPI's sdist, or a local source tree."""
+
+    kind: str  # "pypi" | "path"
+    ref: str
+
+    @classmethod
+    def parse(cls, text: str) -> EngineSource:
+        if "/" in text or text.startswith("."):
+            return cls("path", text)
+        return cls("pypi", text)
+
+    @property
+    def label(self) -> str:
+        return f"vllm-{self.ref}" if self.kind == "pypi" else f"vllm-{Path(self.ref).name}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    distro: Distro
+    target: str
+    engine: EngineSource
+    knobs: Knobs
+
+    @property
+    def family(self) -> str:
+        return self.distro.family
+
+    @property
+    def target_device(self) -> str:
+        return self.target  # VLLM_TARGET_DEVICE: "cpu" or "cuda"
+
+    @property
+    def base_tag(self) -> str:
+        return f"deploylab/base:{self.distro.name}"
+
+    @property
+    def toolchain_tag(self) -> str:
+        return f"deploylab/toolchain:{self.id}"
+
+    @property
+    def runtime_tag(self) -> str:
+        return f"deploylab/runtime:{self.id}"
+
+    def ci_entry(self) -> dict[str, Any]:
+        return {
+            "cell": self.id,
+            "distro": self.distro.name,
+            "family": self.family,
+            "target": self.target,
+            "engine": self.engine.ref,
+            "max_jobs": self.knobs.max_jobs,
+        }
+
+
+@dataclass(frozen=True)
+class Machine:
+    cores: int
+    mem_gib: float
+
+    @classmethod
+    def here(cls) -> Machine:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        try:
+            mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        except (ValueError, OSError):
+            mem = 4.0
+        return cls(cores=cores, mem_gib=mem)
+
+
+def resolve_jobs(requested: int | str, gib_per_job: float, machine: Machine) -> int:
+    if requested != "auto":
+        return int(requested)
+    return max(1, min(machine.cores, int(machine.mem_gib // gib_per_job)))
+
+
+@dataclass(frozen=True)
+class Matrix:
+    source: str
+    cells: tuple[Cell, ...]
+
+    def get(self, cell_id: str) -> Cell:
+        for cell in self.cells:
+            if cell.id == cell_id:
+                return cell
+        raise UsageError(f"{self.source}: no cell {cell_id!r}{did_you_mean(cell_id, [c.id for c in self.cells])}")
+
+    def select(self, patterns: Iterable[str] | None) -> tuple[Cell, ...]:
+        pats = [p for p in (patterns or []) if p]
+        if not pats:
+            return self.cells
+        chosen = []
+        for pat in pats:
+            hits = [c for c in self.cells if fnmatch.fnmatchcase(c.id, pat)]
+            if not hits:
+                raise UsageError(
+                    f"{self.source}: no cell matches {pat!r}{did_you_mean(pat, [c.id for c in self.cells])}")
+            chosen.extend(c for c in hits if c not in chosen)
+        return tuple(chosen)
+
+
+def cell_id(distro: str, target: str, engine: str) -> str:
+    suffix = "" if engine == DEFAULT_ENGINE else f"-{EngineSource.parse(engine).label}"
+    return f"{distro}-{target}{suffix}"
+
+
+def _matches(sel: dict[str, str], distro: str, target: str, engine: str) -> bool:
+    have = {"distro": distro, "target": target, "engine": engine}
+    return all(fnmatch.fnmatchcase(have[k], v) for k, v in sel.items())
+
+
+def expand(doc: dict[str, Any], source: str, machine: Machine) -> Matrix:
+    m = doc.get("matrix", {})
+    distros = doc.get("distros", {})
+    combos: list[tuple[str, str, str]] = []
+    for d in m.get("distros", []):
+        for t in m.get("targets", []):
+            for e in m.get("engines", []):
+                if not any(_matches(x, d, t, e) for x in m.get("exclude", [])):
+                    combos.append((d, t, e))
+    for i, inc in enumerate(m.get("include", [])):
+        if "distro" not in inc or "target" not in inc:
+            raise UsageError(f"{source}: matrix.include[{i}]: needs both distro and target")
+        combo = (inc["distro"], inc["target"], inc.get("engine", DEFAULT_ENGINE))
+        if combo[1] not in TARGETS:
+            raise UsageError(f"{source}: matrix.include[{i}].target: expected one of {', '.join(TARGETS)}")
+        if combo not in combos:
+            combos.append(combo)
+
+    cells = []
+    for d, t, e in combos:
+        if d not in distros:
+            raise UsageError(f"{source}: matrix.distros: unknown distro {d!r}{did_you_mean(d, distros)}"
+                             " (define it under [distros.NAME])")
+        table = distros[d]
+        missing = [k for k in ("family", "suite", "image", "python") if k not in table]
+        if missing:
+            raise UsageError(f"{source}: distros.{d}: missing {', '.join(missing)}")
+        cid = cell_id(d, t, e)
+        knobs = dict(doc.get("knobs", {}))
+        for ov in doc.get("overrides", []):
+            if fnmatch.fnmatchcase(cid, ov["select"]):
+                knobs.update({k: v for k, v in ov.items() if k != "select"})
+        distro = Distro(name=d, family=table["family"], suite=table["suite"], image=table["image"],
+                        components=tuple(table.get("components", ())), python=table["python"],
+                        apt_check_valid_until=table.get("apt_check_valid_until", True))
+        cells.append(Cell(
+            id=cid, distro=distro, target=t, engine=EngineSource.parse(e),
+            knobs=Knobs(
+                max_jobs=resolve_jobs(knobs["max_jobs"], knobs["gib_per_job"], machine),
+                max_jobs_requested=str(knobs["max_jobs"]),
+                gib_per_job=float(knobs["gib_per_job"]),
+                numactl=knobs["numactl"], tcmalloc=knobs["tcmalloc"], disk_gb=float(knobs["disk_gb"]),
+                cuda=knobs["cuda"], cuda_version=knobs["cuda_version"],
+                extra_packages=tuple(knobs["extra_packages"]),
+            ),
+        ))
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"{source}: two cells share an id: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return Matrix(source=source, cells=tuple(cells))
+
+
+def load(spec: Path | str | None = None, sets: Iterable[str] = (), machine: Machine | None = None) -> Matrix:
+    """Resolve built-in defaults → spec file → --set overrides into a Matrix of frozen Cells."""
+    path = Path(spec) if spec else DEFAULT_SPEC
+    doc = read_toml(BUILTIN)
+    validate_layer(doc, str(BUILTIN))
+    user = read_toml(path)
+    validate_layer(user, str(path))
+    doc = merge(doc, user)
+    cli = parse_sets(sets)
+    validate_layer(cli, "--set")
+    doc = merge(doc, cli)
+    return expand(doc, str(path), machine or Machine.here())
