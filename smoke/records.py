@@ -1,0 +1,79 @@
+"""One record per request, appended to a JSONL file the moment the request ends.
+
+Times are seconds; offsets (`scheduled_s`, `sent_s`, `end_s`) count from the start of the run.
+A failed request is a record too: status "error", the HTTP status if one came, and the error text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from matrix.errors import UsageError
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    id: str
+    cls: str
+    endpoint: str
+    scheduled_s: float            # when the trace said it should leave
+    sent_s: float                 # when it left (later than scheduled when the concurrency cap held it)
+    end_s: float
+    status: str                   # "ok" | "error"
+    http_status: int = 0
+    error: str = ""
+    ttft_s: float | None = None   # first content token
+    itl_s: tuple[float, ...] = () # every gap between successive content tokens, as the client read them
+    e2e_s: float | None = None
+    prompt_tokens: int | None = None   # from the server's usage
+    output_tokens: int | None = None
+    streamed_tokens: int = 0      # content events received
+    bytes_read: int = 0
+    read_bytes_per_s: int = 0     # the throttle of a slow reader, 0 for a normal one
+    session: str = ""
+    turn: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["itl_s"] = [round(x, 6) for x in self.itl_s]
+        for k in ("scheduled_s", "sent_s", "end_s", "ttft_s", "e2e_s"):
+            if d[k] is not None:
+                d[k] = round(d[k], 6)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RequestRecord:
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["itl_s"] = tuple(kw.get("itl_s", ()))
+        return cls(**kw)
+
+
+def append(path: Path, rec: RequestRecord) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(rec.to_json(), sort_keys=True) + "\n")
+        fh.flush()
+
+
+def read(path: Path) -> list[RequestRecord]:
+    if not path.is_file():
+        raise UsageError(f"{path}: no such records file")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(RequestRecord.from_json(json.loads(line)))
+        except (ValueError, TypeError, KeyError) as exc:
+            # A run killed mid-write leaves at most one torn last line; anything else is a bad file.
+            if n == len(path.read_text().splitlines()):
+                break
+            raise UsageError(f"{path}:{n}: expected a request record ({exc})") from None
+    return out

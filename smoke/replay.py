@@ -1,0 +1,229 @@
+"""Replay a trace against an OpenAI-compatible server: asyncio + httpx, SSE streaming, open loop.
+
+Requests leave at their trace times whatever the server does (open loop); a semaphore caps how
+many are in flight, and a request held by the cap records how long it waited (sent_s - scheduled_s).
+Slow readers get their own connection pool whose sockets have a small SO_RCVBUF, and they pull
+bytes off the socket at a bounded rate: the kernel buffer fills, the TCP window closes, and the
+backpressure reaches the server instead of piling up in this process.
+Every outcome, errors included (connect refused, 4xx, a stream cut mid-way, timeouts), is a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from smoke import records as recmod
+from smoke.records import RequestRecord
+from smoke.workload import Trace, TraceRequest
+
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    max_concurrency: int = 16
+    request_timeout_s: float = 600.0
+    ignore_eos: bool = True          # fixed output lengths: a random-weight model stops anywhere otherwise
+    temperature: float = 0.0
+    time_scale: float = 1.0          # >1 stretches the schedule (slower arrivals)
+
+
+def request_body(req: TraceRequest, model: str, messages: Sequence[dict[str, str]] | None, opts: ReplayOptions) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "max_tokens": req.max_tokens, "stream": True,
+                            "stream_options": {"include_usage": True}, "temperature": opts.temperature}
+    if opts.ignore_eos:
+        body["ignore_eos"] = True  # vLLM's extension; other servers ignore unknown fields or say so in a 400
+    if req.endpoint == "chat":
+        body["messages"] = list(messages if messages is not None else req.messages)
+    else:
+        body["prompt"] = req.prompt
+    return body
+
+
+class SSEParser:
+    """Incremental SSE parser for OpenAI streams: feed bytes, get (content, usage, done) events."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, chunk: bytes) -> list[tuple[str, dict | None, bool]]:
+        self.buf += chunk
+        out = []
+        while True:
+            i = self.buf.find(b"\n\n")
+            if i < 0:
+                return out
+            event, self.buf = self.buf[:i], self.buf[i + 2:]
+            for line in event.split(b"\n"):
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    out.append(("", None, True))
+                    continue
+                try:
+                    obj = json.loads(data)
+                except ValueError:
+                    continue
+                if "error" in obj and not obj.get("choices"):
+                    err = obj["error"]
+                    raise StreamError(err.get("message", str(err)) if isinstance(err, dict) else str(err))
+                text = ""
+                for ch in obj.get("choices") or ():
+                    delta = ch.get("delta")
+                    text += (delta.get("content") or "") if delta else (ch.get("text") or "")
+                out.append((text, obj.get("usage"), False))
+
+
+class StreamError(Exception):
+    """An error event inside an otherwise 200 stream."""
+
+
+async def stream_one(client: httpx.AsyncClient, base_url: str, req: TraceRequest, body: dict[str, Any],
+                     scheduled_s: float, t0: float, timeout_s: float) -> tuple[RequestRecord, str]:
+    """Send one streamed request; return its record and the generated text (agent turns reuse it)."""
+    sent = time.perf_counter()
+    times: list[float] = []
+    parts: list[str] = []
+    usage: dict | None = None
+    nbytes = 0
+    done = False
+    status = 0
+    error = ""
+    bps = req.read_bytes_per_s
+    try:
+        async with client.stream("POST", base_url + PATHS[req.endpoint], json=body,
+                                 timeout=httpx.Timeout(timeout_s, connect=10.0)) as resp:
+            status = resp.status_code
+            if status != 200:
+                text = (await resp.aread()).decode(errors="replace")
+                error = f"HTTP {status}: {_error_text(text)}"
+            else:
+                parser = SSEParser()
+                async for chunk in resp.aiter_raw():
+                    now = time.perf_counter()
+                    nbytes += len(chunk)
+                    for text, u, end in parser.feed(chunk):
+                        if text:
+                            times.append(now)
+                            parts.append(text)
+                        if u:
+                            usage = u
+                        done = done or end
+                    if bps:
+                        # Pull no faster than the throttle: the socket's small buffer fills meanwhile.
+                        await asyncio.sleep(len(chunk) / bps)
+                if not done:
+                    error = f"stream cut after {len(times)} tokens (no [DONE])"
+    except StreamError as exc:
+        error = f"error event in stream after {len(times)} tokens: {exc}"
+    except httpx.ConnectError as exc:
+        error = f"connect failed (server down?): {exc or exc.__class__.__name__}"
+    except httpx.TimeoutException as exc:
+        error = f"timeout after {time.perf_counter() - sent:.1f}s ({exc.__class__.__name__}) after {len(times)} tokens"
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        error = f"stream cut after {len(times)} tokens: {exc or exc.__class__.__name__}"
+    except httpx.HTTPError as exc:
+        error = f"{exc.__class__.__name__}: {exc}"
+    end = time.perf_counter()
+    ok = not error and bool(times)
+    if not error and not times:
+        error = "stream ended with no content token"
+    rec = RequestRecord(
+        id=req.id, cls=req.cls, endpoint=req.endpoint, scheduled_s=scheduled_s, sent_s=sent - t0, end_s=end - t0,
+        status="ok" if ok else "error", http_status=status, error=error,
+        ttft_s=(times[0] - sent) if times else None,
+        itl_s=tuple(b - a for a, b in zip(times, times[1:])),
+        e2e_s=(end - sent) if ok else None,
+        prompt_tokens=(usage or {}).get("prompt_tokens"), output_tokens=(usage or {}).get("completion_tokens"),
+        streamed_tokens=len(times), bytes_read=nbytes, read_bytes_per_s=bps, session=req.session, turn=req.turn)
+    return rec, "".join(parts)
+
+
+def _error_text(text: str) -> str:
+    try:
+        obj = json.loads(text)
+        err = obj.get("error", obj)
+        msg = err.get("message", text) if isinstance(err, dict) else str(err)
+    except (ValueError, AttributeError):
+        msg = text
+    return " ".join(str(msg).split())[:300]
+
+
+def slow_transport(recv_buffer: int, limit: int) -> httpx.AsyncHTTPTransport:
+    # A small receive buffer so unread bytes back up into the server, not into our memory.
+    return httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)],
+                                    limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit))
+
+
+async def replay(trace: Trace, base_url: str, model: str, out: Path | None, opts: ReplayOptions = ReplayOptions(),
+                 on_record: Callable[[RequestRecord], None] | None = None) -> list[RequestRecord]:
+    """Replay every request of the trace; append each record to `out` as it finishes."""
+    base_url = base_url.rstrip("/")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.touch()
+    cap = asyncio.Semaphore(opts.max_concurrency)
+    limits = httpx.Limits(max_connections=opts.max_concurrency, max_keepalive_connections=opts.max_concurrency)
+    recv = max((r.recv_buffer_bytes for r in trace.requests if r.read_bytes_per_s), default=4096)
+    results: list[RequestRecord] = []
+    followers: dict[str, list[TraceRequest]] = {}
+    for r in trace.requests:
+        if r.after:
+            followers.setdefault(r.after, []).append(r)
+    conversations: dict[str, list[dict[str, str]]] = {}
+    tasks: set[asyncio.Task] = set()
+
+    async with httpx.AsyncClient(limits=limits, timeout=opts.request_timeout_s) as fast, \
+            httpx.AsyncClient(transport=slow_transport(recv or 4096, opts.max_concurrency)) as slow:
+        t0 = time.perf_counter()
+
+        async def run(req: TraceRequest, at: float) -> None:
+            delay = t0 + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            messages = None
+            if req.session and req.endpoint == "chat":
+                conv = conversations.setdefault(req.session, list(req.messages))
+                if req.turn > 0:
+                    conv.append({"role": "tool", "content": req.tool_result})
+                messages = list(conv)
+            body = request_body(req, model, messages, opts)
+            async with cap:
+                rec, text = await stream_one(slow if req.read_bytes_per_s else fast, base_url, req, body,
+                                             at, t0, opts.request_timeout_s)
+            if req.session and req.endpoint == "chat":
+                conversations[req.session].append({"role": "assistant", "content": text})
+            results.append(rec)
+            if out:
+                recmod.append(out, rec)
+            if on_record:
+                on_record(rec)
+            for nxt in followers.get(req.id, ()):
+                spawn(nxt, rec.end_s + nxt.think_s * opts.time_scale)
+
+        def spawn(req: TraceRequest, at: float) -> None:
+            task = asyncio.create_task(run(req, at))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        for r in trace.requests:
+            if not r.after:
+                spawn(r, r.t * opts.time_scale)
+        while tasks:
+            await asyncio.gather(*list(tasks))
+    return results
+
+
+def run(trace: Trace, base_url: str, model: str, out: Path | None, opts: ReplayOptions = ReplayOptions(),
+        on_record: Callable[[RequestRecord], None] | None = None) -> list[RequestRecord]:
+    return asyncio.run(replay(trace, base_url, model, out, opts, on_record))
