@@ -39,11 +39,6 @@ class StageOutcome:
         if self.status not in STATUSES:
             raise ValueError(f"status {self.status!r} is not one of {STATUSES}")
 
-    @property
-    def done(self) -> bool:
-        """A stage that ended on its own verdict; 'skipped' is redone on the next run."""
-        return self.status != "skipped"
-
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["evidence"] = list(self.evidence)

@@ -84,6 +84,7 @@ KNOBS: dict[str, Check] = {
     "cuda": _one_of(CUDA_SOURCES),
     "cuda_version": _str,
     "extra_packages": _list_of(_str, "strings"),
+    "stages": _list_of(_str, "stage names"),
 }
 DISTRO: dict[str, Check] = {
     "family": _one_of(FAMILIES),
@@ -220,6 +221,7 @@ class Knobs:
     cuda: str
     cuda_version: str
     extra_packages: tuple[str, ...]
+    stages: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -379,6 +381,7 @@ def expand(doc: dict[str, Any], source: str, machine: Machine) -> Matrix:
                 numactl=knobs["numactl"], tcmalloc=knobs["tcmalloc"], disk_gb=float(knobs["disk_gb"]),
                 cuda=knobs["cuda"], cuda_version=knobs["cuda_version"],
                 extra_packages=tuple(knobs["extra_packages"]),
+                stages=tuple(knobs["stages"]),
             ),
         ))
     ids = [c.id for c in cells]

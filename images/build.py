@@ -1,0 +1,379 @@
+"""Source builds of the engine (and the kvlab extension) inside a cell's toolchain container.
+
+Like cibuildwheel, the compile runs in a container we start and exec into, with host volumes
+for the source, ccache, pip's cache and the output wheels, so caches survive and a warm rebuild
+is cheap. Each phase has its own timestamped log. A failed phase is classified; a blocker with a
+known fix (fixes.toml) gets that fix and the phase is retried, and every blocker is recorded in
+the order met with the fix that worked.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from images import logs
+from images.sources import copy_tree
+from matrix.results import StageOutcome
+from matrix.spec import Cell
+
+HERE = Path(__file__).parent
+FIXES = tomllib.loads((HERE / "fixes.toml").read_text())
+OFFLINE = tomllib.loads((HERE / "offline.toml").read_text())
+MAX_ATTEMPTS = 4
+
+OnLine = Callable[[str, str], None]  # (phase, line)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Host folders of one cell's build, mounted into the container."""
+
+    root: Path  # .work/cells/<id>
+    cache: Path  # .work/cache (shared by every cell: pip wheels, ccache objects)
+
+    @property
+    def src(self) -> Path:
+        return self.root / "src"
+
+    @property
+    def deps(self) -> Path:
+        return self.root / "deps"
+
+    @property
+    def wheels(self) -> Path:
+        return self.root / "wheels"
+
+    @property
+    def kvlab(self) -> Path:
+        return self.root / "kvlab-src"
+
+    def volumes(self) -> dict[str, dict[str, str]]:
+        for p in (self.src, self.deps, self.wheels, self.cache / "pip", self.cache / "ccache"):
+            p.mkdir(parents=True, exist_ok=True)
+        vols = {
+            str(self.src): {"bind": "/src", "mode": "rw"},
+            str(self.deps): {"bind": "/deps", "mode": "rw"},
+            str(self.wheels): {"bind": "/out", "mode": "rw"},
+            str(self.cache / "pip"): {"bind": "/cache/pip", "mode": "rw"},
+            str(self.cache / "ccache"): {"bind": "/cache/ccache", "mode": "rw"},
+            str(HERE): {"bind": "/deploylab", "mode": "ro"},
+        }
+        if self.kvlab.exists():
+            vols[str(self.kvlab)] = {"bind": "/kvlab", "mode": "rw"}
+        return vols
+
+
+@dataclass
+class Sampler:
+    """Peak memory of the container and disk high-water of the host, sampled every few seconds."""
+
+    container: Any
+    disk_path: Path
+    every: float = 5.0
+    peak_mem: float = 0.0
+    disk_start: float = 0.0
+    disk_high: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.disk_start = shutil.disk_usage(self.disk_path).used
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                mem = self.container.stats(stream=False).get("memory_stats", {})
+                self.peak_mem = max(self.peak_mem, mem.get("max_usage") or 0, mem.get("usage") or 0)
+            except docker.errors.DockerException:
+                pass
+            self.disk_high = max(self.disk_high, shutil.disk_usage(self.disk_path).used - self.disk_start)
+            self._stop.wait(self.every)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return {"peak_mem_gib": round(self.peak_mem / 2**30, 2), "disk_high_water_gb": round(self.disk_high / 1e9, 2)}
+
+
+@dataclass
+class Attempt:
+    phase: str
+    exit_code: int
+    seconds: float
+    log: str
+
+
+class BuildContainer:
+    """A long-lived container of the toolchain image; phases are exec'd into it. Always removed."""
+
+    def __init__(self, client: docker.DockerClient, image: str, ws: Workspace, env: dict[str, str],
+                 log_dir: Path, on_line: OnLine | None = None) -> None:
+        self.client, self.image, self.ws, self.env = client, image, ws, env
+        self.log_dir = log_dir
+        self.on_line = on_line
+        self.container = None
+
+    def __enter__(self) -> BuildContainer:
+        self.container = self.client.containers.run(
+            self.image, ["sleep", "infinity"], detach=True, volumes=self.ws.volumes(), environment=self.env,
+            shm_size="1g", labels={"org.deploylab.role": "build"})
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.container is not None:
+            try:
+                self.container.remove(force=True)
+            except docker.errors.DockerException:
+                pass
+
+    def run(self, phase: str, script: str, env: dict[str, str] | None = None, attempt: int = 1) -> Attempt:
+        """Exec `script` in bash, streaming stamped lines to <log_dir>/<phase>[.N].log."""
+        api = self.client.api
+        name = phase if attempt == 1 else f"{phase}.{attempt}"
+        path = self.log_dir / f"{name}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        exec_id = api.exec_create(self.container.id, ["bash", "-o", "pipefail", "-c", script],
+                                  environment={**self.env, **(env or {})}, workdir="/src")["Id"]
+        t0 = time.monotonic()
+        buf: list[str] = []
+        pending = ""
+        with open(path, "w") as fh:
+            fh.write(f"# phase {phase} (attempt {attempt}) in {self.image}\n# $ {script.strip()}\n")
+            for chunk in api.exec_start(exec_id, stream=True):
+                pending += chunk.decode(errors="replace")
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    fh.write(logs.stamp(time.monotonic() - t0, line) + "\n")
+                    buf.append(line)
+                    if self.on_line:
+                        self.on_line(phase, line)
+                fh.flush()
+            if pending:
+                fh.write(logs.stamp(time.monotonic() - t0, pending) + "\n")
+                buf.append(pending)
+            code = api.exec_inspect(exec_id)["ExitCode"]
+            fh.write(f"# exit {code} after {time.monotonic() - t0:.1f}s\n")
+        return Attempt(name, code if code is not None else -1, time.monotonic() - t0, "\n".join(buf))
+
+
+# --- what to run -------------------------------------------------------------------------------
+
+def offline_inputs(tree: Path) -> dict[str, dict[str, str]]:
+    """FetchContent inputs this tree lets us supply locally (an env override it reads) → offline.toml."""
+    text = "\n".join(p.read_text(errors="replace") for p in [tree / "CMakeLists.txt", *tree.glob("cmake/*.cmake")]
+                     if p.is_file())
+    found = {}
+    for name, spec in OFFLINE.items():
+        if spec["env"] in text:
+            tags = re.findall(rf"GIT_REPOSITORY\s+\S*{name}\S*\s+GIT_TAG\s+(\S+)", text, re.I)
+            # Prefer a release tag (v3.13) over a pinned commit of another architecture's branch.
+            tags.sort(key=lambda t: not re.match(r"v?\d+\.\d+", t))
+            found[name] = {**spec, "asked": tags[0] if tags else ""}
+    return found
+
+
+def deps_script(cell: Cell, inputs: dict[str, dict[str, str]]) -> str:
+    if not inputs:
+        return "true"
+    parts = []
+    if cell.family == "debian":
+        parts.append("apt-get update -q")
+        for name, spec in inputs.items():
+            pkg = spec["debian"]
+            parts.append(f"(ls -d /deps/{pkg}-*/ >/dev/null 2>&1 || (cd /deps && apt-get source -q {pkg}))")
+            # Debian's sources are de-vendored (+ds): they build against system libraries (spdlog, …).
+            parts.append(f"(cd /deps && apt-get build-dep -y -q --no-install-recommends ./{pkg}_*.dsc)")
+            parts.append(f"echo \"offline-input {name} $(ls -d /deps/{pkg}-*/ | head -n1)\"")
+    else:
+        for name, spec in inputs.items():
+            pkg = spec["fedora"]
+            parts.append(f"(cd /deps && dnf download --source {pkg} && rpm2cpio {pkg}-*.src.rpm | cpio -idm)")
+    return " && \\\n  ".join(parts)
+
+
+# Build requirements from the tree. torch's "+cpu" local pins live only on download.pytorch.org,
+# so PyPI's release of the same version is installed instead: a CUDA build, which needs its CUDA
+# runtime wheels just to import (measured: without them `import torch` fails on libcudart).
+REQS_SCRIPT = r"""
+set -e
+req=requirements/build/{target}.txt
+[ -f "$req" ] || req=requirements/build.txt
+grep -v -E '^\s*torch([=<>; ]|$)' "$req" > /deps/build-reqs.txt
+grep -E '^\s*torch([=<>; ]|$)' "$req" | sed -E 's/\+cpu//' > /deps/torch-reqs.txt || true
+echo "build requirements from $req"; cat /deps/build-reqs.txt /deps/torch-reqs.txt
+python -m pip install -r /deps/build-reqs.txt -r /deps/torch-reqs.txt
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+python -m pip list --format=freeze > /deps/pip-freeze.txt
+"""
+
+WHEEL_SCRIPT = r"""
+set -e
+rm -f /out/vllm-*.whl
+python -m pip wheel --no-build-isolation --no-deps -v . -w /out
+ls -la /out
+"""
+
+# Shared libraries the built extensions link from the distro (not the venv): the runtime image
+# installs the packages that own them (e.g. Debian's de-vendored oneDNN links libspdlog).
+LINKAGE_SCRIPT = r"""
+set -e
+find /src/build -name '*.so' -path '*vllm*' | while read -r so; do ldd "$so"; done \
+  | awk '/=> \// {print $3}' | grep -v -e '^/opt/venv' -e '/src/' | sort -u > /out/linked-libs.txt
+: > /out/runtime-debs.txt
+while read -r lib; do dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib" 2>/dev/null || true; done \
+  < /out/linked-libs.txt | cut -d: -f1 | sort -u > /out/runtime-debs.txt
+echo "linked from the distro:"; cat /out/linked-libs.txt; echo "owning packages:"; cat /out/runtime-debs.txt
+"""
+
+KVLAB_SCRIPT = r"""
+set -e
+rm -f /out/kvlab*.whl
+python -m pip wheel --no-deps -v /kvlab -w /out
+ls -la /out
+"""
+
+
+def _fix_env(category: str, env: dict[str, str]) -> tuple[dict[str, str], str] | None:
+    """Apply fixes.toml's fix for `category` to the build env; None when there is none."""
+    fix = FIXES.get(category)
+    if not fix or fix.get("dead_end") or fix["action"] == "none":
+        return None
+    if fix["action"] == "cmake-project-include":
+        arg = f"-DCMAKE_PROJECT_INCLUDE=/deploylab/{fix['include']}"
+        if arg in env.get("CMAKE_ARGS", ""):
+            return None
+        return {**env, "CMAKE_ARGS": (env.get("CMAKE_ARGS", "") + " " + arg).strip()}, arg
+    if fix["action"] == "pip":
+        pkgs = " ".join(f"'{p}'" for p in fix["packages"])
+        marker = f"pip install {pkgs}"
+        if marker in env.get("DEPLOYLAB_PRE", ""):
+            return None
+        return {**env, "DEPLOYLAB_PRE": (env.get("DEPLOYLAB_PRE", "") + f" && python -m {marker}").lstrip(" &")}, marker
+    return None
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    cell: Cell
+    tree: Path  # the engine's unpacked source (shared; copied per cell)
+    ws: Workspace
+    image: str
+    kvlab_src: Path | None = None
+    clean: bool = True  # remove the CMake build dir first (a warm rebuild still hits ccache)
+
+
+def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_line: OnLine | None = None,
+              probe: dict[str, Any] | None = None) -> StageOutcome:
+    cell, ws = req.cell, req.ws
+    started = time.time()
+    t0 = time.monotonic()
+    copy_tree(req.tree, ws.src)
+    if req.clean:
+        shutil.rmtree(ws.src / "build", ignore_errors=True)
+    if req.kvlab_src and (req.kvlab_src / "pyproject.toml").is_file():
+        shutil.rmtree(ws.kvlab, ignore_errors=True)
+        shutil.copytree(req.kvlab_src, ws.kvlab)
+    inputs = offline_inputs(ws.src)
+    env = {"VLLM_TARGET_DEVICE": cell.target_device, "MAX_JOBS": str(cell.knobs.max_jobs),
+           "CCACHE_DIR": "/cache/ccache", "PIP_CACHE_DIR": "/cache/pip", "CMAKE_ARGS": "",
+           "DEPLOYLAB_PRE": ""}
+    blockers: list[dict[str, Any]] = []
+    attempts: list[dict[str, Any]] = []
+    details: dict[str, Any] = {"max_jobs": cell.knobs.max_jobs, "offline_inputs": {}}
+    status, category, evidence, remediation = "pass", "success", (), ""
+    with BuildContainer(client, req.image, ws, env, log_dir, on_line) as bc:
+        sampler = Sampler(bc.container, ws.root)
+        try:
+            a = bc.run("deps", deps_script(cell, inputs))
+            attempts.append({"phase": a.phase, "exit": a.exit_code, "seconds": round(a.seconds, 1)})
+            for line in a.log.splitlines():
+                if line.startswith("offline-input "):
+                    _, name, path = line.split(" ", 2)
+                    got = Path(path.strip().rstrip("/")).name
+                    details["offline_inputs"][name] = {"asked": inputs[name]["asked"], "got": got,
+                                                       "env": inputs[name]["env"]}
+                    env[inputs[name]["env"]] = path.strip().rstrip("/")
+            if a.exit_code != 0:
+                status, category, evidence, remediation = _verdict(a)
+            else:
+                a = bc.run("requirements", REQS_SCRIPT.format(target=cell.target))
+                attempts.append({"phase": a.phase, "exit": a.exit_code, "seconds": round(a.seconds, 1)})
+                m = re.search(r"^torch (\S+) cuda (\S+)", a.log, re.M)
+                if m:
+                    details["torch"] = {"version": m.group(1), "cuda": m.group(2)}
+                if a.exit_code != 0:
+                    status, category, evidence, remediation = _verdict(a)
+                else:
+                    status, category, evidence, remediation = _wheel_with_fixes(bc, env, blockers, attempts, details)
+            if status == "pass" and cell.family == "debian":
+                a = bc.run("linkage", LINKAGE_SCRIPT)
+                attempts.append({"phase": a.phase, "exit": a.exit_code, "seconds": round(a.seconds, 1)})
+                debs = ws.wheels / "runtime-debs.txt"
+                details["runtime_debs"] = debs.read_text().split() if debs.exists() else []
+            if status == "pass" and ws.kvlab.exists():
+                k = bc.run("kvlab", KVLAB_SCRIPT)
+                attempts.append({"phase": k.phase, "exit": k.exit_code, "seconds": round(k.seconds, 1)})
+                kv = classify_text(k.log) if k.exit_code else None
+                details["kvlab"] = {"status": "pass" if k.exit_code == 0 else "fail",
+                                    "category": kv.category if kv else "success",
+                                    "evidence": list(kv.evidence) if kv else [], "seconds": round(k.seconds, 1)}
+        finally:
+            details.update(sampler.stop())
+    details.update({"blockers": blockers, "attempts": attempts,
+                    "env": {k: v for k, v in env.items() if v}})
+    wheels = sorted(p.name for p in ws.wheels.glob("*.whl"))
+    versions = {k: str(v) for k, v in (probe or {}).items() if k in ("gcc", "python", "cmake", "glibc", "nvcc", "os")}
+    if "torch" in details:
+        versions["torch"] = details["torch"]["version"]
+    for name, info in details["offline_inputs"].items():
+        versions[name] = info["got"]
+    return StageOutcome(cell=cell.id, stage="build", status=status, category=category, evidence=tuple(evidence),
+                        remediation=remediation, started=started, seconds=time.monotonic() - t0,
+                        versions=versions,
+                        artifacts={"logs": str(log_dir), "wheels": str(ws.wheels), **{w: str(ws.wheels / w) for w in wheels}},
+                        details=details)
+
+
+def classify_text(text: str):
+    from images.classify import classify_text as classify  # parsing lives apart from Docker code
+    return classify(text)
+
+
+def _verdict(a: Attempt) -> tuple[str, str, tuple[str, ...], str]:
+    c = classify_text(a.log)
+    dead = FIXES.get(c.category, {}).get("dead_end", False)
+    return ("gated" if dead else "fail"), c.category, tuple(c.evidence), c.remediation
+
+
+def _wheel_with_fixes(bc: BuildContainer, env: dict[str, str], blockers: list, attempts: list,
+                      details: dict) -> tuple[str, str, tuple[str, ...], str]:
+    for n in range(1, MAX_ATTEMPTS + 1):
+        pre = env.get("DEPLOYLAB_PRE")
+        script = (f"{pre}\n" if pre else "") + WHEEL_SCRIPT
+        a = bc.run("wheel", script, env=env, attempt=n)
+        attempts.append({"phase": a.phase, "exit": a.exit_code, "seconds": round(a.seconds, 1)})
+        if a.exit_code == 0:
+            return "pass", "success", (), ""
+        status, category, evidence, remediation = _verdict(a)
+        fixed = _fix_env(category, env)
+        blockers.append({"phase": a.phase, "category": category, "evidence": list(evidence),
+                         "fix": fixed[1] if fixed else "", "fixed": False,
+                         "note": FIXES.get(category, {}).get("note", remediation).format(
+                             torch=details.get("torch", {}).get("version", "?"))})
+        if not fixed:
+            return status, category, evidence, remediation
+        env.clear()
+        env.update(fixed[0])
+        blockers[-1]["fixed"] = True  # provisional: the next attempt shows whether it held
+    return status, category, evidence, remediation

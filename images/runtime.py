@@ -1,0 +1,59 @@
+"""Runtime image of a cell whose build passed: its wheels installed on the distro's base, non-root,
+tcmalloc and libiomp preloaded. The smoke and oracle stages start this image."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from images.dockerbuild import ImageBuildFailed, build_image
+from images.render import _env
+from matrix.results import StageOutcome
+from matrix.spec import Cell
+
+RUNTIME_PACKAGES = {
+    "debian": ["python3", "python3-venv", "libnuma1", "numactl", "libtcmalloc-minimal4", "libgomp1",
+               "g++", "procps", "ca-certificates"],
+}
+
+
+def runtime_requirements(tree: Path, torch: str) -> str:
+    """requirements/common.txt of the tree + the torch the build linked + intel-openmp (libiomp5)."""
+    lines = [f"torch=={torch}", "intel-openmp; platform_machine == 'x86_64'"]
+    common = tree / "requirements" / "common.txt"
+    for line in common.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith(("-r", "--")) and not re.match(r"torch\b", line):
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def render_runtime(cell: Cell, linked_packages: list[str] = ()) -> str:
+    """linked_packages: distro packages owning the shared libraries the build linked (build stage)."""
+    base = RUNTIME_PACKAGES.get(cell.family, [])
+    pkgs = [*base, *(p for p in linked_packages if p not in base)]
+    return _env().get_template("runtime.Dockerfile.j2").render(cell=cell, base_image=cell.base_tag, packages=pkgs)
+
+
+def build_runtime(ctx, cell: Cell) -> StageOutcome:
+    t0, started = time.monotonic(), time.time()
+    build = ctx.store.get(cell.id, "build")
+    wheels_dir = Path(build.artifacts["wheels"])
+    tree = wheels_dir.parent / "src"
+    torch = build.details.get("torch", {}).get("version", "")
+    files: dict[str, Path | bytes] = {f"wheels/{w.name}": w for w in sorted(wheels_dir.glob("*.whl"))}
+    files["wheels/runtime-requirements.txt"] = runtime_requirements(tree, torch).encode()
+    log = ctx.store.artifact_dir(cell.id, "runtime") / "docker-build.log"
+    try:
+        build_image(ctx.client, render_runtime(cell, build.details.get("runtime_debs", [])), cell.runtime_tag, log, files=files)
+    except ImageBuildFailed as exc:
+        from images.classify import classify_text
+        c = classify_text(exc.log)
+        return StageOutcome(cell=cell.id, stage="runtime", status="fail", category=c.category,
+                            evidence=(str(exc)[:300], *c.evidence), remediation=c.remediation,
+                            started=started, seconds=time.monotonic() - t0, artifacts={"log": str(log)})
+    size = ctx.client.images.get(cell.runtime_tag).attrs.get("Size", 0)
+    return StageOutcome(cell=cell.id, stage="runtime", status="pass", started=started,
+                        seconds=time.monotonic() - t0, artifacts={"log": str(log), "image": cell.runtime_tag},
+                        details={"image_size_gb": round(size / 1e9, 2), "wheels": sorted(files)})
