@@ -1,0 +1,150 @@
+"""Classify a build or server log: category, the evidence line(s), and what to do about it.
+
+Rules are data (rules.toml). Parsing only: this module never talks to Docker, so its tests need
+no engine. Selection: the highest priority tier that matched, then the earliest line in it, so
+the first fatal cause wins over the errors that cascade from it.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from matrix.errors import UsageError
+
+RULES = Path(__file__).with_name("rules.toml")
+MAX_EVIDENCE = 3
+MAX_LINE = 300  # pip prints every rejected version on one line
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    category: str
+    patterns: tuple[re.Pattern[str], ...]
+    remediation: str
+    priority: int
+
+
+@dataclass(frozen=True)
+class Classification:
+    category: str
+    evidence: tuple[str, ...]
+    remediation: str
+    rule: str  # the rule id, "" when nothing matched
+    line: int = 0  # 1-based line of the first evidence line, 0 when nothing matched
+
+
+def _clip(line: str) -> str:
+    line = line.strip()
+    return line if len(line) <= MAX_LINE else line[:MAX_LINE] + " …"
+
+
+class _Blank(dict):
+    """format_map helper: a placeholder with no value stays readable instead of raising."""
+
+    def __missing__(self, key: str) -> str:
+        return f"<{key}>"
+
+
+def load_rules(path: Path = RULES) -> tuple[Rule, ...]:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    raw = doc.get("rule")
+    if not isinstance(raw, list) or not raw:
+        raise UsageError(f"{path}: rule: expected an array of [[rule]] tables")
+    rules, seen = [], set()
+    for i, r in enumerate(raw):
+        where = f"{path}: rule[{i}]"
+        if not isinstance(r, dict):
+            raise UsageError(f"{where}: expected a table")
+        unknown = set(r) - {"id", "category", "patterns", "remediation", "priority"}
+        if unknown:
+            raise UsageError(f"{where}.{sorted(unknown)[0]}: unknown key (expected id, category, patterns, "
+                             "remediation, priority)")
+        for key in ("id", "category"):
+            if not isinstance(r.get(key), str) or not r[key]:
+                raise UsageError(f"{where}.{key}: expected a non-empty string")
+        if r["id"] in seen:
+            raise UsageError(f"{where}.id: duplicate rule id {r['id']!r}")
+        seen.add(r["id"])
+        pats = r.get("patterns")
+        if not isinstance(pats, list) or not pats or not all(isinstance(p, str) for p in pats):
+            raise UsageError(f"{where}.patterns: expected a non-empty list of regex strings")
+        compiled = []
+        for j, p in enumerate(pats):
+            try:
+                compiled.append(re.compile(p))
+            except re.error as exc:
+                raise UsageError(f"{where}.patterns[{j}]: not a valid regex: {exc}") from None
+        rem = r.get("remediation", "")
+        if not isinstance(rem, str):
+            raise UsageError(f"{where}.remediation: expected a string")
+        prio = r.get("priority", 100)
+        if not isinstance(prio, int) or isinstance(prio, bool):
+            raise UsageError(f"{where}.priority: expected an integer, got {prio!r}")
+        rules.append(Rule(r["id"], r["category"], tuple(compiled), rem, prio))
+    return tuple(rules)
+
+
+_DEFAULT: tuple[Rule, ...] | None = None
+
+
+def _default_rules() -> tuple[Rule, ...]:
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = load_rules()
+    return _DEFAULT
+
+
+def classify_text(text: str, rules: tuple[Rule, ...] | None = None) -> Classification:
+    """The category of one log's text; 'unknown' with the last lines as evidence when no rule matched."""
+    rules = rules if rules is not None else _default_rules()
+    lines = text.splitlines()
+    best: tuple[int, int, int] | None = None  # (-priority, line index, rule order)
+    best_match: re.Match[str] | None = None
+    for order, rule in enumerate(rules):
+        if best is not None and -rule.priority > best[0]:
+            continue  # a higher tier already matched
+        for idx, line in enumerate(lines):
+            if best is not None and (-rule.priority, idx, order) >= best:
+                break
+            m = next((m for p in rule.patterns if (m := p.search(line))), None)
+            if m:
+                best, best_match = (-rule.priority, idx, order), m
+                break
+    if best is None:
+        tail = tuple(_clip(ln) for ln in lines if ln.strip() and not ln.startswith("# captured:"))[-MAX_EVIDENCE:]
+        return Classification(UNKNOWN, tail, "no rule matched: read the log's last lines and add a rule to "
+                              "images/rules.toml", "", 0)
+    rule = rules[best[2]]
+    first = best[1]
+    evidence = [_clip(lines[first])]
+    for line in lines[first + 1:]:
+        if len(evidence) >= MAX_EVIDENCE:
+            break
+        if any(p.search(line) for p in rule.patterns) and _clip(line) not in evidence:
+            evidence.append(_clip(line))
+    values = _Blank({k: v for k, v in (best_match.groupdict() if best_match else {}).items() if v})
+    return Classification(rule.category, tuple(evidence), rule.remediation.format_map(values), rule.id, first + 1)
+
+
+def classify_file(path: Path | str, rules: tuple[Rule, ...] | None = None) -> Classification:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{p}: cannot read log: {exc.strerror or exc}") from None
+    return classify_text(data.decode("utf-8", errors="replace"), rules)
+
+
+def expected_category(path: Path) -> str:
+    """Fixture convention: tests/fixtures/logs/<category>__<short-name>.log."""
+    return path.name.split("__", 1)[0]
