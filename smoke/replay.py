@@ -11,6 +11,7 @@ Every outcome, errors included (connect refused, 4xx, a stream cut mid-way, time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -52,8 +53,10 @@ def request_body(req: TraceRequest, model: str, messages: Sequence[dict[str, str
 class SSEParser:
     """Incremental SSE parser for OpenAI streams: feed bytes, get (content, usage, done) events."""
 
-    def __init__(self) -> None:
+    def __init__(self, lag_sink: list[float] | None = None) -> None:
         self.buf = b""
+        # Sources that stamp events with their wall-clock send time ("ts"): how late we read each one.
+        self.lag_sink = lag_sink
 
     def feed(self, chunk: bytes) -> list[tuple[str, dict | None, bool]]:
         self.buf += chunk
@@ -81,6 +84,8 @@ class SSEParser:
                 for ch in obj.get("choices") or ():
                     delta = ch.get("delta")
                     text += (delta.get("content") or "") if delta else (ch.get("text") or "")
+                if self.lag_sink is not None and "ts" in obj:
+                    self.lag_sink.append(time.time() - obj["ts"])
                 out.append((text, obj.get("usage"), False))
 
 
@@ -89,7 +94,8 @@ class StreamError(Exception):
 
 
 async def stream_one(client: httpx.AsyncClient, base_url: str, req: TraceRequest, body: dict[str, Any],
-                     scheduled_s: float, t0: float, timeout_s: float) -> tuple[RequestRecord, str]:
+                     scheduled_s: float, t0: float, timeout_s: float,
+                     lag_sink: list[float] | None = None) -> tuple[RequestRecord, str]:
     """Send one streamed request; return its record and the generated text (agent turns reuse it)."""
     sent = time.perf_counter()
     times: list[float] = []
@@ -108,7 +114,7 @@ async def stream_one(client: httpx.AsyncClient, base_url: str, req: TraceRequest
                 text = (await resp.aread()).decode(errors="replace")
                 error = f"HTTP {status}: {_error_text(text)}"
             else:
-                parser = SSEParser()
+                parser = SSEParser(lag_sink)
                 async for chunk in resp.aiter_raw():
                     now = time.perf_counter()
                     nbytes += len(chunk)
@@ -159,21 +165,60 @@ def _error_text(text: str) -> str:
     return " ".join(str(msg).split())[:300]
 
 
-def slow_transport(recv_buffer: int, limit: int) -> httpx.AsyncHTTPTransport:
-    # A small receive buffer so unread bytes back up into the server, not into our memory.
-    return httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)],
-                                    limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit))
+SHARD = 32  # connections per httpx client
+_SSL: list = []
+
+
+def _ssl_context():
+    # One context for all shards: building one loads the CA bundle (~30 ms of CPU each).
+    if not _SSL:
+        _SSL.append(httpx.create_ssl_context())
+    return _SSL[0]
+
+
+class ClientPool:
+    """httpx clients in shards of SHARD connections, each request on the least busy shard.
+
+    httpcore's pool scans every connection on every request and response (quadratic: at 250
+    streams it cost ~0.8 ms CPU per token); shards keep each scan short.
+    """
+
+    def __init__(self, connections: int, recv_buffer: int = 0) -> None:
+        n = max(1, -(-connections // SHARD))
+        self.clients = [self._client(min(SHARD, connections), recv_buffer) for _ in range(n)]
+        self.busy = [0] * n
+
+    @staticmethod
+    def _client(limit: int, recv_buffer: int) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
+        # A small receive buffer (slow readers) so unread bytes back up into the server, not into our memory.
+        opts = [(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)] if recv_buffer else None
+        return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(verify=_ssl_context(), limits=limits,
+                                                                        socket_options=opts))
+
+    @contextlib.asynccontextmanager
+    async def client(self):
+        i = min(range(len(self.busy)), key=self.busy.__getitem__)
+        self.busy[i] += 1
+        try:
+            yield self.clients[i]
+        finally:
+            self.busy[i] -= 1
+
+    async def aclose(self) -> None:
+        for c in self.clients:
+            await c.aclose()
 
 
 async def replay(trace: Trace, base_url: str, model: str, out: Path | None, opts: ReplayOptions = ReplayOptions(),
-                 on_record: Callable[[RequestRecord], None] | None = None) -> list[RequestRecord]:
+                 on_record: Callable[[RequestRecord], None] | None = None,
+                 lag_sink: list[float] | None = None) -> list[RequestRecord]:
     """Replay every request of the trace; append each record to `out` as it finishes."""
     base_url = base_url.rstrip("/")
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.touch()
     cap = asyncio.Semaphore(opts.max_concurrency)
-    limits = httpx.Limits(max_connections=opts.max_concurrency, max_keepalive_connections=opts.max_concurrency)
     recv = max((r.recv_buffer_bytes for r in trace.requests if r.read_bytes_per_s), default=4096)
     results: list[RequestRecord] = []
     followers: dict[str, list[TraceRequest]] = {}
@@ -183,8 +228,9 @@ async def replay(trace: Trace, base_url: str, model: str, out: Path | None, opts
     conversations: dict[str, list[dict[str, str]]] = {}
     tasks: set[asyncio.Task] = set()
 
-    async with httpx.AsyncClient(limits=limits, timeout=opts.request_timeout_s) as fast, \
-            httpx.AsyncClient(transport=slow_transport(recv or 4096, opts.max_concurrency)) as slow:
+    fast = ClientPool(opts.max_concurrency)
+    slow = ClientPool(opts.max_concurrency, recv or 4096) if any(r.read_bytes_per_s for r in trace.requests) else fast
+    try:
         t0 = time.perf_counter()
 
         async def run(req: TraceRequest, at: float) -> None:
@@ -198,9 +244,8 @@ async def replay(trace: Trace, base_url: str, model: str, out: Path | None, opts
                     conv.append({"role": "tool", "content": req.tool_result})
                 messages = list(conv)
             body = request_body(req, model, messages, opts)
-            async with cap:
-                rec, text = await stream_one(slow if req.read_bytes_per_s else fast, base_url, req, body,
-                                             at, t0, opts.request_timeout_s)
+            async with cap, (slow if req.read_bytes_per_s else fast).client() as client:
+                rec, text = await stream_one(client, base_url, req, body, at, t0, opts.request_timeout_s, lag_sink)
             if req.session and req.endpoint == "chat":
                 conversations[req.session].append({"role": "assistant", "content": text})
             results.append(rec)
@@ -221,9 +266,24 @@ async def replay(trace: Trace, base_url: str, model: str, out: Path | None, opts
                 spawn(r, r.t * opts.time_scale)
         while tasks:
             await asyncio.gather(*list(tasks))
+    finally:
+        await fast.aclose()
+        if slow is not fast:
+            await slow.aclose()
     return results
 
 
+def loop_factory():
+    """uvloop where installed: the event loop's own cost is most of the client's per-token CPU."""
+    try:
+        import uvloop
+        return uvloop.new_event_loop
+    except ImportError:
+        return None
+
+
 def run(trace: Trace, base_url: str, model: str, out: Path | None, opts: ReplayOptions = ReplayOptions(),
-        on_record: Callable[[RequestRecord], None] | None = None) -> list[RequestRecord]:
-    return asyncio.run(replay(trace, base_url, model, out, opts, on_record))
+        on_record: Callable[[RequestRecord], None] | None = None,
+        lag_sink: list[float] | None = None) -> list[RequestRecord]:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(replay(trace, base_url, model, out, opts, on_record, lag_sink))
