@@ -245,3 +245,57 @@ def classify(c, log, rules=None):
     if r.remediation:
         print(f"remediation: {r.remediation}")
 
+
+
+# --- smoke ---------------------------------------------------------------------------------
+
+@task(help={"mix": "mix name (smoke/mixes/NAME.toml) or TOML path", "seed": "random seed", "out": "trace file"})
+@one_line_errors
+def workload(c, mix="default", seed=0, out="results/trace.jsonl"):
+    """Write a mix's seeded workload as a JSONL trace; the same seed gives a byte-identical file."""
+    from smoke.cli import workload as write_trace
+    write_trace(mix, int(seed), out)
+
+
+@task(help={"cell": "matrix cell id (starts its engine image)", "url": "an OpenAI-compatible server on loopback",
+            "image": "engine image for --cell (default: the vllm-cpu runtime image)", "mix": "mix name or path",
+            "seed": "workload seed", "duration": "override the mix's duration (s)", "rate": "override its rate (req/s)",
+            "trace": "replay this trace instead of generating one", "run": "results run name", "spec": "matrix spec"})
+@one_line_errors
+def smoke(c, cell="", url="", image="", mix="default", seed=0, duration=0.0, rate=0.0, trace="", run="latest",
+          spec=None):
+    """Replay the six-class mix against a real vLLM server; records, summary, Markdown, PNGs, a gate verdict."""
+    from smoke.cli import smoke as run_smoke
+    if run_smoke(cell, url, image, mix, int(seed), float(duration), float(rate), trace, run, spec, RESULTS):
+        raise Exit(code=1)
+
+
+def _bench_replay(**kw):
+    from smoke.bench.peer import run_bench
+    run_bench(**kw)
+
+
+def _bench_replay_capacity(**kw):
+    from smoke.bench.capacity import run_capacity
+    run_capacity(**kw)
+
+
+# name → function; each takes only the options it knows (set ones are passed through).
+BENCHES = {"replay": _bench_replay, "replay-capacity": _bench_replay_capacity}
+
+
+@task(help={"name": f"one of: {', '.join(BENCHES)}", "url": "replay: a vLLM server on loopback (else one is started)",
+            "image": "replay: engine image to start", "pairs": "replay: A/B pairs (>= 4)",
+            "concurrency": "replay: fixed concurrency", "peer": "replay: guidellm or vllm",
+            "streams": "replay-capacity: comma-separated stream counts", "interval": "replay-capacity: token pace (s)"})
+@one_line_errors
+def bench(c, name, url=None, image=None, pairs=None, concurrency=None, peer=None, streams=None, interval=None):
+    """Speed goals live here, never in timed tests: `replay` (vs a peer client) and `replay-capacity`."""
+    from matrix.errors import did_you_mean
+    if name not in BENCHES:
+        raise UsageError(f"bench: unknown benchmark {name!r}{did_you_mean(name, BENCHES)} (known: {', '.join(BENCHES)})")
+    kw = {"url": url, "image": image, "pairs": int(pairs) if pairs else None,
+          "concurrency": int(concurrency) if concurrency else None, "peer": peer,
+          "levels": tuple(int(x) for x in streams.split(",")) if streams else None,
+          "interval": float(interval) if interval else None}
+    BENCHES[name](**{k: v for k, v in kw.items() if v is not None})
