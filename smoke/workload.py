@@ -140,8 +140,9 @@ def generate(mix: Mix, seed: int) -> Trace:
     counts: dict[str, int] = {}
     for n, (t, cls_name) in enumerate(arrivals(mix, seed)):
         c = mix.cls(cls_name) if cls_name else pick.choices(mix.classes, weights)[0]
+        reqs.extend(_requests_for(c, n, round(t, 6), content[c.name], vocab, prefixes.get(c.name),
+                                  counts.get(c.name, 0)))
         counts[c.name] = counts.get(c.name, 0) + 1
-        reqs.extend(_requests_for(c, n, round(t, 6), content[c.name], vocab, prefixes.get(c.name)))
     header = {"kind": "header", "version": TRACE_VERSION, "mix": mix.name, "mix_sha256": mix.sha256, "seed": seed,
               "duration_s": mix.duration_s, "max_concurrency": mix.max_concurrency,
               "arrival": {"process": mix.arrival.process, "rate_rps": mix.arrival.rate_rps, "cv": mix.arrival.cv},
@@ -150,7 +151,7 @@ def generate(mix: Mix, seed: int) -> Trace:
 
 
 def _requests_for(c: RequestClass, n: int, t: float, rng: random.Random, vocab: tuple[str, ...],
-                  prefixes: list[str] | None) -> list[TraceRequest]:
+                  prefixes: list[str] | None, seq: int) -> list[TraceRequest]:
     rid = f"{n:06d}-{c.name}"
     body = _text(rng, vocab, _draw(rng, c.prompt_tokens))
     out_tokens = _draw(rng, c.output_tokens)
@@ -158,7 +159,8 @@ def _requests_for(c: RequestClass, n: int, t: float, rng: random.Random, vocab: 
         body = prefixes[rng.randrange(len(prefixes))] + "\n\nquestion: " + body
     common: dict[str, Any] = {"t": t, "cls": c.name, "endpoint": c.endpoint, "max_tokens": out_tokens}
     if c.reader:
-        common["read_bytes_per_s"] = rng.choice(c.reader.bytes_per_s)
+        # Throttles in turn, so even a short run has a slow reader at each (E2E vs throttle).
+        common["read_bytes_per_s"] = c.reader.bytes_per_s[seq % len(c.reader.bytes_per_s)]
         common["recv_buffer_bytes"] = c.reader.recv_buffer_bytes
     if c.endpoint == "chat":
         first = TraceRequest(id=rid, messages=({"role": "user", "content": body},), **common)
