@@ -85,21 +85,14 @@ def bases(c, spec=None, set_=None, cells=None, run="latest", force=False):
 @one_line_errors
 def render(c, out="out/dockerfiles", spec=None, set_=None):
     """Render one build-container Dockerfile per cell, plus manifest.json, and lint them with hadolint."""
-    import shutil
-    import subprocess
-    from images.render import write_all
+    from images.render import lint, write_all
     done = write_all(_matrix(spec, set_).cells, Path(out))
-    lint = shutil.which("hadolint")
     bad = 0
     for r in done:
         path = Path(out) / r.cell / "Dockerfile"
-        if lint:
-            res = subprocess.run([lint, "--no-color", "--config", str(ROOT / "images/hadolint.yaml"), str(path)],
-                                 capture_output=True, text=True)
-            bad += res.returncode != 0
-            print(f"{path}  cuda={r.cuda_source:<12} hadolint={'ok' if res.returncode == 0 else res.stdout.strip()}")
-        else:
-            print(f"{path}  cuda={r.cuda_source:<12} hadolint=not installed")
+        ok, text = lint(path)
+        bad += ok is False
+        print(f"{path}  cuda={r.cuda_source:<12} hadolint={'ok' if ok else text}")
     print(f"{len(done)} Dockerfiles and manifest.json in {out}")
     if bad:
         raise Exit(f"hadolint failed on {bad} Dockerfile(s)", code=1)
@@ -129,6 +122,7 @@ def build(c, cell, vllm=None, spec=None, set_=None, run="latest", force=True):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from images.logs import ninja_progress
     ctx = _ctx(run, vllm=vllm)
+    ctx.confirm_gates = True  # an explicit build runs even past a predicted gate, to confirm it
     x = _matrix(spec, set_).get(cell)
     for stage in ("render", "base", "toolchain", "preflight"):
         run_stage(ctx, x, stage)
@@ -153,13 +147,16 @@ def build(c, cell, vllm=None, spec=None, set_=None, run="latest", force=True):
 @task(iterable=["set_", "cells", "stages"],
       help={"spec": "matrix spec", "set_": "KEY=VALUE override", "cells": "cell id globs (repeatable)",
             "stages": "stages to run (repeatable)", "run": "results run name", "force": "redo stored stages",
-            "vllm": "engine VERSION or PATH for every cell"})
+            "vllm": "engine VERSION or PATH for every cell",
+            "confirm_gates": "build even where preflight predicts a gate"})
 @one_line_errors
-def matrix(c, spec=None, set_=None, cells=None, stages=None, run="latest", force=False, vllm=None):
+def matrix(c, spec=None, set_=None, cells=None, stages=None, run="latest", force=False, vllm=None,
+           confirm_gates=False):
     """Every stage of every cell: render → base → toolchain → preflight → build → runtime → smoke → oracle."""
     from matrix.pipeline import run_matrix
     from matrix.report import summary_table
     ctx = _ctx(run, force=force, vllm=vllm)
+    ctx.confirm_gates = confirm_gates
     m = _matrix(spec, set_)
     run_matrix(ctx, m.select(cells), stages)
     _console().print(summary_table(ctx.store, [x.id for x in m.select(cells)]))

@@ -184,21 +184,21 @@ def offline_inputs(tree: Path) -> dict[str, dict[str, str]]:
 
 
 def deps_script(cell: Cell, inputs: dict[str, dict[str, str]]) -> str:
+    """Fetch each offline input; one that cannot be had is reported, not fatal: the build then
+    meets the engine's own fetch (fetch-blocked) or an earlier gate, and says so."""
     if not inputs:
         return "true"
-    parts = []
-    if cell.family == "debian":
-        parts.append("apt-get update -q")
-        for name, spec in inputs.items():
-            pkg = spec["debian"]
-            parts.append(f"(ls -d /deps/{pkg}-*/ >/dev/null 2>&1 || (cd /deps && apt-get source -q {pkg}))")
+    parts = ["apt-get update -q" if cell.family == "debian" else "true"]
+    for name, spec in inputs.items():
+        pkg = spec[cell.family]
+        if cell.family == "debian":
             # Debian's sources are de-vendored (+ds): they build against system libraries (spdlog, …).
-            parts.append(f"(cd /deps && apt-get build-dep -y -q --no-install-recommends ./{pkg}_*.dsc)")
-            parts.append(f"echo \"offline-input {name} $(ls -d /deps/{pkg}-*/ | head -n1)\"")
-    else:
-        for name, spec in inputs.items():
-            pkg = spec["fedora"]
-            parts.append(f"(cd /deps && dnf download --source {pkg} && rpm2cpio {pkg}-*.src.rpm | cpio -idm)")
+            get = (f"(ls -d /deps/{pkg}-*/ >/dev/null 2>&1 || (cd /deps && apt-get source -q {pkg})) && "
+                   f"(cd /deps && apt-get build-dep -y -q --no-install-recommends ./{pkg}_*.dsc)")
+        else:
+            get = f"(cd /deps && dnf download --source {pkg} && rpm2cpio {pkg}-*.src.rpm | cpio -idm)"
+        parts.append(f"if {get}; then echo \"offline-input {name} $(ls -d /deps/{pkg}-*/ | head -n1)\"; "
+                     f"else echo \"offline-input-missing {name}\"; fi")
     return " && \\\n  ".join(parts)
 
 
@@ -298,6 +298,11 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
             a = bc.run("deps", deps_script(cell, inputs))
             attempts.append({"phase": a.phase, "exit": a.exit_code, "seconds": round(a.seconds, 1)})
             for line in a.log.splitlines():
+                if line.startswith("offline-input-missing "):
+                    name = line.split()[1]
+                    details["offline_inputs"][name] = {"asked": inputs[name]["asked"], "got": "",
+                                                       "env": inputs[name]["env"],
+                                                       "error": classify_text(a.log).evidence[:2]}
                 if line.startswith("offline-input "):
                     _, name, path = line.split(" ", 2)
                     got = Path(path.strip().rstrip("/")).name

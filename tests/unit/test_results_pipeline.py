@@ -1,0 +1,87 @@
+"""The results store and the pipeline's resume/skip rules, on stages that need no engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from matrix import pipeline
+from matrix.notes import write_notes
+from matrix.results import ResultsStore, StageOutcome
+
+
+def test_outcomes_round_trip_and_events_append(tmp_path):
+    store = ResultsStore(tmp_path, "r1")
+    o = StageOutcome(cell="c", stage="build", status="gated", category="gcc-gate", evidence=("a", "b"),
+                     versions={"gcc": "12.2.0"}, details={"blockers": [{"category": "x"}]})
+    store.write(o)
+    assert store.get("c", "build") == o
+    assert [x.stage for x in store.outcomes("c")] == ["build"]
+    events = [json.loads(line) for line in (store.path / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "stage-end" and events[-1]["status"] == "gated"
+    assert not list(store.path.glob("cells/c/.*")), "no temp files left behind"
+
+
+def test_unknown_status_is_refused():
+    with pytest.raises(ValueError):
+        StageOutcome(cell="c", stage="s", status="ok")
+
+
+def test_render_runs_once_and_a_rerun_keeps_it(tmp_path, default_matrix):
+    ctx = pipeline.Context(store=ResultsStore(tmp_path, "r"), work=tmp_path / "work")
+    cell = default_matrix.get("debian-trixie-cpu")
+    first = pipeline.run_stage(ctx, cell, "render")
+    assert first.status == "pass" and first.details["hadolint"] == "ok"
+    events = []
+    ctx.on_event = lambda c, s, m: events.append(m)
+    again = pipeline.run_stage(ctx, cell, "render")
+    assert again == first and events == ["kept pass"]
+    ctx.force = True
+    assert pipeline.run_stage(ctx, cell, "render").started > first.started
+
+
+def test_a_stage_whose_need_did_not_pass_is_skipped_with_the_cause(tmp_path, default_matrix):
+    store = ResultsStore(tmp_path, "r")
+    cell = default_matrix.get("fedora-44-cpu")
+    store.write(StageOutcome(cell=cell.id, stage="render", status="pass"))
+    store.write(StageOutcome(cell=cell.id, stage="base", status="base-unavailable", category="base-unavailable",
+                             evidence=("cannot pull fedora:44",), remediation="make it reachable"))
+    ctx = pipeline.Context(store=store, work=tmp_path)
+    out = pipeline.run_stage(ctx, cell, "toolchain")
+    assert out.status == "skipped" and out.category == "upstream-base"
+    assert out.evidence[0] == "base: base-unavailable (base-unavailable)"
+    assert out.remediation == "make it reachable"
+
+
+def test_stages_outside_the_cells_knobs_are_skipped(tmp_path, default_matrix):
+    ctx = pipeline.Context(store=ResultsStore(tmp_path, "r"), work=tmp_path)
+    out = pipeline.run_stage(ctx, default_matrix.get("debian-trixie-cuda"), "build")
+    assert out.status == "skipped" and out.category == "not-selected"
+
+
+def test_unknown_stage_name_is_a_usage_error(tmp_path, default_matrix):
+    from matrix.errors import UsageError
+    ctx = pipeline.Context(store=ResultsStore(tmp_path, "r"), work=tmp_path)
+    with pytest.raises(UsageError, match="did you mean 'preflight'"):
+        pipeline.run_matrix(ctx, default_matrix.cells[:1], ["prefligth"])
+
+
+def test_notes_list_blockers_in_order_with_fixes(tmp_path):
+    store = ResultsStore(tmp_path, "r")
+    store.write(StageOutcome(
+        cell="debian-bookworm-cpu", stage="build", status="gated", category="gcc-gate",
+        evidence=("X86 backend requires gcc/g++ >= 12.3",), remediation="use trixie",
+        versions={"gcc": "12.2.0"},
+        details={"max_jobs": 2, "blockers": [
+            {"phase": "wheel", "category": "torch-cuda-config", "evidence": ["Caffe2 uses CUDA"],
+             "fix": "-DCMAKE_PROJECT_INCLUDE=/deploylab/torch_cudart_stub.cmake", "fixed": True, "note": "n1"},
+            {"phase": "wheel.2", "category": "gcc-gate", "evidence": ["X86 backend requires gcc/g++ >= 12.3"],
+             "fix": "", "fixed": False, "note": "no newer GCC"}]}))
+    paths = write_notes(store, tmp_path / "notes")
+    md = (tmp_path / "notes" / "debian-bookworm.md").read_text()
+    assert [p.name for p in paths] == ["debian-bookworm.md", "debian-bookworm.json"]
+    first, second = md.index("torch-cuda-config"), md.index("**gcc-gate** in wheel.2")
+    assert first < second and "worked" in md and "→ no fix" in md
+    data = json.loads((tmp_path / "notes" / "debian-bookworm.json").read_text())
+    assert data["cells"]["debian-bookworm-cpu"]["build"]["category"] == "gcc-gate"
