@@ -7,6 +7,7 @@ Errors a user can cause are UsageError, printed here as one line with exit code 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from invoke import Exit, task
 from matrix.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
+RESULTS = Path(os.environ.get("DEPLOYLAB_RESULTS", ROOT / "results"))
 
 
 def one_line_errors(fn):
