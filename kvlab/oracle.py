@@ -70,7 +70,7 @@ def check(built: Built, backend: Backend, backend_name: str, layouts=None) -> li
         meta = mod.build(built.state)
         t0 = time.perf_counter()
         try:
-            o, l = backend(name, meta, built.q, built.store, p)
+            o, l = backend(getattr(mod, "KIND", name), meta, built.q, built.store, p)
             detail = ""
         except (IndexError, ValueError) as exc:  # a layout that addresses outside the pool fails
             o, l, detail = np.full_like(ref_o, np.nan), np.full_like(ref_l, np.nan), str(exc)

@@ -59,11 +59,11 @@ int check(const kvx_params* p) {
 int threads_of(const kvx_params* p) { return p->num_threads > 0 ? p->num_threads : omp_default_threads(); }
 
 // Add items for `rows_per_split` rows over source tokens [lo, hi), split into chunks.
-void add_items(Work& w, const Source& src, int kvh, int lo, int hi, const std::vector<Row>& rows, int splits) {
+void add_items(Work& w, const Source& src, int lo, int hi, const std::vector<Row>& rows, int splits) {
   if (lo >= hi) return;
   const int n = hi - lo, chunk = (n + splits - 1) / splits;
   for (int a = lo; a < hi; a += chunk) {
-    Item it{src, kvh, a, std::min(hi, a + chunk), int32_t(w.rows.size()), int32_t(rows.size())};
+    Item it{src, a, std::min(hi, a + chunk), int32_t(w.rows.size()), int32_t(rows.size())};
     w.rows.insert(w.rows.end(), rows.begin(), rows.end());
     w.items.push_back(it);
   }
@@ -75,10 +75,9 @@ int choose_splits(const kvx_params* p, int base_items, int tokens) {
   return std::max(1, std::min(want, (tokens + 255) / 256));           // but chunks of >= 256 tokens
 }
 
-std::vector<Row> seq_rows(const kvx_params* p, int b, int kvh, int qpos) {
-  const int G = p->q_heads / p->kv_heads;
+std::vector<Row> seq_rows(const kvx_params* p, int b, int qpos) {  // q heads are head-major already
   std::vector<Row> r;
-  for (int g = 0; g < G; ++g) r.push_back({b, kvh * G + g, qpos});
+  for (int h = 0; h < p->q_heads; ++h) r.push_back({b, h, qpos});
   return r;
 }
 
@@ -140,8 +139,7 @@ int kvx_paged(const kvx_params* p, const float* q, const void* k, const void* v,
     s.kind = PAGED;
     s.table = block_table + size_t(b) * max_blocks;
     const int lo = window_lo(p, L - 1, 0);
-    for (int h = 0; h < p->kv_heads; ++h)
-      add_items(w, s, h, lo, L, seq_rows(p, b, h, L - 1), choose_splits(p, p->num_seqs * p->kv_heads, L - lo));
+    add_items(w, s, lo, L, seq_rows(p, b, L - 1), choose_splits(p, p->num_seqs, L - lo));
   }
   return finish(w, out, lse);
 }
@@ -159,8 +157,7 @@ int kvx_spans(const kvx_params* p, const float* q, const void* k, const void* v,
     s.slen = span_len + span_ptr[b];
     s.nspans = span_ptr[b + 1] - span_ptr[b];
     const int lo = window_lo(p, L - 1, 0);
-    for (int h = 0; h < p->kv_heads; ++h)
-      add_items(w, s, h, lo, L, seq_rows(p, b, h, L - 1), choose_splits(p, p->num_seqs * p->kv_heads, L - lo));
+    add_items(w, s, lo, L, seq_rows(p, b, L - 1), choose_splits(p, p->num_seqs, L - lo));
   }
   return finish(w, out, lse);
 }
@@ -176,8 +173,7 @@ int kvx_contiguous(const kvx_params* p, const float* q, const void* k, const voi
     s.kind = CONTIG;
     s.base = int64_t(b) * stride_tokens;
     const int lo = window_lo(p, L - 1, 0);
-    for (int h = 0; h < p->kv_heads; ++h)
-      add_items(w, s, h, lo, L, seq_rows(p, b, h, L - 1), choose_splits(p, p->num_seqs * p->kv_heads, L - lo));
+    add_items(w, s, lo, L, seq_rows(p, b, L - 1), choose_splits(p, p->num_seqs, L - lo));
   }
   return finish(w, out, lse);
 }
@@ -201,14 +197,13 @@ int kvx_hybrid(const kvx_params* p, const float* q, const void* k, const void* v
     s.nspans = pre_ptr[g + 1] - pre_ptr[g];
     int lo = P;
     for (int i = group_ptr[g]; i < group_ptr[g + 1]; ++i) lo = std::min(lo, window_lo(p, seq_lens[group_members[i]] - 1, 0));
-    for (int h = 0; h < p->kv_heads; ++h) {
-      std::vector<Row> rows;
+    std::vector<Row> rows;  // head-major: each kv head's rows are every member's query heads on it
+    for (int h = 0; h < p->kv_heads; ++h)
       for (int i = group_ptr[g]; i < group_ptr[g + 1]; ++i) {
         const int b = group_members[i];
         for (int j = 0; j < G; ++j) rows.push_back({b, h * G + j, seq_lens[b] - 1});
       }
-      add_items(w, s, h, lo, P, rows, choose_splits(p, num_groups * p->kv_heads, P - lo));
-    }
+    add_items(w, s, lo, P, rows, choose_splits(p, num_groups, P - lo));
   }
   for (int b = 0; b < p->num_seqs; ++b) {
     const int L = seq_lens[b], P = prefix_len[group_of_seq[b]];
@@ -220,8 +215,7 @@ int kvx_hybrid(const kvx_params* p, const float* q, const void* k, const void* v
     s.nspans = suf_ptr[b + 1] - suf_ptr[b];
     s.loffset = P;
     const int lo = window_lo(p, L - 1, P);
-    for (int h = 0; h < p->kv_heads; ++h)
-      add_items(w, s, h, lo, L - P, seq_rows(p, b, h, L - 1), choose_splits(p, p->num_seqs * p->kv_heads, L - P - lo));
+    add_items(w, s, lo, L - P, seq_rows(p, b, L - 1), choose_splits(p, p->num_seqs, L - P - lo));
   }
   return finish(w, out, lse);
 }

@@ -37,9 +37,9 @@ struct Row {      // one query head of one sequence
   int32_t seq, qhead, qpos;
 };
 
-struct Item {     // rows sharing one kv head, over source tokens [lo, hi)
+struct Item {     // rows of every kv head (head-major, equal count per head), over source tokens [lo, hi)
   Source src;
-  int32_t kvh, lo, hi;
+  int32_t lo, hi;
   int32_t row0, nrows;  // rows[row0 .. row0+nrows), partials at the same indices
 };
 

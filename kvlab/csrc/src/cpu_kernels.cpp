@@ -44,6 +44,24 @@ inline const float* to_float(const uint8_t* s, float* buf, int D) {
   return buf;
 }
 
+// e^x to ~1e-7 relative, in a form the compiler vectorizes (libm's expf is a scalar call, and
+// decode attention needs one per query head per token). exp(-inf) = 0; NaN stays NaN.
+inline float fast_exp(float x) {
+  const float xc = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+  const float t = xc * 1.44269504088896341f;
+  const float r = (t + 12582912.f) - 12582912.f;  // round to nearest (1.5 * 2^23 trick)
+  const float f = t - r;                           // [-0.5, 0.5]
+  float p = 1.546531857457012e-4f;                 // 2^f, Chebyshev fit, degree 6
+  p = p * f + 1.3395285932347178e-3f;
+  p = p * f + 9.618040174245834e-3f;
+  p = p * f + 5.550340563058853e-2f;
+  p = p * f + 2.4022650718688965e-1f;
+  p = p * f + 6.931471824645996e-1f;
+  p = p * f + 1.f;
+  const float res = p * bits_to_float(uint32_t(int32_t(r) + 127) << 23);
+  return x < -87.f ? 0.f : res;
+}
+
 inline float dot(const float* a, const float* b, int D) {
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
@@ -73,22 +91,23 @@ inline void for_runs(const Source& s, int bs, int lo, int hi, F&& fn) {
   }
 }
 
+// One item: all kv heads of one source over a token range, so K and V stream through memory in
+// address order ([token][kv head][dim]); rows are ordered head-major, rows_per_head per kv head.
 template <typename T>
 void run_item(Work& w, const Item& it, std::vector<float>& scratch) {
   const kvx_params& p = *w.p;
-  const int D = p.head_dim, H = p.kv_heads, R = it.nrows, bs = p.block_size;
+  const int D = p.head_dim, H = p.kv_heads, R = it.nrows, RH = R / H, bs = p.block_size;
   const T* K = static_cast<const T*>(w.k);
   const T* V = static_cast<const T*>(w.v);
-  const float ks = p.k_scale ? p.k_scale[it.kvh] : 1.f;
-  scratch.resize(size_t(R) * D + size_t(R) * TILE + 2 * size_t(TILE) * D + 2 * R);
+  scratch.resize(size_t(R) * D + size_t(R) * TILE + size_t(H) * D + 2 * R);
   float* qs = scratch.data();            // [R, D] queries prescaled by sm_scale * k_scale
   float* sc = qs + size_t(R) * D;        // [R, TILE] scores, then probabilities
-  float* kb = sc + size_t(R) * TILE;     // [TILE, D] converted K rows
-  float* vb = kb + size_t(TILE) * D;     // [D] converted V row
-  float* slope = vb + size_t(TILE) * D;  // [R]
+  float* cb = sc + size_t(R) * TILE;     // [H, D] one token's K (or V) rows as float
+  float* slope = cb + size_t(H) * D;     // [R]
   float* qpos = slope + R;               // [R]
   for (int r = 0; r < R; ++r) {
     const Row& row = w.rows[it.row0 + r];
+    const float ks = p.k_scale ? p.k_scale[r / RH] : 1.f;
     const float* qr = w.q + (size_t(row.seq) * p.q_heads + row.qhead) * D;
     for (int d = 0; d < D; ++d) qs[size_t(r) * D + d] = qr[d] * p.sm_scale * ks;
     slope[r] = p.alibi ? p.alibi[row.qhead] : 0.f;
@@ -101,8 +120,11 @@ void run_item(Work& w, const Item& it, std::vector<float>& scratch) {
     for (int j0 = 0; j0 < n; j0 += TILE) {
       const int nt = n - j0 < TILE ? n - j0 : TILE;
       for (int j = 0; j < nt; ++j) {
-        const float* kr = to_float(K + ((slot0 + j0 + j) * H + it.kvh) * D, kb + size_t(j) * D, D);
-        for (int r = 0; r < R; ++r) sc[r * TILE + j] = dot(qs + size_t(r) * D, kr, D);
+        const T* krow = K + (slot0 + j0 + j) * H * D;
+        for (int h = 0; h < H; ++h) {
+          const float* kr = to_float(krow + size_t(h) * D, cb + size_t(h) * D, D);
+          for (int r = h * RH; r < (h + 1) * RH; ++r) sc[r * TILE + j] = dot(qs + size_t(r) * D, kr, D);
+        }
       }
       const float pos0 = float(it.src.loffset + t0 + j0);
       for (int r = 0; r < R; ++r) {
@@ -122,25 +144,29 @@ void run_item(Work& w, const Item& it, std::vector<float>& scratch) {
           continue;
         }
         const float mnew = tmax > pa.m ? tmax : pa.m;
-        const float corr = std::exp(pa.m - mnew);
-        float l = pa.l * corr;
+        const float corr = fast_exp(pa.m - mnew);
+        float l = 0.f;
         if (corr != 1.f) {
 #pragma omp simd
           for (int d = 0; d < D; ++d) acc[d] *= corr;
         }
+#pragma omp simd reduction(+ : l)
         for (int j = 0; j < nt; ++j) {
-          s[j] = std::exp(s[j] - mnew);
+          s[j] = fast_exp(s[j] - mnew);
           l += s[j];
         }
-        pa = {mnew, l};
+        pa = {mnew, pa.l * corr + l};
       }
       for (int j = 0; j < nt; ++j) {
-        const float* vr = to_float(V + ((slot0 + j0 + j) * H + it.kvh) * D, vb, D);
-        for (int r = 0; r < R; ++r) {
-          const float pj = sc[r * TILE + j];
-          float* acc = &w.acc[size_t(it.row0 + r) * D];
+        const T* vrow = V + (slot0 + j0 + j) * H * D;
+        for (int h = 0; h < H; ++h) {
+          const float* vr = to_float(vrow + size_t(h) * D, cb + size_t(h) * D, D);
+          for (int r = h * RH; r < (h + 1) * RH; ++r) {
+            const float pj = sc[r * TILE + j];
+            float* acc = &w.acc[size_t(it.row0 + r) * D];
 #pragma omp simd
-          for (int d = 0; d < D; ++d) acc[d] += pj * vr[d];
+            for (int d = 0; d < D; ++d) acc[d] += pj * vr[d];
+          }
         }
       }
     }

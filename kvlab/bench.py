@@ -1,0 +1,87 @@
+"""`invoke bench kvext`: CPU decode attention through the extension, spans vs paged vs contiguous.
+
+Decode attention is memory-bound: the floor is reading K and V of every token once, so each row
+reports that byte count over the median time, against the machine's measured copy bandwidth
+(a parallel memcpy, bytes read + written). Paged and spans address the same physical allocation
+(each sequence's blocks consecutive, as a fresh pool hands them out), so their difference is the
+cost of the indirection alone; contiguous is the baseline with no metadata at all.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+CONTEXTS = (1024, 8192, 32768)
+BATCHES = (1, 4, 16, 64)
+MAX_TOKENS = 256 * 1024  # B × L cap: 1 GiB of bf16 K+V at 8 kv heads × 128; the box is shared
+SHAPE = dict(q_heads=32, kv_heads=8, head_dim=128, block_size=16)
+
+
+@dataclass(frozen=True)
+class Row:
+    context: int
+    batch: int
+    layout: str
+    seconds: float
+    gbps: float
+
+
+def _inputs(B, L, rng):
+    H, D, bs = SHAPE["kv_heads"], SHAPE["head_dim"], SHAPE["block_size"]
+    nblk = -(-L // bs)
+    # N(0,1) as bf16 (never zeros, never random bit patterns: denormals would time the slow path)
+    k = rng.standard_normal((B * nblk, bs, H, D), np.float32).astype(ml_dtypes.bfloat16).view(np.int16)
+    v = rng.standard_normal((B * nblk, bs, H, D), np.float32).astype(ml_dtypes.bfloat16).view(np.int16)
+    lens = np.full(B, L, np.int32)
+    table = np.arange(B * nblk, dtype=np.int32).reshape(B, nblk)
+    metas = {
+        "paged": {"block_table": table, "seq_lens": lens},
+        "spans": {"span_ptr": np.arange(B + 1, dtype=np.int32), "span_block": table[:, 0].copy(),
+                  "span_len": lens.copy(), "seq_lens": lens},
+        "contiguous": {"seq_lens": lens},
+    }
+    q = rng.standard_normal((B, SHAPE["q_heads"], D)).astype(np.float32)
+    return q, k, v, metas
+
+
+def run(kvx, reps: int = 7, threads: int = 0, out=print) -> list[Row]:
+    rng = np.random.default_rng(0)
+    copy_bw = kvx.copy_bandwidth(512 << 20, 5, threads)
+    out(f"kvx CPU build: {kvx.isa()}; measured copy bandwidth {copy_bw / 1e9:.1f} GB/s (read + write)")
+    out(f"shape: {SHAPE}, bf16 K/V; B×L capped at {MAX_TOKENS} tokens")
+    rows = []
+    hdr = f"{'context':>7} {'batch':>5} " + " ".join(f"{n + ' GB/s':>16}" for n in ("contiguous", "paged", "spans"))
+    out(hdr + f" {'spans/paged':>11} {'spans/copy':>10}")
+    for L in CONTEXTS:
+        for B in BATCHES:
+            if B * L > MAX_TOKENS:
+                continue
+            q, k, v, metas = _inputs(B, L, rng)
+            nbytes = 2 * B * L * SHAPE["kv_heads"] * SHAPE["head_dim"] * 2
+            got = {}
+            for name in ("contiguous", "paged", "spans"):
+                kk, vv = (k.reshape(B, L, *k.shape[2:]), v.reshape(B, L, *v.shape[2:])) if name == "contiguous" else (k, v)
+                kw = dict(kv_dtype="bf16", sm_scale=SHAPE["head_dim"] ** -0.5, threads=threads)
+                kvx.attend(name, q, kk, vv, metas[name], **kw)  # warm-up
+                ts = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    kvx.attend(name, q, kk, vv, metas[name], **kw)
+                    ts.append(time.perf_counter() - t0)
+                t = statistics.median(ts)
+                got[name] = Row(L, B, name, t, nbytes / t / 1e9)
+                rows.append(got[name])
+            out(f"{L:>7} {B:>5} " + " ".join(f"{got[n].gbps:>16.1f}" for n in ("contiguous", "paged", "spans"))
+                + f" {got['spans'].gbps / got['paged'].gbps:>11.2f} {got['spans'].gbps * 1e9 / copy_bw:>10.0%}")
+    sp = [r for r in rows if r.layout == "spans"]
+    pg = {(r.context, r.batch): r for r in rows if r.layout == "paged"}
+    ratio = statistics.median(r.gbps / pg[(r.context, r.batch)].gbps for r in sp)
+    best = max(r.gbps for r in sp)
+    out(f"ratio: spans/paged median {ratio:.2f}; best spans bandwidth {best:.1f} GB/s = "
+        f"{best * 1e9 / copy_bw:.0%} of measured copy bandwidth ({copy_bw / 1e9:.1f} GB/s)")
+    return rows

@@ -1,0 +1,426 @@
+// CUDA decode attention with the CPU library's entry points (kvx_cuda_*), flash-decoding style:
+// each CTA takes (a split of the KV length) × (one kv head) × (up to RMAX query rows sharing it),
+// so batch 1 with a long context still fills the GPU; a second kernel merges the splits by
+// log-sum-exp. A hybrid call runs the shared prefix once per group (all members' rows in one CTA),
+// the suffixes per sequence, and merges both in the same combine kernel.
+//
+// Threads: TPT = head_dim / 8 lanes own one token (8 elements each, one 8/16/32-byte load), a CTA
+// of 128 threads streams 128 / TPT tokens at a time; head_dim must be 8 × a power of two (<= 256).
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "kvx.h"
+
+namespace {
+
+thread_local std::string g_err;
+constexpr int THREADS = 128;
+constexpr float LOG2E = 1.4426950408889634f;
+
+enum Kind { PAGED = 0, SPANS = 1, CONTIG = 2 };
+enum Mode { DECODE = 0, PREFIX = 1, SUFFIX = 2 };
+
+struct Args {
+  kvx_params p;
+  const float* q;
+  const void* k;
+  const void* v;
+  int kind, mode;
+  const int32_t* table;
+  int32_t max_blocks, stride;
+  const int32_t* sptr;  // spans CSR per unit (sequence, or group for PREFIX)
+  const int32_t* sblk;
+  const int32_t* slen;
+  const int32_t* seq_lens;
+  const int32_t* group_of_seq;
+  const int32_t* group_ptr;
+  const int32_t* group_members;
+  const int32_t* prefix_len;
+  int chunks;       // row chunks per (unit, kv head)
+  int slot0, nslots;  // this launch writes partial slots [slot0, slot0 + gridDim.x) of nslots
+  float* ws_m;
+  float* ws_l;
+  float* ws_acc;
+};
+
+__device__ __forceinline__ void load8(const float* p, float (&x)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w; x[4] = b.x; x[5] = b.y; x[6] = b.z; x[7] = b.w;
+}
+
+__device__ __forceinline__ void load8(const uint16_t* p, float (&x)[8]) {  // bf16: high half of f32
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    x[2 * i] = __uint_as_float(w[i] << 16);
+    x[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+__device__ __forceinline__ void load8(const uint8_t* p, float (&x)[8]) {  // e4m3fn, as on the CPU
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t b = ((i < 4 ? u.x : u.y) >> (8 * (i & 3))) & 0xffu;
+    const float f = __uint_as_float(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * 0x1p120f;
+    x[i] = (b & 0x7fu) == 0x7fu ? __int_as_float(0x7fc00000) : f;
+  }
+}
+
+struct Rows {
+  int n;
+  int seq[8], head[8], qpos[8];
+};
+
+__device__ __forceinline__ void unit_rows(const Args& a, int unit, int kvh, int chunk, int rmax, Rows& r, int& src_len,
+                                          int& loffset) {
+  const int G = a.p.q_heads / a.p.kv_heads;
+  r.n = 0;
+  if (a.mode == PREFIX) {
+    const int m0 = a.group_ptr[unit], nm = a.group_ptr[unit + 1] - m0;
+    src_len = a.prefix_len[unit];
+    loffset = 0;
+    for (int i = 0; i < rmax; ++i) {
+      const int idx = chunk * rmax + i;
+      if (idx >= nm * G) break;
+      const int b = a.group_members[m0 + idx / G];
+      r.seq[r.n] = b, r.head[r.n] = kvh * G + idx % G, r.qpos[r.n] = a.seq_lens[b] - 1, ++r.n;
+    }
+  } else {
+    const int L = a.seq_lens[unit];
+    loffset = a.mode == SUFFIX ? a.prefix_len[a.group_of_seq[unit]] : 0;
+    src_len = L - loffset;
+    for (int i = 0; i < rmax; ++i) {
+      const int idx = chunk * rmax + i;
+      if (idx >= G) break;
+      r.seq[r.n] = unit, r.head[r.n] = kvh * G + idx, r.qpos[r.n] = L - 1, ++r.n;
+    }
+  }
+}
+
+template <typename T, int RMAX>
+__global__ void __launch_bounds__(THREADS) partial_kernel(Args a) {
+  extern __shared__ float smem[];
+  const int D = a.p.head_dim, TPT = D / 8, NG = THREADS / TPT, H = a.p.kv_heads;
+  const int gi = threadIdx.x / TPT, lane = threadIdx.x % TPT;
+  const int unit = blockIdx.z, kvh = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
+  Rows rows;
+  int src_len, loffset;
+  unit_rows(a, unit, kvh, chunk, RMAX, rows, src_len, loffset);
+  if (rows.n == 0) return;
+
+  // token range of this split: window-clipped, then cut into gridDim.x pieces
+  int lo = src_len;
+  for (int r = 0; r < rows.n; ++r)
+    lo = min(lo, a.p.window > 0 ? max(0, rows.qpos[r] - a.p.window + 1 - loffset) : 0);
+  const int span = max(0, src_len - lo), per = (span + gridDim.x - 1) / gridDim.x;
+  const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
+
+  const float kscale = a.p.k_scale ? a.p.k_scale[kvh] : 1.f;
+  float q[RMAX][8], acc[RMAX][8], m[RMAX], l[RMAX], slope[RMAX], qp[RMAX];
+#pragma unroll
+  for (int r = 0; r < RMAX; ++r) {
+    m[r] = -INFINITY, l[r] = 0.f, slope[r] = 0.f, qp[r] = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[r][e] = 0.f, q[r][e] = 0.f;
+    if (r < rows.n) {
+      const float* qr = a.q + (size_t(rows.seq[r]) * a.p.q_heads + rows.head[r]) * D + lane * 8;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) q[r][e] = qr[e] * a.p.sm_scale * kscale * LOG2E;  // scores in log2 units
+      slope[r] = a.p.alibi ? a.p.alibi[rows.head[r]] * LOG2E : 0.f;
+      qp[r] = float(rows.qpos[r]);  // registers: the hot loop must not index the Rows struct
+    }
+  }
+
+  const T* K = static_cast<const T*>(a.k);
+  const T* V = static_cast<const T*>(a.v);
+  const int bs = a.p.block_size;
+  const int32_t* table = a.table + size_t(unit) * a.max_blocks;
+  // spans: a cursor per thread; its tokens only move forward
+  int si = 0, sstart = 0, send = 0;
+  const int32_t* sblk = nullptr;
+  const int32_t* slen = nullptr;
+  int nsp = 0;
+  if (a.kind == SPANS) {
+    sblk = a.sblk + a.sptr[unit];
+    slen = a.slen + a.sptr[unit];
+    nsp = a.sptr[unit + 1] - a.sptr[unit];
+    send = nsp ? slen[0] : 0;
+  }
+  auto slot_of = [&](int t) -> int64_t {
+    if (a.kind == CONTIG) return int64_t(unit) * a.stride + t;
+    if (a.kind == PAGED) return int64_t(table[t / bs]) * bs + t % bs;
+    while (t >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si];
+    return int64_t(sblk[si]) * bs + (t - sstart);
+  };
+  // every lane runs the same trip count (the shuffles need the whole warp); tokens past the
+  // range are computed on zeros and dropped
+  auto consume = [&](bool valid, int t, const float (&kf)[8], const float (&vf)[8]) {
+    const float pos = float(loffset + t);
+#pragma unroll
+    for (int r = 0; r < RMAX; ++r) {
+      if (r >= rows.n) break;
+      float s = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) s = fmaf(q[r][e], kf[e], s);
+      for (int off = TPT / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+      const float rel = pos - qp[r];
+      if (!valid || (a.p.window > 0 && rel <= -float(a.p.window))) continue;
+      s = fmaf(slope[r], rel, s);
+      const float mn = fmaxf(m[r], s);
+      const float corr = exp2f(m[r] - mn), pe = exp2f(s - mn);
+      l[r] = l[r] * corr + pe;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(pe, vf[e], acc[r][e] * corr);
+      m[r] = mn;
+    }
+  };
+  auto fetch = [&](bool valid, int t, float (&kf)[8], float (&vf)[8]) {
+    if (!valid) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) kf[e] = vf[e] = 0.f;
+      return;
+    }
+    const int64_t s0 = slot_of(t);
+    load8(K + (s0 * H + kvh) * D + lane * 8, kf);
+    load8(V + (s0 * H + kvh) * D + lane * 8, vf);
+  };
+  // two tokens per group in flight: four independent loads before the first use
+  for (int tb = t0; tb < t1; tb += 2 * NG) {
+    const int ta = tb + gi, tc = tb + NG + gi;
+    float k0[8], v0[8], k1[8], v1[8];
+    fetch(ta < t1, ta, k0, v0);
+    fetch(tc < t1, tc, k1, v1);
+    consume(ta < t1, ta, k0, v0);
+    consume(tc < t1, tc, k1, v1);
+  }
+
+  // merge the NG token groups of this CTA, then write one partial per row
+  float* s_acc = smem;                          // [NG][RMAX][D]
+  float* s_m = s_acc + size_t(NG) * RMAX * D;   // [NG][RMAX]
+  float* s_l = s_m + NG * RMAX;
+#pragma unroll
+  for (int r = 0; r < RMAX; ++r) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) s_acc[(size_t(gi) * RMAX + r) * D + lane * 8 + e] = acc[r][e];
+    if (lane == 0) s_m[gi * RMAX + r] = m[r], s_l[gi * RMAX + r] = l[r];
+  }
+  __syncthreads();
+  const int slot = a.slot0 + blockIdx.x;
+  for (int idx = threadIdx.x; idx < rows.n * D; idx += THREADS) {
+    const int r = idx / D, d = idx % D;
+    float M = -INFINITY;
+    for (int g = 0; g < NG; ++g) M = fmaxf(M, s_m[g * RMAX + r]);
+    float L = 0.f, A = 0.f;
+    bool nan = false;
+    for (int g = 0; g < NG; ++g) {
+      const float mg = s_m[g * RMAX + r], lg = s_l[g * RMAX + r];
+      nan |= isnan(lg);
+      if (mg == -INFINITY) continue;
+      const float c = exp2f(mg - M);
+      L += lg * c;
+      A += s_acc[(size_t(g) * RMAX + r) * D + d] * c;
+    }
+    const size_t o = size_t(rows.seq[r]) * a.p.q_heads + rows.head[r];
+    a.ws_acc[(o * a.nslots + slot) * D + d] = nan ? NAN : A;
+    if (d == 0) a.ws_m[o * a.nslots + slot] = M, a.ws_l[o * a.nslots + slot] = nan ? NAN : L;
+  }
+}
+
+__global__ void combine_kernel(kvx_params p, int nslots, const float* ws_m, const float* ws_l, const float* ws_acc,
+                               float* out, float* lse) {
+  const int o = blockIdx.x, D = p.head_dim;
+  const int kvh = (o % p.q_heads) / (p.q_heads / p.kv_heads);
+  const float vs = p.v_scale ? p.v_scale[kvh] : 1.f;
+  float M = -INFINITY, L = 0.f;
+  for (int s = 0; s < nslots; ++s) M = fmaxf(M, ws_m[size_t(o) * nslots + s]);
+  for (int s = 0; s < nslots; ++s) {
+    const float ms = ws_m[size_t(o) * nslots + s], ls = ws_l[size_t(o) * nslots + s];
+    if (isnan(ls)) L = NAN;
+    if (ms != -INFINITY) L += ls * exp2f(ms - M);
+  }
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float A = 0.f;
+    for (int s = 0; s < nslots; ++s) {
+      const float ms = ws_m[size_t(o) * nslots + s];
+      if (ms != -INFINITY) A += ws_acc[(size_t(o) * nslots + s) * D + d] * exp2f(ms - M);
+    }
+    out[size_t(o) * D + d] = L > 0.f ? A * vs / L : (isnan(L) ? NAN : 0.f);
+  }
+  if (lse && threadIdx.x == 0) lse[o] = L > 0.f ? (M + log2f(L)) / LOG2E : (isnan(L) ? NAN : -INFINITY);
+}
+
+// A grow-only workspace: decode calls are many and small, cudaMalloc per call would dominate.
+struct Workspace {
+  float* ptr = nullptr;
+  size_t n = 0;
+  float* get(size_t need) {
+    if (need > n) {
+      if (ptr) cudaFree(ptr);
+      ptr = nullptr;
+      if (cudaMalloc(&ptr, need * sizeof(float)) != cudaSuccess) return n = 0, nullptr;
+      n = need;
+    }
+    return ptr;
+  }
+} g_ws;
+
+int fail(const std::string& msg) {
+  g_err = msg;
+  return 1;
+}
+
+int num_sms() {
+  static int n = 0;
+  if (!n) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    if (n <= 0) n = 100;
+  }
+  return n;
+}
+
+template <typename T, int RMAX>
+cudaError_t launch_t(const Args& a, dim3 grid) {
+  const int D = a.p.head_dim, NG = THREADS / (D / 8);
+  const size_t smem = (size_t(NG) * RMAX * D + 2 * NG * RMAX) * sizeof(float);
+  if (smem > 48 * 1024) cudaFuncSetAttribute(partial_kernel<T, RMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  partial_kernel<T, RMAX><<<grid, THREADS, smem>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_r(const Args& a, dim3 grid, int rmax) {
+  switch (rmax) {
+    case 1: return launch_t<T, 1>(a, grid);
+    case 2: return launch_t<T, 2>(a, grid);
+    case 4: return launch_t<T, 4>(a, grid);
+    default: return launch_t<T, 8>(a, grid);
+  }
+}
+
+cudaError_t launch(const Args& a, dim3 grid, int rmax) {
+  switch (a.p.kv_dtype) {
+    case KVX_F32: return launch_r<float>(a, grid, rmax);
+    case KVX_BF16: return launch_r<uint16_t>(a, grid, rmax);
+    default: return launch_r<uint8_t>(a, grid, rmax);
+  }
+}
+
+struct Plan {
+  int rmax, chunks, splits;
+};
+
+Plan plan(const kvx_params* p, int units, int rows_per_unit, int max_len) {
+  Plan pl;
+  const int rows = rows_per_unit < 8 ? rows_per_unit : 8;
+  pl.rmax = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8;
+  pl.chunks = (rows_per_unit + pl.rmax - 1) / pl.rmax;
+  const long ctas = long(units) * p->kv_heads * pl.chunks;
+  const int want = int((4L * num_sms() + ctas - 1) / ctas);           // fill the GPU ...
+  const int cap = (max_len + 127) / 128;                                // ... with >= 128 tokens a split
+  pl.splits = p->num_splits > 0 ? p->num_splits : (want < 1 ? 1 : want > cap ? (cap < 1 ? 1 : cap) : want);
+  return pl;
+}
+
+int check(const kvx_params* p) {
+  if (!p) return fail("params is NULL");
+  if (p->num_seqs <= 0 || p->q_heads <= 0 || p->kv_heads <= 0 || p->block_size <= 0 || p->q_heads % p->kv_heads)
+    return fail("bad sizes: num_seqs, heads, block_size positive; q_heads a multiple of kv_heads");
+  const int tpt = p->head_dim / 8;
+  if (p->head_dim % 8 || tpt < 1 || tpt > 32 || (tpt & (tpt - 1)))
+    return fail("CUDA kernels need head_dim = 8 x a power of two, at most 256");
+  if (p->max_seq_len <= 0) return fail("hints: max_seq_len must be given (a host-side bound)");
+  return 0;
+}
+
+Args base_args(const kvx_params* p, const float* q, const void* k, const void* v, int kind, int mode) {
+  Args a{};
+  a.p = *p;
+  a.q = q, a.k = k, a.v = v, a.kind = kind, a.mode = mode;
+  return a;
+}
+
+int run_decode(Args a, int units, float* out, float* lse) {
+  const kvx_params& p = a.p;
+  const Plan pl = plan(&p, units, p.q_heads / p.kv_heads, p.max_seq_len);
+  const size_t NQ = size_t(p.num_seqs) * p.q_heads;
+  float* ws = g_ws.get(NQ * pl.splits * (p.head_dim + 2));
+  if (!ws) return fail("cudaMalloc of the split workspace failed");
+  a.ws_m = ws, a.ws_l = ws + NQ * pl.splits, a.ws_acc = ws + 2 * NQ * pl.splits;
+  a.chunks = pl.chunks, a.slot0 = 0, a.nslots = pl.splits;
+  cudaError_t e = launch(a, dim3(pl.splits, p.kv_heads * pl.chunks, units), pl.rmax);
+  if (e == cudaSuccess) {
+    combine_kernel<<<unsigned(NQ), 128>>>(p, pl.splits, a.ws_m, a.ws_l, a.ws_acc, out, lse);
+    e = cudaGetLastError();
+  }
+  return e == cudaSuccess ? 0 : fail(std::string("CUDA: ") + cudaGetErrorString(e));
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* kvx_cuda_last_error(void) { return g_err.c_str(); }
+
+int kvx_cuda_paged(const kvx_params* p, const float* q, const void* k, const void* v, const int32_t* block_table,
+                   int32_t max_blocks, const int32_t* seq_lens, float* out, float* lse) {
+  if (check(p)) return 1;
+  Args a = base_args(p, q, k, v, PAGED, DECODE);
+  a.table = block_table, a.max_blocks = max_blocks, a.seq_lens = seq_lens;
+  return run_decode(a, p->num_seqs, out, lse);
+}
+
+int kvx_cuda_spans(const kvx_params* p, const float* q, const void* k, const void* v, const int32_t* span_ptr,
+                   const int32_t* span_block, const int32_t* span_len, const int32_t* seq_lens, float* out, float* lse) {
+  if (check(p)) return 1;
+  Args a = base_args(p, q, k, v, SPANS, DECODE);
+  a.sptr = span_ptr, a.sblk = span_block, a.slen = span_len, a.seq_lens = seq_lens;
+  return run_decode(a, p->num_seqs, out, lse);
+}
+
+int kvx_cuda_contiguous(const kvx_params* p, const float* q, const void* k, const void* v, int32_t stride_tokens,
+                        const int32_t* seq_lens, float* out, float* lse) {
+  if (check(p)) return 1;
+  Args a = base_args(p, q, k, v, CONTIG, DECODE);
+  a.stride = stride_tokens, a.seq_lens = seq_lens;
+  return run_decode(a, p->num_seqs, out, lse);
+}
+
+int kvx_cuda_hybrid(const kvx_params* p, const float* q, const void* k, const void* v, int32_t num_groups,
+                    const int32_t* group_of_seq, const int32_t* group_ptr, const int32_t* group_members,
+                    const int32_t* prefix_len, const int32_t* pre_ptr, const int32_t* pre_block, const int32_t* pre_len,
+                    const int32_t* suf_ptr, const int32_t* suf_block, const int32_t* suf_len, const int32_t* seq_lens,
+                    float* out, float* lse) {
+  if (check(p)) return 1;
+  if (p->max_group <= 0) return fail("hints: max_group must be given for hybrid");
+  const int G = p->q_heads / p->kv_heads;
+  Args a = base_args(p, q, k, v, SPANS, PREFIX);
+  a.seq_lens = seq_lens, a.group_of_seq = group_of_seq, a.group_ptr = group_ptr, a.group_members = group_members;
+  a.prefix_len = prefix_len;
+  const Plan pp = plan(p, num_groups, p->max_group * G, p->max_seq_len);
+  const Plan ps = plan(p, p->num_seqs, G, p->max_seq_len);
+  const int nslots = pp.splits + ps.splits;
+  const size_t NQ = size_t(p->num_seqs) * p->q_heads;
+  float* ws = g_ws.get(NQ * nslots * (p->head_dim + 2));
+  if (!ws) return fail("cudaMalloc of the split workspace failed");
+  a.ws_m = ws, a.ws_l = ws + NQ * nslots, a.ws_acc = ws + 2 * NQ * nslots, a.nslots = nslots;
+  // prefix pass: one CTA row-chunk holds several sequences' query heads over the same K/V
+  a.sptr = pre_ptr, a.sblk = pre_block, a.slen = pre_len, a.chunks = pp.chunks, a.slot0 = 0;
+  cudaError_t e = launch(a, dim3(pp.splits, p->kv_heads * pp.chunks, num_groups), pp.rmax);
+  if (e == cudaSuccess) {
+    a.mode = SUFFIX, a.sptr = suf_ptr, a.sblk = suf_block, a.slen = suf_len, a.chunks = ps.chunks, a.slot0 = pp.splits;
+    e = launch(a, dim3(ps.splits, p->kv_heads * ps.chunks, p->num_seqs), ps.rmax);
+  }
+  if (e == cudaSuccess) {
+    combine_kernel<<<unsigned(NQ), 128>>>(*p, nslots, a.ws_m, a.ws_l, a.ws_acc, out, lse);
+    e = cudaGetLastError();
+  }
+  return e == cudaSuccess ? 0 : fail(std::string("CUDA: ") + cudaGetErrorString(e));
+}
+}

@@ -1,0 +1,70 @@
+"""Deliberately wrong layouts, for tests that prove the oracle catches a kernel writer's usual
+slips. Each breaks only its metadata and reuses the honest layout's attend (KIND), so the same
+breakage reaches the Python layouts and the compiled kernels alike."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from kvlab.layouts import contiguous, paged, spans
+
+
+class SpanEndPlusOne:
+    """Each sequence's last span ends one token late, and the length the layout derives from its
+    spans with it: the kernel reads one slot past the sequence (poisoned, or another's K/V)."""
+    KIND = "spans"
+    attend = staticmethod(spans.attend)
+
+    @staticmethod
+    def build(state):
+        m = spans.build(state)
+        ln = m.span_len.copy()
+        ln[m.span_ptr[1:] - 1] += 1
+        return replace(m, span_len=ln, seq_lens=m.seq_lens + 1)
+
+
+class SpanEndMinusOne:
+    """Each sequence's last span drops its final token (the query's own key goes missing)."""
+    KIND = "spans"
+    attend = staticmethod(spans.attend)
+
+    @staticmethod
+    def build(state):
+        m = spans.build(state)
+        ln = m.span_len.copy()
+        ln[m.span_ptr[1:] - 1] -= 1
+        return replace(m, span_len=ln)
+
+
+class PagedSwappedBlocks:
+    """The first two entries of every block table swapped (logical order lost)."""
+    KIND = "paged"
+    attend = staticmethod(paged.attend)
+
+    @staticmethod
+    def build(state):
+        m = paged.build(state)
+        bt = m.block_table.copy()
+        if bt.shape[1] < 2:
+            return m
+        two = m.seq_lens > m.block_size
+        bt[two, 0], bt[two, 1] = m.block_table[two, 1], m.block_table[two, 0]
+        return replace(m, block_table=bt)
+
+
+class ContiguousBaseShift:
+    """Every virtual base one token late."""
+    KIND = "contiguous"
+    attend = staticmethod(contiguous.attend)
+    materialize = staticmethod(contiguous.materialize)
+
+    @staticmethod
+    def build(state):
+        m = contiguous.build(state)
+        return replace(m, base=(m.base + 1).astype(np.int32))
+
+
+BROKEN = {"spans-end+1": SpanEndPlusOne, "spans-end-1": SpanEndMinusOne, "paged-swapped": PagedSwappedBlocks,
+          "contiguous-base+1": ContiguousBaseShift}

@@ -1,0 +1,200 @@
+"""GPU check of the kvx CUDA extension, in one device call: oracle (every named + 200 random cases,
+four layouts) then decode-attention bandwidth against torch SDPA on contiguous K/V, same card.
+
+Run from the repo root after building the wheel with KVX_CUDA=ON and unpacking it into KVX_SITE:
+    python3 notes/kvlab_gpu_bench.py --site /tmp/kvx-site --out $OUT
+Bytes counted: K and V of every token read once (bf16), the floor for decode attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+HQ, HKV, D, BS = 32, 8, 128, 16
+CONTEXTS = (1024, 8192, 32768)
+BATCHES = (1, 8, 32, 64)
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def oracle(out_dir: Path) -> dict:
+    from kvlab import ext, oracle as orc, scenario
+    named = scenario.named_cases()
+    cases = named + scenario.random_cases(200)
+    t0 = time.time()
+    res = orc.run(cases, ext.cuda_backend, "cuda")
+    bad = [r for r in res if not r.ok]
+    text = orc.table(res, {c.name for c in named})
+    (out_dir / "kvlab_gpu_oracle.txt").write_text(text + "\n")
+    log(text)
+    log(f"oracle cuda: {len(res) - len(bad)}/{len(res)} case×layout pass "
+        f"({len(named)} named + 200 random × 4 layouts) in {time.time() - t0:.1f}s")
+    for r in bad[:10]:
+        log("  FAIL", r)
+    return {"total": len(res), "failed": len(bad), "failures": [r.__dict__ for r in bad[:20]],
+            "max_err_stored": max(r.err_stored for r in res)}
+
+
+def timed(fn, flush, reps=20):
+    fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        flush.zero_()  # evict L2 so every rep reads K/V from HBM
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    return statistics.median(ts)
+
+
+def copy_bandwidth() -> float:
+    n = 2 << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(10):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    del src, dst
+    return 2 * n / statistics.median(ts)
+
+
+def bench(out_dir: Path) -> dict:
+    import kvx
+    dev = torch.device("cuda")
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    copy_bw = copy_bandwidth()
+    log(f"device-to-device copy: {copy_bw / 1e12:.2f} TB/s (read + write)")
+    scale = D ** -0.5
+    rows = []
+    for L in CONTEXTS:
+        for B in BATCHES:
+            g = torch.Generator(device=dev).manual_seed(L * 100 + B)
+            nblk = -(-L // BS)
+            # one pool; sequence b owns blocks [b*nblk, (b+1)*nblk): physically consecutive
+            k = torch.randn(B * nblk, BS, HKV, D, device=dev, generator=g).to(torch.bfloat16)
+            v = torch.randn(B * nblk, BS, HKV, D, device=dev, generator=g).to(torch.bfloat16)
+            q = torch.randn(B, HQ, D, device=dev, generator=g)
+            lens = torch.full((B,), L, dtype=torch.int32, device=dev)
+            table = torch.arange(B * nblk, dtype=torch.int32, device=dev).reshape(B, nblk)
+            shuffled = torch.randperm(B * nblk, device=dev, generator=g).to(torch.int32).reshape(B, nblk)
+            metas = {
+                "paged": {"block_table": table, "seq_lens": lens},
+                "paged-shuffled": {"block_table": shuffled, "seq_lens": lens},
+                "spans": {"span_ptr": torch.arange(B + 1, dtype=torch.int32, device=dev),
+                          "span_block": table[:, 0].contiguous(), "span_len": lens.clone(), "seq_lens": lens},
+                "contiguous": {"seq_lens": lens},
+            }
+            kc, vc = k.view(B, nblk * BS, HKV, D)[:, :L], v.view(B, nblk * BS, HKV, D)[:, :L]
+            ks, vs = kc.transpose(1, 2).contiguous(), vc.transpose(1, 2).contiguous()  # SDPA's [B, Hkv, L, D]
+            qs = q.to(torch.bfloat16).unsqueeze(2)
+            nbytes = 2 * B * L * HKV * D * 2
+            res = {"context": L, "batch": B, "bytes": nbytes}
+            sdpa = lambda: F.scaled_dot_product_attention(qs, ks, vs, scale=scale, enable_gqa=True)  # noqa: E731
+            res["sdpa_s"] = timed(sdpa, flush)
+            ref = sdpa().squeeze(2).float()
+            hints = {"max_seq_len": L}
+            for name, meta in metas.items():
+                layout = name.split("-")[0]
+                kk, vv = (kc.contiguous(), vc.contiguous()) if layout == "contiguous" else (k, v)
+                out = torch.empty(B, HQ, D, device=dev)
+                lse = torch.empty(B, HQ, device=dev)
+                fn = lambda: kvx.attend(layout, q, kk.view(torch.int16), vv.view(torch.int16), meta,  # noqa: E731
+                                        kv_dtype="bf16", sm_scale=scale, device="cuda", hints=hints,
+                                        out=out, lse=lse)
+                res[f"{name}_s"] = timed(fn, flush)
+                fn()
+                torch.cuda.synchronize()
+                res[f"{name}_err"] = float(((out - ref).norm() / ref.norm()).item())
+                del kk, vv
+            for key in [x for x in res if x.endswith("_s")]:
+                res[key.replace("_s", "_tbps")] = nbytes / res[key] / 1e12
+            rows.append(res)
+            log(f"L={L:>6} B={B:>3}  sdpa {res['sdpa_tbps']:.2f}  contig {res['contiguous_tbps']:.2f}  "
+                f"paged {res['paged_tbps']:.2f}  spans {res['spans_tbps']:.2f}  "
+                f"paged-shuf {res['paged-shuffled_tbps']:.2f} TB/s  err(spans) {res['spans_err']:.1e}")
+            del k, v, q, kc, vc, ks, vs, qs, table, shuffled, metas
+            torch.cuda.empty_cache()
+    return {"copy_Bps": copy_bw, "rows": rows}
+
+
+def report(b: dict, card: str) -> str:
+    cb = b["copy_Bps"]
+    lines = [f"card: {card}; device-to-device copy {cb / 1e12:.2f} TB/s; Hq={HQ} Hkv={HKV} d={D} bf16, "
+             f"block {BS}; TB/s = K+V bytes / median time (L2 flushed per rep)",
+             "| context | batch | SDPA TB/s | contiguous | paged | spans | paged (shuffled blocks) | spans/SDPA | paged/SDPA | spans/copy |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in b["rows"]:
+        lines.append(f"| {r['context']} | {r['batch']} | {r['sdpa_tbps']:.2f} | {r['contiguous_tbps']:.2f} | "
+                     f"{r['paged_tbps']:.2f} | {r['spans_tbps']:.2f} | {r['paged-shuffled_tbps']:.2f} | "
+                     f"{r['spans_tbps'] / r['sdpa_tbps']:.2f} | {r['paged_tbps'] / r['sdpa_tbps']:.2f} | "
+                     f"{r['spans_tbps'] * 1e12 / cb:.0%} |")
+    big = [r for r in b["rows"] if r["batch"] >= 32]
+    one = [r for r in b["rows"] if r["batch"] == 1 and r["context"] >= 8192]
+    lines.append("")
+    lines.append(f"batch>=32: spans/SDPA min {min(r['spans_tbps'] / r['sdpa_tbps'] for r in big):.2f}, "
+                 f"paged/SDPA min {min(r['paged_tbps'] / r['sdpa_tbps'] for r in big):.2f} (goal >= 0.90); "
+                 f"batch 1, 8k+: spans/SDPA min {min(r['spans_tbps'] / r['sdpa_tbps'] for r in one):.2f}, "
+                 f"paged/SDPA min {min(r['paged_tbps'] / r['sdpa_tbps'] for r in one):.2f} (goal >= 2)")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--site", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--skip-oracle", action="store_true")
+    args = ap.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, args.site)
+    card = torch.cuda.get_device_name(0)
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem",
+                          "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    log(f"card: {card} | {smi} | torch {torch.__version__}")
+    result = {"card": card, "nvidia_smi": smi, "torch": torch.__version__}
+    if not args.skip_oracle:
+        try:
+            result["oracle"] = oracle(out_dir)
+        except Exception:
+            result["oracle_error"] = traceback.format_exc()
+            log(result["oracle_error"])
+    try:
+        b = bench(out_dir)
+        result["bench"] = b
+        text = report(b, card)
+        (out_dir / "kvlab_gpu_bench.md").write_text(text + "\n")
+    except Exception:
+        result["bench_error"] = traceback.format_exc()
+        text = result["bench_error"]
+    (out_dir / "kvlab_gpu_results.json").write_text(json.dumps(result, indent=1, default=str))
+    log(text)
+
+
+if __name__ == "__main__":
+    main()
