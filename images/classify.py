@@ -27,6 +27,7 @@ class Rule:
     patterns: tuple[re.Pattern[str], ...]
     remediation: str
     priority: int
+    before: int = 0  # lines before the match kept as evidence (CMake puts the file:line there)
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Classification:
     evidence: tuple[str, ...]
     remediation: str
     rule: str  # the rule id, "" when nothing matched
-    line: int = 0  # 1-based line of the first evidence line, 0 when nothing matched
+    line: int = 0  # 1-based line that matched, 0 when nothing matched
 
 
 def _clip(line: str) -> str:
@@ -65,10 +66,10 @@ def load_rules(path: Path = RULES) -> tuple[Rule, ...]:
         where = f"{path}: rule[{i}]"
         if not isinstance(r, dict):
             raise UsageError(f"{where}: expected a table")
-        unknown = set(r) - {"id", "category", "patterns", "remediation", "priority"}
+        unknown = set(r) - {"id", "category", "patterns", "remediation", "priority", "before"}
         if unknown:
             raise UsageError(f"{where}.{sorted(unknown)[0]}: unknown key (expected id, category, patterns, "
-                             "remediation, priority)")
+                             "remediation, priority, before)")
         for key in ("id", "category"):
             if not isinstance(r.get(key), str) or not r[key]:
                 raise UsageError(f"{where}.{key}: expected a non-empty string")
@@ -90,7 +91,10 @@ def load_rules(path: Path = RULES) -> tuple[Rule, ...]:
         prio = r.get("priority", 100)
         if not isinstance(prio, int) or isinstance(prio, bool):
             raise UsageError(f"{where}.priority: expected an integer, got {prio!r}")
-        rules.append(Rule(r["id"], r["category"], tuple(compiled), rem, prio))
+        before = r.get("before", 0)
+        if not isinstance(before, int) or isinstance(before, bool) or not 0 <= before <= 5:
+            raise UsageError(f"{where}.before: expected an integer 0..5, got {before!r}")
+        rules.append(Rule(r["id"], r["category"], tuple(compiled), rem, prio, before))
     return tuple(rules)
 
 
@@ -126,9 +130,10 @@ def classify_text(text: str, rules: tuple[Rule, ...] | None = None) -> Classific
                               "images/rules.toml", "", 0)
     rule = rules[best[2]]
     first = best[1]
-    evidence = [_clip(lines[first])]
+    evidence = [_clip(ln) for ln in lines[max(0, first - rule.before):first] if ln.strip()]
+    evidence.append(_clip(lines[first]))
     for line in lines[first + 1:]:
-        if len(evidence) >= MAX_EVIDENCE:
+        if len(evidence) >= MAX_EVIDENCE + rule.before:
             break
         if any(p.search(line) for p in rule.patterns) and _clip(line) not in evidence:
             evidence.append(_clip(line))

@@ -165,6 +165,26 @@ def test_a_different_tree_gives_different_gates(tmp_path, matrix):
     assert res["cmake/cpu.cmake:3"] == "fail"
 
 
+def test_older_requirements_layout_with_an_index(tmp_path, matrix):
+    # vLLM before requirements/build/: requirements/build.txt and requirements/cpu-build.txt
+    (tmp_path / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.26)\nfind_package(Torch REQUIRED)\n")
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements" / "build.txt").write_text("cmake>=3.26\nninja\n")
+    (tmp_path / "requirements" / "cpu-build.txt").write_text(
+        "--extra-index-url https://download.pytorch.org/whl/cpu\ncmake>=3.26.1\ntorch==2.6.0+cpu\n")
+    gates = pf.gates_from_tree(tmp_path)
+    torch = next(g for g in gates if g.kind == "torch")
+    assert (torch.need, torch.index, torch.source) == ("torch==2.6.0+cpu", "https://download.pytorch.org/whl/cpu",
+                                                       "requirements/cpu-build.txt:3")
+    probe = {**TRIXIE, "ninja": "", "reachable": {"download.pytorch.org": True}}
+    res = {r.gate.id: r for r in pf.evaluate(gates, probe, matrix.get("debian-trixie-cpu"))}
+    assert res["torch:torch@requirements/cpu-build.txt:3"].status == "pass"
+    assert res["pin:ninja@requirements/build.txt:2"].status == "fail"  # probed "": not installed
+    assert res["pin:ninja@requirements/build.txt:2"].fixable
+    cuda = pf.evaluate(gates, probe, matrix.get("debian-trixie-cuda"))
+    assert {r.gate.id: r.status for r in cuda}["torch:torch@requirements/cpu-build.txt:3"] == "skip"
+
+
 @pytest.mark.parametrize("cond, facts, expected", [
     ('NOT (CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_GREATER_EQUAL 12.3)',
      {"CMAKE_CXX_COMPILER_ID": "GNU", "CMAKE_CXX_COMPILER_VERSION": "12.2.0"}, True),
@@ -192,3 +212,20 @@ def test_bad_inputs_are_usage_errors(tmp_path):
     bad.write_text("[variables\n")
     with pytest.raises(UsageError, match="not valid TOML"):
         pf.load_config(bad)
+
+
+@pytest.mark.parametrize("log, gate_id", [
+    ("gcc-gate__vllm-0.33.0-configure-bookworm-gcc12.log", "compiler:gxx@cmake/cpu_extension.cmake:136"),
+    ("cmake-too-old__vllm-0.33.0-bookworm-cmake.log", "cmake:cmake@CMakeLists.txt:1"),
+])
+def test_prediction_names_the_line_the_real_configure_stopped_at(log, gate_id, matrix):
+    # the fixture logs are real configures of this tree on bookworm; CMake names FILE:LINE of the error
+    import re
+    text = (TREE.parent / "logs" / log).read_text()
+    stopped = re.search(r"CMake Error at (\S+):(\d+) ", text)
+    o = pf.preflight(matrix.get("debian-bookworm-cpu"), TREE, BOOKWORM)
+    failing = {g["id"]: g for g in o.details["gates"] if g["status"] == "fail"}
+    assert gate_id in failing
+    # message(FATAL_ERROR ...) may open a line above where CMake reports it; both name the same command
+    file, line = failing[gate_id]["source"].rsplit(":", 1)
+    assert stopped.group(1) == file and abs(int(stopped.group(2)) - int(line)) <= 1
