@@ -18,6 +18,7 @@ RULES = Path(__file__).with_name("rules.toml")
 MAX_EVIDENCE = 3
 MAX_LINE = 300  # pip prints every rejected version on one line
 UNKNOWN = "unknown"
+SUCCESS = "success"
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Rule:
     remediation: str
     priority: int
     before: int = 0  # lines before the match kept as evidence (CMake puts the file:line there)
+    note: bool = False  # a runtime note: reported only when the log otherwise succeeded (or matched nothing)
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,12 @@ def load_rules(path: Path = RULES) -> tuple[Rule, ...]:
         where = f"{path}: rule[{i}]"
         if not isinstance(r, dict):
             raise UsageError(f"{where}: expected a table")
-        unknown = set(r) - {"id", "category", "patterns", "remediation", "priority", "before"}
+        unknown = set(r) - {"id", "category", "patterns", "remediation", "priority", "before", "note"}
         if unknown:
             raise UsageError(f"{where}.{sorted(unknown)[0]}: unknown key (expected id, category, patterns, "
-                             "remediation, priority, before)")
+                             "remediation, priority, before, note)")
+        if not isinstance(r.get("note", False), bool):
+            raise UsageError(f"{where}.note: expected true or false")
         for key in ("id", "category"):
             if not isinstance(r.get(key), str) or not r[key]:
                 raise UsageError(f"{where}.{key}: expected a non-empty string")
@@ -94,7 +98,7 @@ def load_rules(path: Path = RULES) -> tuple[Rule, ...]:
         before = r.get("before", 0)
         if not isinstance(before, int) or isinstance(before, bool) or not 0 <= before <= 5:
             raise UsageError(f"{where}.before: expected an integer 0..5, got {before!r}")
-        rules.append(Rule(r["id"], r["category"], tuple(compiled), rem, prio, before))
+        rules.append(Rule(r["id"], r["category"], tuple(compiled), rem, prio, before, r.get("note", False)))
     return tuple(rules)
 
 
@@ -112,18 +116,12 @@ def classify_text(text: str, rules: tuple[Rule, ...] | None = None) -> Classific
     """The category of one log's text; 'unknown' with the last lines as evidence when no rule matched."""
     rules = rules if rules is not None else _default_rules()
     lines = text.splitlines()
-    best: tuple[int, int, int] | None = None  # (-priority, line index, rule order)
-    best_match: re.Match[str] | None = None
-    for order, rule in enumerate(rules):
-        if best is not None and -rule.priority > best[0]:
-            continue  # a higher tier already matched
-        for idx, line in enumerate(lines):
-            if best is not None and (-rule.priority, idx, order) >= best:
-                break
-            m = next((m for p in rule.patterns if (m := p.search(line))), None)
-            if m:
-                best, best_match = (-rule.priority, idx, order), m
-                break
+    best, best_match = _pick(lines, [(i, r) for i, r in enumerate(rules) if not r.note])
+    if best is None or rules[best[2]].category == SUCCESS:
+        # notes (e.g. tcmalloc not preloaded) matter only when nothing failed
+        note, note_match = _pick(lines, [(i, r) for i, r in enumerate(rules) if r.note])
+        if note is not None:
+            best, best_match = note, note_match
     if best is None:
         tail = tuple(_clip(ln) for ln in lines if ln.strip() and not ln.startswith("# captured:"))[-MAX_EVIDENCE:]
         return Classification(UNKNOWN, tail, "no rule matched: read the log's last lines and add a rule to "
@@ -139,6 +137,23 @@ def classify_text(text: str, rules: tuple[Rule, ...] | None = None) -> Classific
             evidence.append(_clip(line))
     values = _Blank({k: v for k, v in (best_match.groupdict() if best_match else {}).items() if v})
     return Classification(rule.category, tuple(evidence), rule.remediation.format_map(values), rule.id, first + 1)
+
+
+def _pick(lines: list[str], rules: list[tuple[int, Rule]]) -> tuple[tuple[int, int, int] | None, re.Match[str] | None]:
+    """(-priority, line index, rule order) of the winner: highest tier, then earliest line, then file order."""
+    best: tuple[int, int, int] | None = None
+    best_match: re.Match[str] | None = None
+    for order, rule in rules:
+        if best is not None and -rule.priority > best[0]:
+            continue  # a higher tier already matched
+        for idx, line in enumerate(lines):
+            if best is not None and (-rule.priority, idx, order) >= best:
+                break
+            m = next((m for p in rule.patterns if (m := p.search(line))), None)
+            if m:
+                best, best_match = (-rule.priority, idx, order), m
+                break
+    return best, best_match
 
 
 def classify_file(path: Path | str, rules: tuple[Rule, ...] | None = None) -> Classification:

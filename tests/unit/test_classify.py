@@ -104,3 +104,13 @@ def test_invoke_classify_missing_file_is_one_line(tmp_path):
                          text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "cannot read log" in out.stderr
+
+
+def test_pip_retries_alone_do_not_beat_success():
+    retry = ("WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after "
+             "connection broken by 'NewConnectionError('<pip._vendor.urllib3.connection.HTTPSConnection object>: "
+             "Failed to establish a new connection: [Errno -3] Temporary failure in name resolution')': /whl/cpu/\n")
+    assert classify_text(retry + "Successfully built vllm\n").category == "success"
+    c = classify_text(retry + "ERROR: Could not find a version that satisfies the requirement torch==2.14.0+cpu\n")
+    assert (c.category, c.rule) == ("fetch-blocked", "fetch-retried")
+    assert classify_text("fatal: unable to access 'x': Could not resolve host: github.com\n").rule == "fetch-blocked"
