@@ -114,3 +114,10 @@ def test_pip_retries_alone_do_not_beat_success():
     c = classify_text(retry + "ERROR: Could not find a version that satisfies the requirement torch==2.14.0+cpu\n")
     assert (c.category, c.rule) == ("fetch-blocked", "fetch-retried")
     assert classify_text("fatal: unable to access 'x': Could not resolve host: github.com\n").rule == "fetch-blocked"
+
+
+def test_phase_footer_and_docker_build_count_as_success():
+    assert classify_text("[+ 1.0s] Setting up x\n# exit 0 after 9.5s\n").category == "success"
+    assert classify_text("Step 9/9 : LABEL a=b\nSuccessfully built dc8ad73e874b\n").category == "success"
+    failed = "[+ 9.5s]     Your installed Caffe2 version uses CUDA but I cannot find the CUDA\n# exit 1 after 10.3s\n"
+    assert classify_text(failed).category == "torch-cuda-config"
