@@ -218,7 +218,7 @@ def preflight(c, cell, vllm=None, spec=None, set_=None, probe=None, all_gates=Fa
     o = pf.preflight(x, tree, found)
     for g in o.details["gates"]:
         if g["status"] != "skip" or all_gates:
-            fix = "" if g["status"] == "pass" else (" fixable" if g["fixable"] else " DEAD END")
+            fix = "" if g["status"] != "fail" else (" fixable" if g["fixable"] else " DEAD END")
             print(f"{g['status']:<4}{fix:<9} {g['kind']:<8} {g['subject']:<12} need {g['need'][:40]:<16} "
                   f"found {g['found'] or '-':<12} {g['source']}")
     print(f"{cell}: preflight predicts {o.status}{' (' + o.category + ')' if o.category else ''} "

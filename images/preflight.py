@@ -753,9 +753,9 @@ def resource_gates(cell: Any) -> list[Gate]:
     knobs = getattr(cell, "knobs", None)
     if knobs is None:
         return []
-    return [Gate("disk", "disk_free_gb", f"{knobs.disk_gb:g}", "knobs.disk_gb: free disk the build needs at peak",
+    return [Gate("disk", "disk_free_gb", f"{knobs.disk_gb:g}", "free disk the build needs at peak",
                  "knobs.disk_gb", "disk"),
-            Gate("memory", "mem_gib", f"{knobs.gib_per_job:g}", "knobs.gib_per_job: memory one compile job needs",
+            Gate("memory", "mem_gib", f"{knobs.gib_per_job:g}", "memory one compile job needs",
                  "knobs.gib_per_job", "memory")]
 
 
