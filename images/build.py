@@ -183,22 +183,35 @@ def offline_inputs(tree: Path) -> dict[str, dict[str, str]]:
     return found
 
 
+# Debian source candidates, nearest to the version the engine asks first (pick_source.py): a suite's
+# own version can be missing from the mirror (measured: sid's onednn 3.12.1 and bookworm's 2.6.3 404).
+SOURCE_SUITES = ("sid", "trixie", "bookworm")
+
+
 def deps_script(cell: Cell, inputs: dict[str, dict[str, str]]) -> str:
     """Fetch each offline input; one that cannot be had is reported, not fatal: the build then
     meets the engine's own fetch (fetch-blocked) or an earlier gate, and says so."""
     if not inputs:
         return "true"
-    parts = ["apt-get update -q" if cell.family == "debian" else "true"]
+    if cell.family != "debian":
+        return " && ".join(
+            f"(cd /deps && dnf download --source {spec['fedora']} && rpm2cpio {spec['fedora']}-*.src.rpm | cpio -idm "
+            f"&& echo \"offline-input {name} $(ls -d /deps/{spec['fedora']}-*/ | head -n1)\") "
+            f"|| echo \"offline-input-missing {name}\"" for name, spec in inputs.items())
+    from images.bases import MIRROR
+    src_list = "\\n".join(f"deb-src {MIRROR} {suite} main" for suite in SOURCE_SUITES)
+    parts = [f"printf '{src_list}\\n' > /etc/apt/sources.list.d/deploylab-sources.list",
+             "apt-get update -q -o Acquire::Check-Valid-Until=false"]
     for name, spec in inputs.items():
-        pkg = spec[cell.family]
-        if cell.family == "debian":
-            # Debian's sources are de-vendored (+ds): they build against system libraries (spdlog, …).
-            get = (f"(ls -d /deps/{pkg}-*/ >/dev/null 2>&1 || (cd /deps && apt-get source -q {pkg})) && "
-                   f"(cd /deps && apt-get build-dep -y -q --no-install-recommends ./{pkg}_*.dsc)")
-        else:
-            get = f"(cd /deps && dnf download --source {pkg} && rpm2cpio {pkg}-*.src.rpm | cpio -idm)"
-        parts.append(f"if {get}; then echo \"offline-input {name} $(ls -d /deps/{pkg}-*/ | head -n1)\"; "
-                     f"else echo \"offline-input-missing {name}\"; fi")
+        pkg, asked = spec["debian"], spec.get("asked", "")
+        # Debian's sources are de-vendored (+ds): they build against system libraries (spdlog, …).
+        parts.append(
+            f"got=''; for v in $(python3 /deploylab/pick_source.py {pkg} '{asked}'); do "
+            f"d=/deps/{pkg}-${{v%-*}}; d=${{d/*:/}}; "
+            f"if [ -d \"$d\" ] || (cd /deps && apt-get source -q {pkg}=$v); then "
+            f"(cd /deps && apt-get build-dep -y -q --no-install-recommends ./{pkg}_${{v#*:}}.dsc) && got=$d && break; fi; "
+            f"echo \"offline-input-candidate-failed {name} $v\"; done; "
+            f"if [ -n \"$got\" ]; then echo \"offline-input {name} $got\"; else echo \"offline-input-missing {name}\"; fi")
     return " && \\\n  ".join(parts)
 
 
@@ -297,7 +310,11 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
         try:
             a = bc.run("deps", deps_script(cell, inputs))
             attempts.append({"phase": a.phase, "exit": a.exit_code, "seconds": round(a.seconds, 1)})
+            tried: dict[str, list[str]] = {}
             for line in a.log.splitlines():
+                if line.startswith("offline-input-candidate-failed "):
+                    _, name, version = line.split()[:3]
+                    tried.setdefault(name, []).append(version)
                 if line.startswith("offline-input-missing "):
                     name = line.split()[1]
                     details["offline_inputs"][name] = {"asked": inputs[name]["asked"], "got": "",
@@ -309,6 +326,8 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
                     details["offline_inputs"][name] = {"asked": inputs[name]["asked"], "got": got,
                                                        "env": inputs[name]["env"]}
                     env[inputs[name]["env"]] = path.strip().rstrip("/")
+            for name, versions in tried.items():
+                details["offline_inputs"].setdefault(name, {})["unavailable"] = versions
             if a.exit_code != 0:
                 status, category, evidence, remediation = _verdict(a)
             else:
