@@ -19,6 +19,14 @@ namespace {
 thread_local std::string g_err;
 constexpr int THREADS = 128;
 constexpr float LOG2E = 1.4426950408889634f;
+constexpr int U = 4;  // tokens per lane group per step
+
+// 2^x in one MUFU op (ex2.approx: ~2 ulp); 2^-inf = 0 and NaN stays NaN, as the merge needs.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 enum Kind { PAGED = 0, SPANS = 1, CONTIG = 2 };
 enum Mode { DECODE = 0, PREFIX = 1, SUFFIX = 2 };
@@ -157,28 +165,6 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(Args a) {
     while (t >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si];
     return int64_t(sblk[si]) * bs + (t - sstart);
   };
-  // every lane runs the same trip count (the shuffles need the whole warp); tokens past the
-  // range are computed on zeros and dropped
-  auto consume = [&](bool valid, int t, const float (&kf)[8], const float (&vf)[8]) {
-    const float pos = float(loffset + t);
-#pragma unroll
-    for (int r = 0; r < RMAX; ++r) {
-      if (r >= rows.n) break;
-      float s = 0.f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) s = fmaf(q[r][e], kf[e], s);
-      for (int off = TPT / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-      const float rel = pos - qp[r];
-      if (!valid || (a.p.window > 0 && rel <= -float(a.p.window))) continue;
-      s = fmaf(slope[r], rel, s);
-      const float mn = fmaxf(m[r], s);
-      const float corr = exp2f(m[r] - mn), pe = exp2f(s - mn);
-      l[r] = l[r] * corr + pe;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(pe, vf[e], acc[r][e] * corr);
-      m[r] = mn;
-    }
-  };
   auto fetch = [&](bool valid, int t, float (&kf)[8], float (&vf)[8]) {
     if (!valid) {
 #pragma unroll
@@ -189,14 +175,55 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(Args a) {
     load8(K + (s0 * H + kvh) * D + lane * 8, kf);
     load8(V + (s0 * H + kvh) * D + lane * 8, vf);
   };
-  // two tokens per group in flight: four independent loads before the first use
-  for (int tb = t0; tb < t1; tb += 2 * NG) {
-    const int ta = tb + gi, tc = tb + NG + gi;
-    float k0[8], v0[8], k1[8], v1[8];
-    fetch(ta < t1, ta, k0, v0);
-    fetch(tc < t1, tc, k1, v1);
-    consume(ta < t1, ta, k0, v0);
-    consume(tc < t1, tc, k1, v1);
+  // U tokens per lane group per step: 2U independent loads in flight, one rescale of the
+  // accumulators per step instead of per token. Every lane runs the same trip count (the
+  // shuffles need the whole warp); tokens past the range are computed on zeros and dropped.
+  for (int tb = t0; tb < t1; tb += U * NG) {
+    float kf[U][8], vf[U][8];
+    bool ok[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int t = tb + u * NG + gi;
+      ok[u] = t < t1;
+      fetch(ok[u], t, kf[u], vf[u]);
+    }
+#pragma unroll
+    for (int r = 0; r < RMAX; ++r) {
+      if (r >= rows.n) break;
+      float s[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        s[u] = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) s[u] = fmaf(q[r][e], kf[u][e], s[u]);
+      }
+      for (int off = TPT / 2; off > 0; off >>= 1) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], off);
+      }
+      float mx = m[r];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float rel = float(loffset + tb + u * NG + gi) - qp[r];
+        const bool masked = !ok[u] || (a.p.window > 0 && rel <= -float(a.p.window));
+        s[u] = masked ? -INFINITY : fmaf(slope[r], rel, s[u]);
+        mx = fmaxf(mx, s[u]);
+      }
+      if (mx == -INFINITY) continue;  // nothing unmasked yet for this row
+      const float corr = ex2(m[r] - mx);
+      float lsum = l[r] * corr;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[r][e] *= corr;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float pe = ex2(s[u] - mx);
+        lsum += pe;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(pe, vf[u][e], acc[r][e]);
+      }
+      l[r] = lsum;
+      m[r] = mx;
+    }
   }
 
   // merge the NG token groups of this CTA, then write one partial per row
@@ -323,7 +350,7 @@ Plan plan(const kvx_params* p, int units, int rows_per_unit, int max_len) {
   pl.chunks = (rows_per_unit + pl.rmax - 1) / pl.rmax;
   const long ctas = long(units) * p->kv_heads * pl.chunks;
   const int want = int((4L * num_sms() + ctas - 1) / ctas);           // fill the GPU ...
-  const int cap = (max_len + 127) / 128;                                // ... with >= 128 tokens a split
+  const int cap = (max_len + 63) / 64;                                  // ... with >= 64 tokens a split
   pl.splits = p->num_splits > 0 ? p->num_splits : (want < 1 ? 1 : want > cap ? (cap < 1 ? 1 : cap) : want);
   return pl;
 }
