@@ -115,9 +115,10 @@ def ci_matrix(c, spec=None, set_=None, bake=None):
 
 @task(iterable=["set_"], help={"cell": "cell id", "vllm": "engine VERSION or source PATH (default: the cell's)",
                                "spec": "matrix spec", "set_": "KEY=VALUE override", "run": "results run name",
-                               "force": "rebuild even if an outcome is stored"})
+                               "force": "rebuild even if an outcome is stored",
+                               "rebuild": "a second build from a clean CMake dir (ccache warm), stored as 'rebuild'"})
 @one_line_errors
-def build(c, cell, vllm=None, spec=None, set_=None, run="latest", force=True):
+def build(c, cell, vllm=None, spec=None, set_=None, run="latest", force=True, rebuild=False):
     """Build vLLM (and the kvlab extension) from source in the cell's toolchain container."""
     from matrix.pipeline import run_stage
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -137,7 +138,7 @@ def build(c, cell, vllm=None, spec=None, set_=None, run="latest", force=True):
             if p:
                 bar.update(tid, completed=p[0], total=p[1], description=f"{cell} {phase}")
         ctx.extras["on_build_line"] = on_line
-        o = run_stage(ctx, x, "build")
+        o = run_stage(ctx, x, "rebuild" if rebuild else "build")
     print(f"{cell}: build {o.status} ({o.category}) in {o.seconds:.0f}s; logs: {o.artifacts.get('logs', '')}")
     for e in o.evidence:
         print(f"  evidence: {e}")

@@ -287,7 +287,8 @@ class BuildRequest:
 
 
 def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_line: OnLine | None = None,
-              probe: dict[str, Any] | None = None) -> StageOutcome:
+              probe: dict[str, Any] | None = None, stage: str = "build") -> StageOutcome:
+    """One source build; stage="rebuild" is the same build again from a clean CMake dir (ccache warm)."""
     cell, ws = req.cell, req.ws
     started = time.time()
     t0 = time.monotonic()
@@ -362,7 +363,7 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
         versions["torch"] = details["torch"]["version"]
     for name, info in details["offline_inputs"].items():
         versions[name] = info["got"]
-    return StageOutcome(cell=cell.id, stage="build", status=status, category=category, evidence=tuple(evidence),
+    return StageOutcome(cell=cell.id, stage=stage, status=status, category=category, evidence=tuple(evidence),
                         remediation=remediation, started=started, seconds=time.monotonic() - t0,
                         versions=versions,
                         artifacts={"logs": str(log_dir), "wheels": str(ws.wheels), **{w: str(ws.wheels / w) for w in wheels}},

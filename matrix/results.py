@@ -18,7 +18,7 @@ from typing import Any
 
 STATUSES = ("pass", "fail", "gated", "base-unavailable", "skipped")
 # Stages in pipeline order; a stage not listed here is still stored, after these.
-STAGES = ("render", "base", "toolchain", "preflight", "build", "runtime", "smoke", "oracle", "notes")
+STAGES = ("render", "base", "toolchain", "preflight", "build", "rebuild", "runtime", "smoke", "oracle")
 
 
 @dataclass(frozen=True)
