@@ -346,7 +346,8 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
                 attempts.append({"phase": a.phase, "exit": a.exit_code, "seconds": round(a.seconds, 1)})
                 debs = ws.wheels / "runtime-debs.txt"
                 details["runtime_debs"] = debs.read_text().split() if debs.exists() else []
-            if status == "pass" and ws.kvlab.exists():
+            # The kvlab extension is independent of vLLM's outcome: a gated vLLM still gets its build.
+            if ws.kvlab.exists():
                 k = bc.run("kvlab", KVLAB_SCRIPT)
                 attempts.append({"phase": k.phase, "exit": k.exit_code, "seconds": round(k.seconds, 1)})
                 kv = classify_text(k.log) if k.exit_code else None
