@@ -504,11 +504,14 @@ def _walk(tree: Path, rel: str, context: tuple, variables: Mapping[str, Any], ou
                                          here[:-1], stack[-1].current))
         elif name == "set" and words and words[0] == "PYTHON_SUPPORTED_VERSIONS":
             out["python_versions"] = (tuple(words[1:]), where, here)
+        elif name == "set" and len(words) == 2 and "${" not in words[1]:
+            out["sets"][words[0]] = words[1]  # plain values only: enough to read URLs kept in variables
         elif name == "find_package" and words and words[0] == "Torch":
             out["gates"].append(Gate("torch-at", "torch", "", "find_package(Torch)", where, "torch", here))
         elif name in ("fetchcontent_declare", "fetchcontent_populate") and words:
             kv = _keywords(words[1:], ("GIT_REPOSITORY", "URL", "SOURCE_DIR", "GIT_TAG"))
             out["fetches"].append((words[0], kv, where, here, name))
+            out["gates"].append(Gate("fetch-at", words[0], str(len(out["fetches"]) - 1), "", where))
 
 
 def _keywords(words: list[str], keys: tuple[str, ...]) -> dict[str, str]:
@@ -519,24 +522,53 @@ def _keywords(words: list[str], keys: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _fetch_gates(fetches: list) -> list[Gate]:
-    gates = []
+def _fetch_gates(fetches: list, sets: Mapping[str, str]) -> list[Gate | None]:
+    """One entry per FetchContent call (None where it needs no network), aligned with `fetches`."""
+    gates: list[Gate | None] = []
+
+    def expand(text: str) -> str:
+        return _REF.sub(lambda m: sets.get(m.group(2), m.group(0)) if not m.group(1) else m.group(0), text)
+
     for name, kv, where, here, how in fetches:
+        kv = {k: expand(v) for k, v in kv.items()}
         url = kv.get("GIT_REPOSITORY") or kv.get("URL")
         if not url:
+            gates.append(None)
             continue
         override = ""
         for other, okv, *_ in fetches:
             src = okv.get("SOURCE_DIR", "")
-            if other == name and (m := _REF.fullmatch(src)):
+            if other == name and not (okv.get("GIT_REPOSITORY") or okv.get("URL")) and (m := _REF.fullmatch(src)):
                 override = m.group(2)  # the tree's own switch to a local checkout
                 break
+        override = override or _guard_override(here)
         if not override and how == "fetchcontent_declare":
             override = f"FETCHCONTENT_SOURCE_DIR_{name.upper()}"  # CMake's built-in override
         tag = f" {kv['GIT_TAG']}" if kv.get("GIT_TAG") else ""
         gates.append(Gate("fetch", name, url, f"FetchContent {name} from {url}{tag}", where, name, here,
                           override=override))
     return gates
+
+
+_OVERRIDE_VAR = re.compile(r"(?:ENV\{)?([A-Za-z0-9_]*(?:_SRC_DIR|_SOURCE_DIR|_ROOT_DIR))\}?$")
+
+
+def _guard_override(when: tuple) -> str:
+    """A download reached only when `NOT X_SRC_DIR` (or `NOT DEFINED ENV{X_ROOT_DIR}`) can be skipped by setting X."""
+    def names(node: tuple) -> Iterator[str]:
+        if node[0] in ("and", "or"):
+            for x in node[1]:
+                yield from names(x)
+        elif node[0] in ("value", "unary"):
+            yield node[-1][0]
+
+    for cond in when:
+        negated = [cond[1]] if cond[0] == "not" else [x[1] for x in cond[1] if x[0] == "not"] if cond[0] == "and" else []
+        for node in negated:
+            for name in names(node):
+                if m := _OVERRIDE_VAR.match(name.replace("$ENV{", "ENV{")):
+                    return m.group(1)
+    return ""
 
 
 def _target_of(path: Path) -> str:
@@ -616,17 +648,23 @@ def _python_gates(tree: Path, walked: dict[str, Any]) -> list[Gate]:
 
 
 def gates_from_tree(src: Path, config: Mapping[str, Any] | None = None) -> list[Gate]:
-    """Every gate the tree declares, in the order a build meets them: Python and pip pins, then CMake."""
+    """Every gate the tree declares, in the order a build meets them: Python and pip pins, then CMake's
+    configure in the order it reads the tree (include() followed where it appears)."""
     src = Path(src)
     if not (src / "CMakeLists.txt").is_file():
         raise UsageError(f"{src}: not an engine source tree (no CMakeLists.txt)")
     cfg = config if config is not None else load_config()
-    walked: dict[str, Any] = {"gates": [], "fetches": []}
+    walked: dict[str, Any] = {"gates": [], "fetches": [], "sets": {}}
     _walk(src, "CMakeLists.txt", (), cfg["variables"], walked, set())
     pins, torch = _pins(src, cfg["tools"], cfg.get("indexes", {}))
     gates = [*_python_gates(src, walked), *pins]
+    fetch_gates = _fetch_gates(walked["fetches"], walked["sets"])
     cmake_gates: list[Gate] = []
     for g in walked["gates"]:
+        if g.kind == "fetch-at":
+            fetched = fetch_gates[int(g.need)]
+            cmake_gates += [fetched] if fetched else []
+            continue
         if g.kind != "torch-at":
             cmake_gates.append(g)
             continue
@@ -636,7 +674,7 @@ def gates_from_tree(src: Path, config: Mapping[str, Any] | None = None) -> list[
                              f"find_package(Torch) at {g.source} needs {req.name}{req.specifier} from {index or 'PyPI'}",
                              where, "torch", (*g.when, *when), index=index, marker=str(req.marker or ""))
                         for req, where, index, when in torch if "+" in str(req.specifier)]
-    return [*gates, *cmake_gates, *_fetch_gates(walked["fetches"])]
+    return [*gates, *cmake_gates]
 
 
 # --- evaluation -----------------------------------------------------------------------------

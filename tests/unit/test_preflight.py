@@ -61,6 +61,13 @@ def test_gates_come_from_the_tree(gates):
     assert {g.override for g in onednn} == {"FETCHCONTENT_SOURCE_DIR_ONEDNN"}
     cutlass = next(g for g in gates if g.kind == "fetch" and g.subject == "cutlass")
     assert cutlass.override == "VLLM_CUTLASS_SRC_DIR"  # the tree's own switch, found by reading it
+    fetch = {g.subject: g for g in gates if g.kind == "fetch"}
+    assert fetch["deepgemm"].override == "DEEPGEMM_SRC_DIR"  # download only under `else()` of if(DEEPGEMM_SRC_DIR)
+    assert fetch["arm_compute"].override == "ACL_ROOT_DIR"  # ... of if(DEFINED ENV{ACL_ROOT_DIR} AND ...)
+    assert fetch["deepgemm"].need == "https://github.com/vllm-project/DeepGEMM.git"  # URL kept in a set() variable
+    # the order CMake reads them: the x86 GCC gate (cpu_extension.cmake) before the oneDNN fetch it declares
+    order = [g.source for g in gates]
+    assert order.index("cmake/cpu_extension.cmake:136") < order.index("cmake/cpu_extension.cmake:382")
 
 
 def test_bookworm_cpu_names_the_cmake_and_gcc_gates_fast(matrix):
