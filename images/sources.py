@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
+
+import httpx
 
 from matrix.errors import UsageError
 from matrix.spec import EngineSource
@@ -25,11 +26,7 @@ def fetch_engine(engine: EngineSource, cache: Path) -> Path:
         return tree
     sdist = cache / f"vllm-{engine.ref}.tar.gz"
     if not sdist.is_file():
-        out = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                              f"vllm=={engine.ref}", "-d", str(cache)], capture_output=True, text=True)
-        if out.returncode != 0 or not sdist.is_file():
-            last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UsageError(f"vllm=={engine.ref}: cannot download the sdist from PyPI: {last}")
+        download_sdist("vllm", engine.ref, sdist)
     tmp = cache / f".unpack-{engine.ref}"
     shutil.rmtree(tmp, ignore_errors=True)
     with tarfile.open(sdist) as tar:
@@ -37,6 +34,33 @@ def fetch_engine(engine: EngineSource, cache: Path) -> Path:
     (tmp / f"vllm-{engine.ref}").rename(tree)
     shutil.rmtree(tmp, ignore_errors=True)
     return tree
+
+
+def download_sdist(project: str, version: str, dest: Path) -> None:
+    """The sdist listed by PyPI's simple JSON API (PEP 691), checked against its sha256.
+    (`pip download --no-binary :all:` would first build every build dependency from source.)"""
+    index = f"https://pypi.org/simple/{project}/"
+    name = f"{project}-{version}.tar.gz"
+    try:
+        meta = httpx.get(index, headers={"Accept": "application/vnd.pypi.simple.v1+json"}, timeout=60,
+                         follow_redirects=True)
+        meta.raise_for_status()
+        files = [f for f in meta.json()["files"] if f["filename"] == name]
+        if not files:
+            raise UsageError(f"{project}=={version}: PyPI lists no sdist {name} (a release without one, or no such version)")
+        part = dest.with_suffix(".part")
+        digest = hashlib.sha256()
+        with httpx.stream("GET", files[0]["url"], timeout=300, follow_redirects=True) as r, open(part, "wb") as fh:
+            r.raise_for_status()
+            for chunk in r.iter_bytes(1 << 20):
+                digest.update(chunk)
+                fh.write(chunk)
+    except httpx.HTTPError as exc:
+        raise UsageError(f"{project}=={version}: cannot download the sdist from PyPI ({exc})") from None
+    if digest.hexdigest() != files[0]["hashes"]["sha256"]:
+        part.unlink(missing_ok=True)
+        raise UsageError(f"{project}=={version}: the sdist's sha256 does not match PyPI's")
+    part.rename(dest)
 
 
 def copy_tree(src: Path, dest: Path) -> Path:
