@@ -45,12 +45,14 @@ def cell_section(cell: str, outs: dict[str, StageOutcome]) -> list[str]:
     pf = outs.get("preflight")
     if pf:
         gates = pf.details.get("gates", [])
-        lines += [f"**Preflight** ({pf.status}, {_fmt_secs(pf.seconds)}): predicted {pf.details.get('prediction', pf.status)}", ""]
-        if gates:
-            lines += ["| gate | needs | have | result | remediation |", "|---|---|---|---|---|"]
-            for g in gates:
-                lines.append(f"| {g.get('name', '')} | {g.get('needs', '')} | {g.get('have', '')} | "
-                             f"{g.get('result', '')} | {g.get('remediation', '')} |")
+        lines += [f"**Preflight** ({pf.status}, {_fmt_secs(pf.seconds)}): predicted {pf.status}{' (' + pf.category + ')' if pf.category else ''}", ""]
+        reached = [g for g in gates if g.get("status") != "skip"]  # "skip": not reached for this target
+        if reached:
+            lines += ["| gate | where | needs | have | result | fix | remediation |", "|---|---|---|---|---|---|---|"]
+            for g in reached:
+                fix = "" if g.get("status") == "pass" else ("fixable" if g.get("fixable") else "dead end")
+                lines.append(f"| {g.get('message', '')} | {g.get('source', '')} | {g.get('need', '')} | "
+                             f"{g.get('found', '')} | {g.get('status', '')} | {fix} | {g.get('remediation', '')} |")
             lines.append("")
     b = outs.get("build")
     if b:
