@@ -27,6 +27,9 @@ from smoke.records import RequestRecord
 from smoke.workload import Trace, TraceRequest
 
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+# The request class travels in a header, as an application gateway would set it: a router in front
+# of several pools (smoke/router) sends each class to its pool; a plain server ignores it.
+CLASS_HEADER = "X-Request-Class"
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ async def stream_one(client: httpx.AsyncClient, base_url: str, req: TraceRequest
     error = ""
     bps = req.read_bytes_per_s
     try:
-        async with client.stream("POST", base_url + PATHS[req.endpoint], json=body,
+        async with client.stream("POST", base_url + PATHS[req.endpoint], json=body, headers={CLASS_HEADER: req.cls},
                                  timeout=httpx.Timeout(timeout_s, connect=10.0)) as resp:
             status = resp.status_code
             if status != 200:
