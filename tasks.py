@@ -298,3 +298,59 @@ def bench(c, name, url=None, image=None, pairs=None, concurrency=None, peer=None
           "levels": tuple(int(x) for x in streams.split(",")) if streams else None,
           "interval": float(interval) if interval else None}
     BENCHES[name](**{k: v for k, v in kw.items() if v is not None})
+
+
+# --- kvlab ---------------------------------------------------------------------------------
+
+KVX_BUILD = ROOT / "build" / "kvx"
+
+
+def _kvx_site(rebuild=False):
+    """The kvx wheel built from kvlab/csrc (CPU only) and unpacked; rebuilt when a source is newer."""
+    from kvlab import ext
+    lib = KVX_BUILD / "site" / "kvx" / "libkvx.so"
+    srcs = [p for p in ext.CSRC.rglob("*") if p.is_file()]
+    if rebuild or not lib.exists() or max(p.stat().st_mtime for p in srcs) > lib.stat().st_mtime:
+        print("building the kvx wheel (pip wheel kvlab/csrc) ...", flush=True)
+        return ext.build(KVX_BUILD, cuda="OFF")
+    return lib.parent.parent
+
+
+def _bench_kvext(**_):
+    from kvlab import bench as kvbench, ext
+    kvbench.run(ext.load(_kvx_site()))
+
+
+BENCHES["kvext"] = _bench_kvext
+
+
+@task(help={"backend": "python (the layouts' float64 code), ext (the C++ extension; built if needed) or cuda",
+            "random": "randomized cases besides the named ones (default 200)", "layout": "check only this layout",
+            "sizes": "also print the metadata-size table", "rebuild": "rebuild the extension first"})
+@one_line_errors
+def oracle(c, backend="python", random=200, layout=None, sizes=False, rebuild=False):
+    """Every layout against the float64 reference on every named + randomized case; exit 1 on a failure."""
+    from kvlab import ext, metadata, oracle as orc, scenario
+    from kvlab.layouts import LAYOUTS
+    from matrix.errors import did_you_mean
+    backends = {"python": orc.python_backend, "ext": ext.cpu_backend, "cuda": ext.cuda_backend}
+    if backend not in backends:
+        raise UsageError(f"oracle: unknown backend {backend!r}{did_you_mean(backend, backends)} (known: python, ext, cuda)")
+    if layout and layout not in LAYOUTS:
+        raise UsageError(f"oracle: unknown layout {layout!r}{did_you_mean(layout, LAYOUTS)} (known: {', '.join(LAYOUTS)})")
+    if backend != "python":
+        ext.load(_kvx_site(rebuild) if backend == "ext" else None)
+    named = scenario.named_cases()
+    cases = named + scenario.random_cases(int(random))
+    results = orc.run(cases, backends[backend], backend, {layout: LAYOUTS[layout]} if layout else None)
+    print(orc.table(results, {x.name for x in named}))
+    print()
+    print(orc.ranking(results))
+    if sizes:
+        print()
+        print(metadata.render(metadata.table()))
+    failed = [r for r in results if not r.ok]
+    print(f"\noracle ({backend}): {len(results) - len(failed)}/{len(results)} case×layout checks pass "
+          f"({len(named)} named + {int(random)} randomized cases)")
+    if failed:
+        raise Exit(f"oracle: {len(failed)} failed, first: {failed[0].case} / {failed[0].layout}", code=1)
