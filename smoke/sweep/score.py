@@ -1,0 +1,63 @@
+"""The combined score that ranks profiles, from each profile's phase summaries. No Docker, no I/O.
+
+Per phase, each profile gets four parts in [0, 1]:
+  attainment (weight 0.4): the mean over classes of (requests that met their class SLO / requests
+                           sent); a rejected or failed request is a miss, so admission counts here;
+  itl        (weight 0.2): best ITL p90 of the phase / this profile's, over the classes whose SLO
+                           bounds ITL (token cadence of the latency-sensitive lanes);
+  isolation  (weight 0.2): 1 / max(1, others' ITL p50 with / without a slow reader streaming);
+  goodput    (weight 0.2): this profile's goodput (SLO-meeting requests/s) / the phase's best.
+score = the weighted sum; with several phases the profile's score is their mean. ITL and goodput
+are relative to the best profile of the same phase, so a score ranks within one sweep only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+WEIGHTS = {"attainment": 0.4, "itl": 0.2, "isolation": 0.2, "goodput": 0.2}
+
+
+@dataclass(frozen=True)
+class PhaseFigures:
+    """What the score needs from one profile's phase, read from its summary.json."""
+    attainment: dict[str, float]          # class → good / sent
+    itl_p90_ms: float | None              # over classes with an ITL bound
+    isolation_ratio: float | None
+    goodput_rps: float
+
+
+def figures(summary: dict[str, Any], records: list, itl_classes: set[str]) -> PhaseFigures:
+    att = {}
+    for name, c in summary["classes"].items():
+        att[name] = (c["good"] / c["requests"]) if c["requests"] else 0.0
+    gaps = [g for r in records if r.ok and r.cls in itl_classes for g in r.itl_s]
+    itl = float(np.percentile(np.asarray(gaps) * 1000, 90)) if gaps else None
+    return PhaseFigures(att, itl, summary["isolation"].get("itl_ratio"), summary["overall"]["goodput_rps"])
+
+
+def parts(f: PhaseFigures, best_itl: float | None, best_goodput: float) -> dict[str, float]:
+    att = sum(f.attainment.values()) / len(f.attainment) if f.attainment else 0.0
+    itl = (best_itl / f.itl_p90_ms) if (best_itl and f.itl_p90_ms) else 0.0
+    iso = 1.0 / max(1.0, f.isolation_ratio) if f.isolation_ratio is not None else 1.0
+    good = (f.goodput_rps / best_goodput) if best_goodput else 0.0
+    return {"attainment": att, "itl": itl, "isolation": iso, "goodput": good}
+
+
+def rank(per_phase: dict[str, dict[str, PhaseFigures]]) -> list[dict[str, Any]]:
+    """per_phase: phase → profile → figures. Returns rows sorted best first."""
+    scores: dict[str, dict[str, Any]] = {}
+    for phase, profs in per_phase.items():
+        itls = [f.itl_p90_ms for f in profs.values() if f.itl_p90_ms]
+        best_itl = min(itls) if itls else None
+        best_good = max((f.goodput_rps for f in profs.values()), default=0.0)
+        for name, f in profs.items():
+            p = parts(f, best_itl, best_good)
+            s = sum(WEIGHTS[k] * v for k, v in p.items())
+            scores.setdefault(name, {"profile": name, "phases": {}})["phases"][phase] = {"score": s, **p}
+    for row in scores.values():
+        row["score"] = sum(x["score"] for x in row["phases"].values()) / len(row["phases"])
+    return sorted(scores.values(), key=lambda r: -r["score"])
