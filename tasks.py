@@ -354,3 +354,21 @@ def oracle(c, backend="python", random=200, layout=None, sizes=False, rebuild=Fa
           f"({len(named)} named + {int(random)} randomized cases)")
     if failed:
         raise Exit(f"oracle: {len(failed)} failed, first: {failed[0].case} / {failed[0].layout}", code=1)
+
+
+# --- sweep ---------------------------------------------------------------------------------
+
+@task(iterable=["profiles"],
+      help={"profiles": "profile names (smoke/profiles/NAME.toml) or paths, repeatable or comma-separated; default all",
+            "mix": "mix name or path", "seed": "workload seed", "rate": "base rate (sessions/s; default: the mix's)",
+            "duration": "arrival window (s; default: the mix's)", "scale": "also run at rate x SCALE (> 1) on the same pools",
+            "image": "engine image (default: the vllm-cpu runtime image)", "run": "results run name",
+            "notes": "report folder", "timeout": "per-request timeout (s)"})
+@one_line_errors
+def sweep(c, profiles=None, mix="default", seed=0, rate=0.0, duration=0.0, scale=0.0, image="", run="sweep",
+          notes="notes/sweep", timeout=180.0):
+    """Each profile's pools + nginx router on real vLLM, the same trace against each, ranked; report in notes/."""
+    from smoke.sweep.runner import SweepOptions, run_sweep
+    opts = SweepOptions(mix=mix, seed=int(seed), rate_rps=float(rate), duration_s=float(duration),
+                        scale=float(scale), image=image, request_timeout_s=float(timeout))
+    print(run_sweep(profiles or None, opts, RESULTS, run, Path(notes)))

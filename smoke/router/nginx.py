@@ -106,8 +106,12 @@ class Router:
 
 
 @contextmanager
-def nginx_router(conf_path: Path, network, labels: dict[str, str], timeout_s: float = 60.0) -> Iterator[Router]:
-    """Start nginx on `network` with the rendered config; publish its port on 127.0.0.1 only."""
+def nginx_router(conf_path: Path, network, labels: dict[str, str], timeout_s: float = 60.0,
+                 extra_hosts: dict[str, str] | None = None) -> Iterator[Router]:
+    """Start nginx on `network` with the rendered config; publish its port on 127.0.0.1 only.
+
+    extra_hosts: static names → addresses (a test serves two pools from one replica with it).
+    """
     import httpx
     from testcontainers.core.container import DockerContainer
 
@@ -115,7 +119,7 @@ def nginx_router(conf_path: Path, network, labels: dict[str, str], timeout_s: fl
     c = (DockerContainer(ROUTER_TAG)
          .with_volume_mapping(str(conf_path.resolve()), CONF_IN_CONTAINER, "ro")
          .with_network(network).with_network_aliases("router")
-         .with_kwargs(labels=labels))
+         .with_kwargs(labels=labels, **({"extra_hosts": extra_hosts} if extra_hosts else {})))
     c.ports[f"{ROUTER_PORT}/tcp"] = ("127.0.0.1",)
     c.start()
     try:
