@@ -31,7 +31,8 @@ LAYOUT_KEYS = {
 class Params(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int32) for n in ("num_seqs", "q_heads", "kv_heads", "head_dim", "block_size", "kv_dtype",
                                                "window", "num_threads", "num_splits", "max_seq_len", "max_group")] + [
-        ("sm_scale", ctypes.c_float), ("alibi", ctypes.c_void_p), ("k_scale", ctypes.c_void_p), ("v_scale", ctypes.c_void_p)]
+        ("sm_scale", ctypes.c_float), ("alibi", ctypes.c_void_p), ("k_scale", ctypes.c_void_p), ("v_scale", ctypes.c_void_p),
+        ("stream", ctypes.c_void_p)]
 
 
 _libs: dict[str, ctypes.CDLL] = {}
@@ -124,13 +125,15 @@ def attend(layout: str, q, k, v, meta: dict, *, kv_dtype: str, sm_scale: float, 
         lse = np.empty((B, Hq), np.float32) if lse is None else lse
         f32 = lambda a: None if a is None else np.ascontiguousarray(a, np.float32)  # noqa: E731
         alibi, k_scale, v_scale = f32(alibi), f32(k_scale), f32(v_scale)
+        stream = None
     else:
         import torch
+        stream = ctypes.c_void_p(torch.cuda.current_stream(q.device).cuda_stream)  # graphs capture it
         out = torch.empty((B, Hq, D), dtype=torch.float32, device=q.device) if out is None else out
         lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if lse is None else lse
     p = Params(B, Hq, Hkv, D, k.shape[1], DTYPES[kv_dtype], window, threads, splits,
                int(hints.get("max_seq_len", 0)), int(hints.get("max_group", 0)), sm_scale,
-               _ptr(alibi, device), _ptr(k_scale, device), _ptr(v_scale, device))
+               _ptr(alibi, device), _ptr(k_scale, device), _ptr(v_scale, device), stream)
     lib = library(device)
     prefix = "kvx_" if device == "cpu" else "kvx_cuda_"
     ptr = lambda a: _ptr(a, device)  # noqa: E731

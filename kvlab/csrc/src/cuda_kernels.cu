@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "kvx.h"
@@ -19,7 +20,20 @@ namespace {
 thread_local std::string g_err;
 constexpr int THREADS = 128;
 constexpr float LOG2E = 1.4426950408889634f;
-constexpr int U = 4;  // tokens per lane group per step
+constexpr int U = 4;       // tokens per lane group per step
+constexpr int STAGES = 3;  // cp.async pipeline depth
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async8(void* dst, const void* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 8 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // 2^x in one MUFU op (ex2.approx: ~2 ulp); 2^-inf = 0 and NaN stays NaN, as the merge needs.
 __device__ __forceinline__ float ex2(float x) {
@@ -79,6 +93,22 @@ __device__ __forceinline__ void load8(const uint8_t* p, float (&x)[8]) {  // e4m
   }
 }
 
+// Reduce-scatter 16 partial sums over the 16 lanes of a group in 15 shuffles (instead of 16 x 4):
+// afterwards lane i of the group holds, in v[0], the full sum of value i.
+__device__ __forceinline__ void butterfly16(float (&v)[16], int lane) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int half = 8 >> k;
+    const bool upper = lane & half;
+#pragma unroll
+    for (int i = 0; i < half; ++i) {
+      const float send = upper ? v[i] : v[i + half];
+      const float keep = upper ? v[i + half] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, half);
+    }
+  }
+}
+
 struct Rows {
   int n;
   int seq[8], head[8], qpos[8];
@@ -110,9 +140,10 @@ __device__ __forceinline__ void unit_rows(const Args& a, int unit, int kvh, int 
   }
 }
 
-template <typename T, int RMAX>
-__global__ void __launch_bounds__(THREADS) partial_kernel(Args a) {
-  extern __shared__ float smem[];
+// STG: cp.async pipeline depth; MINB: CTAs per SM the register budget must allow.
+template <typename T, int RMAX, bool FAST, int STG = STAGES, int MINB = (RMAX <= 4 ? 4 : 2)>
+__global__ void __launch_bounds__(THREADS, MINB) partial_kernel(Args a) {
+  extern __shared__ __align__(16) float smem[];
   const int D = a.p.head_dim, TPT = D / 8, NG = THREADS / TPT, H = a.p.kv_heads;
   const int gi = threadIdx.x / TPT, lane = threadIdx.x % TPT;
   const int unit = blockIdx.z, kvh = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
@@ -144,9 +175,19 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(Args a) {
     }
   }
 
+  // Fast path (head_dim 128, four query rows per kv head: GQA-4): the 16 lanes of a token group
+  // reduce-scatter the 16 (row, token) scores, so each lane owns one score's softmax and the
+  // probabilities come back by broadcast. Uniform per CTA.
+  constexpr bool fast = FAST && RMAX * U == 16;  // host picks FAST only for head_dim 128, G % 4 == 0
+  const int my_r = lane / U, my_u = lane % U, gbase = (threadIdx.x & 31) & 16;
+  float my_qp = 0.f, my_slope = 0.f, my_l = 0.f;
+#pragma unroll
+  for (int r = 0; r < RMAX; ++r)
+    if (my_r == r) my_qp = qp[r], my_slope = slope[r];
+
   const T* K = static_cast<const T*>(a.k);
   const T* V = static_cast<const T*>(a.v);
-  const int bs = a.p.block_size;
+  const int bs = a.p.block_size, bs_shift = (bs & (bs - 1)) ? -1 : __ffs(bs) - 1;
   const int32_t* table = a.table + size_t(unit) * a.max_blocks;
   // spans: a cursor per thread; its tokens only move forward
   int si = 0, sstart = 0, send = 0;
@@ -161,31 +202,104 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(Args a) {
   }
   auto slot_of = [&](int t) -> int64_t {
     if (a.kind == CONTIG) return int64_t(unit) * a.stride + t;
-    if (a.kind == PAGED) return int64_t(table[t / bs]) * bs + t % bs;
+    if (a.kind == PAGED)  // block sizes are powers of two in practice: shift, not divide
+      return bs_shift >= 0 ? int64_t(table[t >> bs_shift]) * bs + (t & (bs - 1)) : int64_t(table[t / bs]) * bs + t % bs;
     while (t >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si];
     return int64_t(sblk[si]) * bs + (t - sstart);
   };
-  auto fetch = [&](bool valid, int t, float (&kf)[8], float (&vf)[8]) {
-    if (!valid) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) kf[e] = vf[e] = 0.f;
-      return;
+  // Loads go through a STAGES-deep cp.async pipeline into shared memory: the copy engine keeps
+  // (STAGES-1) tiles of K and V in flight per CTA while the lanes compute on the oldest one.
+  // A tile is the TT = U × NG tokens the CTA consumes per step; rows of RB bytes, copied in CB-byte
+  // chunks (tokens past the range are zero-filled and masked).
+  const int RB = D * int(sizeof(T)), CB = RB % 16 == 0 ? 16 : 8, CPR = RB / CB, TT = U * NG;
+  const int cpr_shift = __ffs(CPR) - 1;
+  char* stage_base = reinterpret_cast<char*>(smem);
+  const int stage_bytes = 2 * TT * RB;
+  const int nsteps = t1 > t0 ? (t1 - t0 + TT - 1) / TT : 0;
+  auto issue = [&](int step) {
+    if (step < nsteps) {
+      char* st = stage_base + (step % STG) * stage_bytes;
+      const int tb = t0 + step * TT;
+      for (int c = threadIdx.x; c < TT * CPR; c += THREADS) {
+        const int j = c >> cpr_shift, part = c & (CPR - 1), t = tb + j;  // CPR is a power of two
+        const bool ok = t < t1;
+        const int64_t slot = ok ? slot_of(t) : 0;
+        const size_t off = size_t(slot * H + kvh) * D * sizeof(T) + size_t(part) * CB;
+        char* dk = st + j * RB + part * CB;
+        if (CB == 16) {
+          cp_async16(dk, reinterpret_cast<const char*>(K) + (ok ? off : 0), ok);
+          cp_async16(dk + TT * RB, reinterpret_cast<const char*>(V) + (ok ? off : 0), ok);
+        } else {
+          cp_async8(dk, reinterpret_cast<const char*>(K) + (ok ? off : 0), ok);
+          cp_async8(dk + TT * RB, reinterpret_cast<const char*>(V) + (ok ? off : 0), ok);
+        }
+      }
     }
-    const int64_t s0 = slot_of(t);
-    load8(K + (s0 * H + kvh) * D + lane * 8, kf);
-    load8(V + (s0 * H + kvh) * D + lane * 8, vf);
+    cp_async_commit();  // an empty group past the end keeps the wait counts uniform
   };
-  // U tokens per lane group per step: 2U independent loads in flight, one rescale of the
-  // accumulators per step instead of per token. Every lane runs the same trip count (the
-  // shuffles need the whole warp); tokens past the range are computed on zeros and dropped.
-  for (int tb = t0; tb < t1; tb += U * NG) {
+#pragma unroll
+  for (int i = 0; i < STG - 1; ++i) issue(i);
+  for (int step = 0; step < nsteps; ++step) {
+    cp_async_wait<STG - 2>();
+    __syncthreads();             // tile `step` landed for everyone; tile step-1 is free to refill
+    issue(step + STG - 1);
+    const char* st = stage_base + (step % STG) * stage_bytes;
+    const int tb = t0 + step * TT;
+    if constexpr (fast) {
+      {
+        // one K row (then one V row) live at a time: fewer registers, more CTAs per SM
+        float sv[16];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          float kf[8];
+          load8(reinterpret_cast<const T*>(st + (u * NG + gi) * RB) + lane * 8, kf);
+#pragma unroll
+          for (int r = 0; r < RMAX; ++r) {
+            float x = 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) x = fmaf(q[r][e], kf[e], x);
+            sv[r * U + u] = x;
+          }
+        }
+        butterfly16(sv, lane);
+        const float rel = float(loffset + tb + my_u * NG + gi) - my_qp;
+        const bool masked = tb + my_u * NG + gi >= t1 || (a.p.window > 0 && rel <= -float(a.p.window));
+        const float sc = masked ? -INFINITY : fmaf(my_slope, rel, sv[0]);
+        float tmax = fmaxf(sc, __shfl_xor_sync(0xffffffffu, sc, 1));  // the row's 4 tokens: lanes r*4..r*4+3
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+        float my_mx = -INFINITY, my_corr = 1.f;
+#pragma unroll
+        for (int r = 0; r < RMAX; ++r) {
+          const float mx = fmaxf(m[r], __shfl_sync(0xffffffffu, tmax, gbase + r * U));
+          const float corr = mx == -INFINITY ? 1.f : ex2(m[r] - mx);
+          m[r] = mx;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[r][e] *= corr;
+          if (my_r == r) my_mx = mx, my_corr = corr;
+        }
+        const float pe = my_mx == -INFINITY ? (sc != sc ? sc : 0.f) : ex2(sc - my_mx);  // NaN poison survives
+        my_l = my_l * my_corr + pe;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          float vf[8];
+          load8(reinterpret_cast<const T*>(st + TT * RB + (u * NG + gi) * RB) + lane * 8, vf);
+#pragma unroll
+          for (int r = 0; r < RMAX; ++r) {
+            const float pv = __shfl_sync(0xffffffffu, pe, gbase + r * U + u);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(pv, vf[e], acc[r][e]);
+          }
+        }
+      }
+    } else {
     float kf[U][8], vf[U][8];
     bool ok[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int t = tb + u * NG + gi;
-      ok[u] = t < t1;
-      fetch(ok[u], t, kf[u], vf[u]);
+      const int j = u * NG + gi;
+      ok[u] = tb + j < t1;
+      load8(reinterpret_cast<const T*>(st + j * RB) + lane * 8, kf[u]);
+      load8(reinterpret_cast<const T*>(st + TT * RB + j * RB) + lane * 8, vf[u]);
     }
 #pragma unroll
     for (int r = 0; r < RMAX; ++r) {
@@ -224,6 +338,15 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(Args a) {
       l[r] = lsum;
       m[r] = mx;
     }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the stage buffers are reused for the merge below
+  if constexpr (fast) {  // each lane summed one row's probabilities over its tokens: total them per row
+    my_l += __shfl_xor_sync(0xffffffffu, my_l, 1);
+    my_l += __shfl_xor_sync(0xffffffffu, my_l, 2);
+#pragma unroll
+    for (int r = 0; r < RMAX; ++r) l[r] = __shfl_sync(0xffffffffu, my_l, gbase + r * U);
   }
 
   // merge the NG token groups of this CTA, then write one partial per row
@@ -260,22 +383,37 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(Args a) {
 
 __global__ void combine_kernel(kvx_params p, int nslots, const float* ws_m, const float* ws_l, const float* ws_acc,
                                float* out, float* lse) {
+  extern __shared__ float w[];  // [nslots] weights 2^(m_s - M), then the scalars below
+  __shared__ float red[32];
   const int o = blockIdx.x, D = p.head_dim;
   const int kvh = (o % p.q_heads) / (p.q_heads / p.kv_heads);
   const float vs = p.v_scale ? p.v_scale[kvh] : 1.f;
-  float M = -INFINITY, L = 0.f;
-  for (int s = 0; s < nslots; ++s) M = fmaxf(M, ws_m[size_t(o) * nslots + s]);
-  for (int s = 0; s < nslots; ++s) {
-    const float ms = ws_m[size_t(o) * nslots + s], ls = ws_l[size_t(o) * nslots + s];
-    if (isnan(ls)) L = NAN;
-    if (ms != -INFINITY) L += ls * exp2f(ms - M);
+  const float* m = ws_m + size_t(o) * nslots;
+  const float* l = ws_l + size_t(o) * nslots;
+  // block max of m over slots
+  float M = -INFINITY;
+  for (int s = threadIdx.x; s < nslots; s += blockDim.x) M = fmaxf(M, m[s]);
+  for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = M;
+  __syncthreads();
+  M = -INFINITY;
+  for (int i = 0; i < int(blockDim.x / 32); ++i) M = fmaxf(M, red[i]);
+  __syncthreads();
+  // weights and the total l (NaN anywhere poisons the row)
+  float L = 0.f;
+  for (int s = threadIdx.x; s < nslots; s += blockDim.x) {
+    const float ws = m[s] == -INFINITY ? 0.f : exp2f(m[s] - M);
+    w[s] = ws;
+    L += isnan(l[s]) ? NAN : l[s] * ws;
   }
+  for (int off = 16; off > 0; off >>= 1) L += __shfl_xor_sync(0xffffffffu, L, off);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = L;
+  __syncthreads();
+  L = 0.f;
+  for (int i = 0; i < int(blockDim.x / 32); ++i) L += red[i];
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float A = 0.f;
-    for (int s = 0; s < nslots; ++s) {
-      const float ms = ws_m[size_t(o) * nslots + s];
-      if (ms != -INFINITY) A += ws_acc[(size_t(o) * nslots + s) * D + d] * exp2f(ms - M);
-    }
+    for (int s = 0; s < nslots; ++s) A = fmaf(ws_acc[(size_t(o) * nslots + s) * D + d], w[s], A);
     out[size_t(o) * D + d] = L > 0.f ? A * vs / L : (isnan(L) ? NAN : 0.f);
   }
   if (lse && threadIdx.x == 0) lse[o] = L > 0.f ? (M + log2f(L)) / LOG2E : (isnan(L) ? NAN : -INFINITY);
@@ -296,6 +434,8 @@ struct Workspace {
   }
 } g_ws;
 
+cudaStream_t stream_of(const kvx_params& p) { return static_cast<cudaStream_t>(p.stream); }
+
 int fail(const std::string& msg) {
   g_err = msg;
   return 1;
@@ -312,22 +452,42 @@ int num_sms() {
   return n;
 }
 
-template <typename T, int RMAX>
+template <typename T, int RMAX, bool FAST, int STG = STAGES, int MINB = (RMAX <= 4 ? 4 : 2)>
 cudaError_t launch_t(const Args& a, dim3 grid) {
   const int D = a.p.head_dim, NG = THREADS / (D / 8);
-  const size_t smem = (size_t(NG) * RMAX * D + 2 * NG * RMAX) * sizeof(float);
-  if (smem > 48 * 1024) cudaFuncSetAttribute(partial_kernel<T, RMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  partial_kernel<T, RMAX><<<grid, THREADS, smem>>>(a);
+  const size_t merge = (size_t(NG) * RMAX * D + 2 * NG * RMAX) * sizeof(float);
+  const size_t stages = size_t(STG) * 2 * U * NG * D * sizeof(T);
+  const size_t smem = merge > stages ? merge : stages;
+  auto kern = partial_kernel<T, RMAX, FAST, STG, MINB>;
+  if (smem > 48 * 1024) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  kern<<<grid, THREADS, smem, stream_of(a.p)>>>(a);
   return cudaGetLastError();
+}
+
+// Fast-path variants (pipeline depth, CTAs per SM), chosen with KVX_CUDA_VARIANT for benchmarks.
+int fast_variant() {
+  const char* e = std::getenv("KVX_CUDA_VARIANT");
+  return e ? std::atoi(e) : 0;
+}
+
+template <typename T>
+cudaError_t launch_fast(const Args& a, dim3 grid) {
+  switch (fast_variant()) {
+    case 1: return launch_t<T, 4, true, 2, 6>(a, grid);
+    case 2: return launch_t<T, 4, true, 4, 4>(a, grid);
+    case 3: return launch_t<T, 4, true, 3, 5>(a, grid);
+    default: return launch_t<T, 4, true, 3, 4>(a, grid);
+  }
 }
 
 template <typename T>
 cudaError_t launch_r(const Args& a, dim3 grid, int rmax) {
+  const bool fast = a.p.head_dim == 128 && (a.p.q_heads / a.p.kv_heads) % 4 == 0;  // every CTA gets 4 rows
   switch (rmax) {
-    case 1: return launch_t<T, 1>(a, grid);
-    case 2: return launch_t<T, 2>(a, grid);
-    case 4: return launch_t<T, 4>(a, grid);
-    default: return launch_t<T, 8>(a, grid);
+    case 1: return launch_t<T, 1, false>(a, grid);
+    case 2: return launch_t<T, 2, false>(a, grid);
+    case 4: return fast ? launch_fast<T>(a, grid) : launch_t<T, 4, false>(a, grid);
+    default: return launch_t<T, 8, false>(a, grid);
   }
 }
 
@@ -383,7 +543,7 @@ int run_decode(Args a, int units, float* out, float* lse) {
   a.chunks = pl.chunks, a.slot0 = 0, a.nslots = pl.splits;
   cudaError_t e = launch(a, dim3(pl.splits, p.kv_heads * pl.chunks, units), pl.rmax);
   if (e == cudaSuccess) {
-    combine_kernel<<<unsigned(NQ), 128>>>(p, pl.splits, a.ws_m, a.ws_l, a.ws_acc, out, lse);
+    combine_kernel<<<unsigned(NQ), 128, pl.splits * sizeof(float), stream_of(p)>>>(p, pl.splits, a.ws_m, a.ws_l, a.ws_acc, out, lse);
     e = cudaGetLastError();
   }
   return e == cudaSuccess ? 0 : fail(std::string("CUDA: ") + cudaGetErrorString(e));
@@ -445,7 +605,7 @@ int kvx_cuda_hybrid(const kvx_params* p, const float* q, const void* k, const vo
     e = launch(a, dim3(ps.splits, p->kv_heads * ps.chunks, p->num_seqs), ps.rmax);
   }
   if (e == cudaSuccess) {
-    combine_kernel<<<unsigned(NQ), 128>>>(*p, nslots, a.ws_m, a.ws_l, a.ws_acc, out, lse);
+    combine_kernel<<<unsigned(NQ), 128, nslots * sizeof(float), stream_of(*p)>>>(*p, nslots, a.ws_m, a.ws_l, a.ws_acc, out, lse);
     e = cudaGetLastError();
   }
   return e == cudaSuccess ? 0 : fail(std::string("CUDA: ") + cudaGetErrorString(e));

@@ -25,6 +25,7 @@ typedef struct {
   const float* alibi;    /* [q_heads] slopes or NULL */
   const float* k_scale;  /* [kv_heads] dequant scales or NULL (= 1) */
   const float* v_scale;
+  void* stream;          /* CUDA: the cudaStream_t to launch on (NULL = default stream); CPU ignores */
 } kvx_params;
 
 /* Cache K, V: [num_blocks, block_size, kv_heads, head_dim]. q, out: float32 [num_seqs, q_heads,

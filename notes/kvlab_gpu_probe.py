@@ -1,0 +1,20 @@
+"""One decode call per shape for `ncu` to profile (notes/kvlab_gpu_run.sh runs it under ncu)."""
+import sys
+
+import torch
+
+sys.path.insert(0, sys.argv[1])
+import kvx  # noqa: E402
+
+HQ, HKV, D, BS = 32, 8, 128, 16
+for B, L in ((64, 8192), (1, 8192)):
+    nblk = L // BS
+    k = torch.randn(B * nblk, BS, HKV, D, device="cuda").to(torch.bfloat16).view(torch.int16)
+    v = torch.randn(B * nblk, BS, HKV, D, device="cuda").to(torch.bfloat16).view(torch.int16)
+    q = torch.randn(B, HQ, D, device="cuda")
+    lens = torch.full((B,), L, dtype=torch.int32, device="cuda")
+    table = torch.arange(B * nblk, dtype=torch.int32, device="cuda").reshape(B, nblk)
+    meta = {"span_ptr": torch.arange(B + 1, dtype=torch.int32, device="cuda"), "span_block": table[:, 0].contiguous(),
+            "span_len": lens.clone(), "seq_lens": lens}
+    kvx.attend("spans", q, k, v, meta, kv_dtype="bf16", sm_scale=D ** -0.5, device="cuda", hints={"max_seq_len": L})
+    torch.cuda.synchronize()
