@@ -149,11 +149,14 @@ async def stream_one(client: httpx.AsyncClient, base_url: str, req: TraceRequest
     except StreamError as exc:
         error = f"error event in stream after {len(times)} tokens: {exc}"
     except httpx.ConnectError as exc:
-        error = f"connect failed (server down?): {exc or exc.__class__.__name__}"
+        error = f"connect failed (server down?): {_why(exc)}"
     except httpx.TimeoutException as exc:
         error = f"timeout after {time.perf_counter() - sent:.1f}s ({exc.__class__.__name__}) after {len(times)} tokens"
     except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-        error = f"stream cut after {len(times)} tokens: {exc or exc.__class__.__name__}"
+        if not status:  # accepted, then closed before any response: e.g. Docker's port proxy, engine gone
+            error = f"connection closed before a response (server down?): {_why(exc)}"
+        else:
+            error = f"stream cut after {len(times)} tokens: {_why(exc)}"
     except httpx.HTTPError as exc:
         error = f"{exc.__class__.__name__}: {exc}"
     end = time.perf_counter()
@@ -169,6 +172,10 @@ async def stream_one(client: httpx.AsyncClient, base_url: str, req: TraceRequest
         prompt_tokens=(usage or {}).get("prompt_tokens"), output_tokens=(usage or {}).get("completion_tokens"),
         streamed_tokens=len(times), bytes_read=nbytes, read_bytes_per_s=bps, session=req.session, turn=req.turn)
     return rec, "".join(parts)
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) or exc.__class__.__name__
 
 
 def _error_text(text: str) -> str:

@@ -278,7 +278,11 @@ def write(notes_dir: Path, plan, opts, outcomes, machine: dict[str, Any], store)
           f"- Engine: {plan.caps.label} (image `{plan.image}`), the smoke stage's tiny random-weight Llama "
           "(2 layers, hidden 128, vocab 2048, fp32, context 4096), `VLLM_CPU_KVCACHE_SPACE=1`, eager mode.",
           "- Router: nginx from Debian bookworm (`deploylab/sweep-router:nginx-bookworm`), config rendered per profile "
-          "from `smoke/router/nginx.conf.j2`; one user-defined Docker network per profile; router port on 127.0.0.1 only.",
+          "from `smoke/router/nginx.conf.j2`; one user-defined Docker network per profile; router port on 127.0.0.1 only. "
+          "nginx rather than PyPI's vllm-router: vllm-router balances one worker list (round robin, power of two, "
+          "consistent hashing, cache-aware) or a prefill/decode pair, but has no rule sending a request class to its own "
+          "pool; nginx does class → pool (`map` on the `X-Request-Class` header the replay sets), `least_conn`, "
+          "`hash … consistent` on the prompt's first 256 characters (prefix affinity) and unbuffered SSE.",
           "- Every profile has two replicas, one core each (cpusets `0` and `1`); the replay client and nginx are NOT "
           "pinned and share those same two cores with the engines, so every lane also competes with the client. "
           "Absolute numbers are for this toy model on 2 cores, not for a GPU deployment.", ""]
@@ -335,8 +339,10 @@ def write(notes_dir: Path, plan, opts, outcomes, machine: dict[str, Any], store)
                               for c, hs in e["routing"].items())
             pm = "; ".join(f"{h}: {_f(m.get('request_success_total'))} ok, prefix hit "
                            f"{_f(m['prefix_cache_hit_rate'] and m['prefix_cache_hit_rate'] * 100, 0, '%')}, "
+                           f"admission rejections {_f(m.get('admission_rejections_total'))}, "
                            f"preemptions {_f(m.get('num_preemptions_total'))}, server TTFT mean "
                            f"{_f(m['time_to_first_token_seconds_mean'] and m['time_to_first_token_seconds_mean'] * 1000, 0, ' ms')}, "
+                           f"ITL mean {_f(m.get('inter_token_latency_seconds_mean') and m['inter_token_latency_seconds_mean'] * 1000, 1, ' ms')}, "
                            f"queue mean {_f(m['request_queue_time_seconds_mean'] and m['request_queue_time_seconds_mean'] * 1000, 0, ' ms')}"
                            for h, m in e["pool_metrics"].items())
             L += [f"- **{p}** — {e['verdict'][:600]}", f"  - routing: {route}", f"  - servers: {pm}",

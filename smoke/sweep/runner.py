@@ -27,6 +27,9 @@ from smoke.router import nginx
 from smoke.sweep import knobs as knobmod, scrape
 from smoke.sweep.pools import LABEL, ROLE
 
+# What an engine image accepts is cached per image id: probing imports vLLM (~30-60 s on 2 cores).
+CAPS_CACHE = Path(os.environ.get("DEPLOYLAB_WORK", Path(__file__).resolve().parents[2] / ".work")) / "sweep"
+
 
 @dataclass(frozen=True)
 class SweepOptions:
@@ -82,7 +85,7 @@ def plan(names: list[str] | None, opts: SweepOptions, client, work: Path) -> Pla
     if image == DEFAULT_TAG:
         from smoke.image import ensure_runtime_image
         ensure_runtime_image(client, log_path=work / "runtime-image.log")
-    caps = probe_engine(client, image, work)
+    caps = probe_engine(client, image, CAPS_CACHE)
     args = {p.name: {pool.name: knobmod.translate(pool.knob_dict, caps, f"{p.source}: pools.{pool.name}.knobs")
                      for pool in p.pools} for p in profs}
     cpus = host_cpus()

@@ -15,6 +15,8 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfIN
 # The handful a reader of the sweep report wants per pool; everything else stays in the raw files.
 KEY = ("vllm:request_success_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
        "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total",
+       "vllm:admission_rejections_total",
+       "vllm:inter_token_latency_seconds_sum", "vllm:inter_token_latency_seconds_count",
        "vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count",
        "vllm:request_queue_time_seconds_sum", "vllm:request_queue_time_seconds_count",
        "vllm:num_requests_running", "vllm:num_requests_waiting")
@@ -60,7 +62,7 @@ def key_figures(d: dict[str, float]) -> dict[str, float | None]:
     out: dict[str, float | None] = {k.removeprefix("vllm:"): d.get(k) for k in KEY}
     q, h = d.get("vllm:prefix_cache_queries_total"), d.get("vllm:prefix_cache_hits_total")
     out["prefix_cache_hit_rate"] = (h / q) if q else None
-    for name in ("time_to_first_token_seconds", "request_queue_time_seconds"):
+    for name in ("time_to_first_token_seconds", "inter_token_latency_seconds", "request_queue_time_seconds"):
         s, n = d.get(f"vllm:{name}_sum"), d.get(f"vllm:{name}_count")
         out[f"{name}_mean"] = (s / n) if n else None
     return out

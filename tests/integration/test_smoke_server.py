@@ -85,16 +85,17 @@ def test_gate_verdict_is_computed_from_real_numbers(ci_run):
 def test_slow_readers_read_slower_than_the_server_writes(ci_run):
     _, recs, summary, _ = ci_run
     slow = {r.read_bytes_per_s: r for r in recs if r.cls == "slow_reader" and r.ok}
-    assert set(slow) == {1500, 6000}
+    assert set(slow) == {500, 2000}
     sr = summary["slow_readers"]
     fast_rate = sr["unthrottled"]["read_bytes_per_s_p50"]
     for bps, r in slow.items():
         rate = r.bytes_read / (r.e2e_s - r.ttft_s)
-        assert rate <= bps * 1.25, (bps, rate)          # bounded by the throttle ...
-        assert fast_rate > 3 * rate                      # ... well below what the server writes
-    # E2E grows with the throttle: per token, the 1500 B/s reader takes longer than the 6000 B/s one.
-    assert sr["1500"]["ms_per_token_p50"] > 1.5 * sr["6000"]["ms_per_token_p50"]
-    assert sr["6000"]["ms_per_token_p50"] > sr["unthrottled"]["ms_per_token_p50"]
+        assert rate <= bps * 1.25, (bps, rate)           # bounded by the throttle
+    # ... well below what the server writes to the other streams, even with the CPU shared
+    assert fast_rate > 3 * slow[500].bytes_read / (slow[500].e2e_s - slow[500].ttft_s)
+    # E2E grows with the throttle: per token, the 500 B/s reader takes longer than the 2000 B/s one.
+    assert sr["500"]["ms_per_token_p50"] > 2 * sr["2000"]["ms_per_token_p50"]
+    assert sr["2000"]["ms_per_token_p50"] > sr["unthrottled"]["ms_per_token_p50"]
     iso = summary["isolation"]
     assert iso["slow_streams"] == 2 and iso["itl_gaps_during_slow"] > 0 and iso["itl_ratio"] is not None
 
@@ -141,4 +142,4 @@ def test_stream_cut_midway_is_an_error_record(engine, docker_client):
     assert time.monotonic() - t0 < 60
     # And the server now being down is a record too.
     (down,) = replay.run(trace, engine.url, engine.model, None)
-    assert down.status == "error" and down.error.startswith("connect failed"), down.error
+    assert down.status == "error" and "server down?" in down.error, down.error

@@ -71,5 +71,5 @@ def test_trace_arrivals_keep_times_and_classes(tmp_path: Path):
 
 def test_slow_readers_take_each_throttle_in_turn():
     t = wl.generate(mixmod.load("ci"), 0)
-    assert [r.read_bytes_per_s for r in t.requests if r.cls == "slow_reader"] == [1500, 6000]
+    assert [r.read_bytes_per_s for r in t.requests if r.cls == "slow_reader"] == [500, 2000]
     assert all(r.recv_buffer_bytes == 4096 for r in t.requests if r.cls == "slow_reader")
