@@ -93,9 +93,10 @@ def test_slow_readers_read_slower_than_the_server_writes(ci_run):
         assert rate <= bps * 1.25, (bps, rate)           # bounded by the throttle
     # ... well below what the server writes to the other streams, even with the CPU shared
     assert fast_rate > 3 * slow[500].bytes_read / (slow[500].e2e_s - slow[500].ttft_s)
-    # E2E grows with the throttle: per token, the 500 B/s reader takes longer than the 2000 B/s one.
-    assert sr["500"]["ms_per_token_p50"] > 2 * sr["2000"]["ms_per_token_p50"]
-    assert sr["2000"]["ms_per_token_p50"] > sr["unthrottled"]["ms_per_token_p50"]
+    # E2E grows with the throttle (same 24-32 token answers). Not per token: when the reader lags,
+    # the engine packs several tokens into one event, so bytes per token shrink as the throttle tightens.
+    assert sr["500"]["e2e_p50_ms"] > 1.3 * sr["2000"]["e2e_p50_ms"]
+    assert sr["2000"]["e2e_p50_ms"] > 3 * sr["unthrottled"]["e2e_p50_ms"]
     iso = summary["isolation"]
     assert iso["slow_streams"] == 2 and iso["itl_gaps_during_slow"] > 0 and iso["itl_ratio"] is not None
 
