@@ -6,6 +6,7 @@
 //
 // Threads: TPT = head_dim / 8 lanes own one token (8 elements each, one 8/16/32-byte load), a CTA
 // of 128 threads streams 128 / TPT tokens at a time; head_dim must be 8 × a power of two (<= 256).
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -381,6 +382,218 @@ __global__ void __launch_bounds__(THREADS, MINB) partial_kernel(Args a) {
   }
 }
 
+// ---- tensor-core path: bf16 K/V, head_dim 128, four query rows per CTA (GQA-4) -----------------
+// S = Q K^T and O += P V on mma.sync m16n8k16 (bf16 in, f32 accumulate). Q and P are split into
+// bf16 hi + lo parts (two MMAs each), so results keep ~16 mantissa bits: the oracle's float32
+// tolerance holds. Rows 4..15 of the A operand are zero (4 real query rows). Each warp owns 16
+// tokens of a 64-token tile that a STG-deep cp.async pipeline streams into padded shared rows.
+__device__ __forceinline__ uint32_t pack_bf16(float lo_k, float hi_k) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo_k, hi_k);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ void split_bf16(float a, float b, uint32_t& hi, uint32_t& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  const float2 hf = __bfloat1622float2(h);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = pack_bf16(a - hf.x, b - hf.y);
+}
+__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+constexpr int MMA_D = 128, MMA_R = 4, MMA_WARPS = 4, MMA_TT = 16 * MMA_WARPS;
+constexpr int MMA_RB = MMA_D * 2, MMA_RBP = MMA_RB + 16;  // padded rows: conflict-free ldmatrix
+
+template <int STG>
+__global__ void __launch_bounds__(THREADS) mma_kernel(Args a) {
+  extern __shared__ __align__(16) float smem[];
+  const int H = a.p.kv_heads, warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4;
+  const int unit = blockIdx.z, kvh = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
+  Rows rows;
+  int src_len, loffset;
+  unit_rows(a, unit, kvh, chunk, MMA_R, rows, src_len, loffset);
+  if (rows.n == 0) return;
+  int lo = src_len;
+  for (int r = 0; r < rows.n; ++r)
+    lo = min(lo, a.p.window > 0 ? max(0, rows.qpos[r] - a.p.window + 1 - loffset) : 0);
+  const int span = max(0, src_len - lo), per = (span + gridDim.x - 1) / gridDim.x;
+  const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
+
+  // this lane's query row is g (rows 4..7 are padding); A fragments of Q, hi and lo, per 16-dim chunk
+  const bool real = g < rows.n;
+  const float kscale = a.p.k_scale ? a.p.k_scale[kvh] : 1.f;
+  const float* qr = a.q + (size_t(rows.seq[real ? g : 0]) * a.p.q_heads + rows.head[real ? g : 0]) * MMA_D;
+  const float qs = real ? a.p.sm_scale * kscale * LOG2E : 0.f;
+  uint32_t qa_hi[8][2], qa_lo[8][2];
+#pragma unroll
+  for (int kc = 0; kc < 8; ++kc) {
+    split_bf16(qr[kc * 16 + 2 * t] * qs, qr[kc * 16 + 2 * t + 1] * qs, qa_hi[kc][0], qa_lo[kc][0]);
+    split_bf16(qr[kc * 16 + 2 * t + 8] * qs, qr[kc * 16 + 2 * t + 9] * qs, qa_hi[kc][1], qa_lo[kc][1]);
+  }
+  const float my_qp = real ? float(rows.qpos[g]) : 0.f;
+  const float my_slope = real && a.p.alibi ? a.p.alibi[rows.head[g]] * LOG2E : 0.f;
+  float acc[16][4];
+#pragma unroll
+  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  float m_run = -INFINITY, l_run = 0.f;
+
+  const uint16_t* K = static_cast<const uint16_t*>(a.k);
+  const uint16_t* V = static_cast<const uint16_t*>(a.v);
+  const int bs = a.p.block_size, bs_shift = (bs & (bs - 1)) ? -1 : __ffs(bs) - 1;
+  const int32_t* table = a.table + size_t(unit) * a.max_blocks;
+  int si = 0, sstart = 0, send = 0, nsp = 0;
+  const int32_t* sblk = nullptr;
+  const int32_t* slen = nullptr;
+  if (a.kind == SPANS) {
+    sblk = a.sblk + a.sptr[unit];
+    slen = a.slen + a.sptr[unit];
+    nsp = a.sptr[unit + 1] - a.sptr[unit];
+    send = nsp ? slen[0] : 0;
+  }
+  auto slot_of = [&](int tok) -> int64_t {
+    if (a.kind == CONTIG) return int64_t(unit) * a.stride + tok;
+    if (a.kind == PAGED)
+      return bs_shift >= 0 ? int64_t(table[tok >> bs_shift]) * bs + (tok & (bs - 1))
+                           : int64_t(table[tok / bs]) * bs + tok % bs;
+    while (tok >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si];
+    return int64_t(sblk[si]) * bs + (tok - sstart);
+  };
+  char* stage_base = reinterpret_cast<char*>(smem);
+  constexpr int stage_bytes = 2 * MMA_TT * MMA_RBP, CPR = MMA_RB / 16;
+  const int nsteps = t1 > t0 ? (t1 - t0 + MMA_TT - 1) / MMA_TT : 0;
+  auto issue = [&](int step) {
+    if (step < nsteps) {
+      char* st = stage_base + (step % STG) * stage_bytes;
+      const int tb = t0 + step * MMA_TT;
+      for (int c = threadIdx.x; c < MMA_TT * CPR; c += THREADS) {
+        const int j = c / CPR, part = c % CPR, tok = tb + j;
+        const bool ok = tok < t1;
+        const int64_t slot = ok ? slot_of(tok) : 0;
+        const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
+        char* dk = st + j * MMA_RBP + part * 16;
+        cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
+        cp_async16(dk + MMA_TT * MMA_RBP, reinterpret_cast<const char*>(V) + off, ok);
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int i = 0; i < STG - 1; ++i) issue(i);
+  for (int step = 0; step < nsteps; ++step) {
+    cp_async_wait<STG - 2>();
+    __syncthreads();
+    issue(step + STG - 1);
+    const char* kt = stage_base + (step % STG) * stage_bytes + warp * 16 * MMA_RBP;  // this warp's 16 tokens
+    const char* vt = kt + MMA_TT * MMA_RBP;
+    const int tw = t0 + step * MMA_TT + warp * 16;
+    // S (rows = query rows, cols = 16 tokens as two n-tiles of 8)
+    float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int kp = 0; kp < 4; ++kp) {  // 32 dims per ldmatrix.x4: two k-chunks
+        uint32_t b[4];
+        ldsm_x4(b, kt + (nt * 8 + L % 8) * MMA_RBP + (kp * 32 + (L / 8) * 8) * 2);
+        mma16816(sc[nt], qa_hi[2 * kp][0], 0u, qa_hi[2 * kp][1], 0u, b[0], b[1]);
+        mma16816(sc[nt], qa_lo[2 * kp][0], 0u, qa_lo[2 * kp][1], 0u, b[0], b[1]);
+        mma16816(sc[nt], qa_hi[2 * kp + 1][0], 0u, qa_hi[2 * kp + 1][1], 0u, b[2], b[3]);
+        mma16816(sc[nt], qa_lo[2 * kp + 1][0], 0u, qa_lo[2 * kp + 1][1], 0u, b[2], b[3]);
+      }
+    // online softmax on row g: this lane holds tokens nt*8 + 2t + {0,1}
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int tok = tw + nt * 8 + 2 * t + e;
+        const float rel = float(loffset + tok) - my_qp;
+        const bool masked = tok >= t1 || (a.p.window > 0 && rel <= -float(a.p.window));
+        sc[nt][e] = masked ? -INFINITY : fmaf(my_slope, rel, sc[nt][e]);
+        mx = fmaxf(mx, sc[nt][e]);
+      }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float mnew = fmaxf(m_run, mx);
+    const float corr = mnew == -INFINITY ? 1.f : ex2(m_run - mnew);
+    float p[2][2];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float x = sc[nt][e];
+        p[nt][e] = mnew == -INFINITY ? (x != x ? x : 0.f) : ex2(x - mnew);  // NaN poison survives
+      }
+    l_run = l_run * corr + p[0][0] + p[0][1] + p[1][0] + p[1][1];
+    m_run = mnew;
+    uint32_t pa_hi0, pa_lo0, pa_hi1, pa_lo1;  // A fragment of P: k = tokens 2t,2t+1 and 2t+8,2t+9
+    split_bf16(p[0][0], p[0][1], pa_hi0, pa_lo0);
+    split_bf16(p[1][0], p[1][1], pa_hi1, pa_lo1);
+#pragma unroll
+    for (int np = 0; np < 8; ++np) {  // 16 dims per ldmatrix.x4.trans: two n-tiles of V
+      uint32_t b[4];
+      ldsm_x4_t(b, vt + ((L / 8) % 2 * 8 + L % 8) * MMA_RBP + (np * 16 + (L / 16) * 8) * 2);
+#pragma unroll
+      for (int h2 = 0; h2 < 2; ++h2) {
+        float (&c)[4] = acc[np * 2 + h2];
+        c[0] *= corr, c[1] *= corr;
+        mma16816(c, pa_hi0, 0u, pa_hi1, 0u, b[2 * h2], b[2 * h2 + 1]);
+        mma16816(c, pa_lo0, 0u, pa_lo1, 0u, b[2 * h2], b[2 * h2 + 1]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  // merge the warps (token groups), then one partial per row, as partial_kernel does
+  constexpr int NG = MMA_WARPS, D = MMA_D, RMAX = MMA_R;
+  float* s_acc = smem;
+  float* s_m = s_acc + NG * RMAX * D;
+  float* s_l = s_m + NG * RMAX;
+  if (g < RMAX) {
+#pragma unroll
+    for (int n = 0; n < 16; ++n) {
+      s_acc[(warp * RMAX + g) * D + n * 8 + 2 * t] = acc[n][0];
+      s_acc[(warp * RMAX + g) * D + n * 8 + 2 * t + 1] = acc[n][1];
+    }
+    if (t == 0) s_m[warp * RMAX + g] = m_run, s_l[warp * RMAX + g] = l_run;
+  }
+  __syncthreads();
+  const int slot = a.slot0 + blockIdx.x;
+  for (int idx = threadIdx.x; idx < rows.n * D; idx += THREADS) {
+    const int r = idx / D, d = idx % D;
+    float M = -INFINITY;
+    for (int w = 0; w < NG; ++w) M = fmaxf(M, s_m[w * RMAX + r]);
+    float Lsum = 0.f, A = 0.f;
+    bool nan = false;
+    for (int w = 0; w < NG; ++w) {
+      const float mg = s_m[w * RMAX + r], lg = s_l[w * RMAX + r];
+      nan |= isnan(lg);
+      if (mg == -INFINITY) continue;
+      const float c = exp2f(mg - M);
+      Lsum += lg * c;
+      A += s_acc[(w * RMAX + r) * D + d] * c;
+    }
+    const size_t o = size_t(rows.seq[r]) * a.p.q_heads + rows.head[r];
+    a.ws_acc[(o * a.nslots + slot) * D + d] = nan ? NAN : A;
+    if (d == 0) a.ws_m[o * a.nslots + slot] = M, a.ws_l[o * a.nslots + slot] = nan ? NAN : Lsum;
+  }
+}
+
 __global__ void combine_kernel(kvx_params p, int nslots, const float* ws_m, const float* ws_l, const float* ws_acc,
                                float* out, float* lse) {
   extern __shared__ float w[];  // [nslots] weights 2^(m_s - M), then the scalars below
@@ -470,13 +683,27 @@ int fast_variant() {
   return e ? std::atoi(e) : 0;
 }
 
+template <int STG>
+cudaError_t launch_mma(const Args& a, dim3 grid) {
+  const size_t smem = size_t(STG) * 2 * MMA_TT * MMA_RBP;
+  cudaFuncSetAttribute(mma_kernel<STG>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  mma_kernel<STG><<<grid, THREADS, smem, stream_of(a.p)>>>(a);
+  return cudaGetLastError();
+}
+
 template <typename T>
 cudaError_t launch_fast(const Args& a, dim3 grid) {
+  if constexpr (sizeof(T) == 2) {  // bf16: tensor cores unless a variant asks for the CUDA-core path
+    const int v = fast_variant();
+    if (v == 0 || v == 4) return launch_mma<3>(a, grid);
+    if (v == 5) return launch_mma<2>(a, grid);
+    if (v == 6) return launch_mma<4>(a, grid);
+  }
   switch (fast_variant()) {
     case 1: return launch_t<T, 4, true, 2, 6>(a, grid);
     case 2: return launch_t<T, 4, true, 4, 4>(a, grid);
     case 3: return launch_t<T, 4, true, 3, 5>(a, grid);
-    default: return launch_t<T, 4, true, 3, 4>(a, grid);
+    default: return launch_t<T, 4, true, 3, 4>(a, grid);  // 7: the CUDA-core fast path for bf16
   }
 }
 
