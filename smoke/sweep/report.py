@@ -67,6 +67,8 @@ def collect(outcomes, mix) -> dict[str, Any]:
             continue
         for phase, d in o.details["phases"].items():
             s, recs = _load_phase(d)
+            # Recomputed from the records, so a report rewritten later uses today's definitions.
+            d = {**d, "admission": scoremod.admission(recs), "short_during_long": scoremod.short_during_long(recs)}
             data.setdefault(phase, {})[o.details["profile"]] = {"summary": s, "records": recs, "phase": d,
                                                                "details": o.details}
     return {"phases": data, "failed": failed}
@@ -123,8 +125,8 @@ def _admission(path: Path, phases: dict[str, dict[str, Any]], profs: list[str]) 
                 rej.append(a["rejected"])
                 none.append(a["no_answer"])
     x = np.arange(len(labels))
-    ax.bar(x, acc, label="accepted (HTTP 200)", color="#4c9a2a")
-    ax.bar(x, rej, bottom=acc, label="rejected (HTTP error)", color="#c0392b")
+    ax.bar(x, acc, label="accepted", color="#4c9a2a")
+    ax.bar(x, rej, bottom=acc, label="rejected (503 / busy error event)", color="#c0392b")
     ax.bar(x, none, bottom=np.array(acc) + np.array(rej), label="no answer (timeout/connect)", color="#7f8c8d")
     ax.set_xticks(x, labels, fontsize=7, rotation=20)
     ax.set_ylabel("requests")
@@ -205,14 +207,13 @@ def _claims(phases: dict[str, dict[str, Any]], ranking: list[dict[str, Any]], ca
     # 4. long-prefill limits let short prompts in
     miss = []
     for name, val in SEED_ADVICE.items():
-        try:
-            knobmod.translate({name: val}, caps, "seed advice")
-        except knobmod.KnobError as exc:
-            miss.append(str(exc))
+        it = knobmod.load_intents()[name]
+        if not any(f in caps.flags for f in it.flags):
+            miss.append(it.flags[0])
     line = ("4. **Keeping max_long_partial_prefills below max_num_partial_prefills lets short prompts in** — "
-            + ("not testable as stated: " + " ".join(miss) if miss else "testable as stated (flags accepted)"))
-    comp = _long_prefill_comparison(ph or {})
-    out.append(line + (" " + comp if comp else ""))
+            + (f"not testable as stated: {caps.label} accepts neither {' nor '.join(miss)} (see the knob lines at the end). "
+               if miss else "testable as stated (flags accepted). "))
+    out.append(line + _long_prefill_comparison(ph or {}))
     return out
 
 
@@ -295,7 +296,7 @@ def write(notes_dir: Path, plan, opts, outcomes, machine: dict[str, Any], store)
           "Each profile's scale phase runs on the same (warm) pools right after its base phase.",
           "- SLOs are the mix's per-class bounds (TTFT/ITL/E2E at the class percentile, min success); "
           "attainment = requests that met their class SLO / requests sent.", ""]
-    L += ["## Ranking", "", scoremod.__doc__.split("\n\n", 1)[0].replace("\n", " "), "",
+    L += ["## Ranking", "", "The combined score (`smoke/sweep/score.py`), stated before the numbers:", "",
           "```", scoremod.__doc__.split("\n", 2)[2].strip(), "```", "",
           "| rank | profile | score | " + " | ".join(f"{ph} score (att / itl / iso / goodput)" for ph in phases) + " |",
           "|---|---|---|" + "---|" * len(phases)]
@@ -352,7 +353,8 @@ def write(notes_dir: Path, plan, opts, outcomes, machine: dict[str, Any], store)
     if phases:
         L += ["## Accepted vs rejected", "", "![admission](admission.png)", "",
               "Every pool runs with `queue_limit_requests = 32` per replica (`--max-num-queued-reqs`): beyond it "
-              "vLLM answers 503, counted as rejected.", ""]
+              "vLLM refuses the request — an HTTP 503, or a 200 whose stream's only event is 'engine busy' — and both "
+              "count as rejected. 'No answer' is a timeout or a connection failure.", ""]
     if col["failed"]:
         L += ["## Profiles that did not run", ""] + [f"- {p}: {e}" for p, e in col["failed"].items()] + [""]
     L += ["## Profiles and the flags they became", "",
@@ -365,10 +367,10 @@ def write(notes_dir: Path, plan, opts, outcomes, machine: dict[str, Any], store)
     L += ["", "The seed's chunked-prefill advice as intents, against this engine:", ""]
     for name, val in SEED_ADVICE.items():
         try:
-            knobmod.translate({name: val}, plan.caps, f"{name} = {val}")
+            knobmod.translate({name: val}, plan.caps, "knobs")
             L.append(f"- `{name} = {val}`: accepted")
         except knobmod.KnobError as exc:
-            L.append(f"- `{exc}`")
+            L.append(f"- `{name} = {val}` → {exc}")
     L += ["", "A profile stating such a knob stops the sweep before any container starts, with that line.", ""]
     data = notes_dir / "data"
     data.mkdir(exist_ok=True)

@@ -24,7 +24,7 @@ from matrix.errors import UsageError
 from matrix.results import ResultsStore, StageOutcome
 from smoke import mix as mixmod, profiles as profmod, replay, workload
 from smoke.router import nginx
-from smoke.sweep import knobs as knobmod, scrape
+from smoke.sweep import knobs as knobmod, score as scoremod, scrape
 from smoke.sweep.pools import LABEL, ROLE
 
 # What an engine image accepts is cached per image id: probing imports vLLM (~30-60 s on 2 cores).
@@ -97,29 +97,6 @@ def plan(names: list[str] | None, opts: SweepOptions, client, work: Path) -> Pla
     return Plan(m, profs, caps, args, placements, tuple(phases), traces, image)
 
 
-def _records_stats(recs) -> dict[str, Any]:
-    """Accepted (HTTP 200) vs rejected (an HTTP error: 503 admission, 502/504 router) vs no answer."""
-    acc = sum(1 for r in recs if r.http_status == 200)
-    rej = sum(1 for r in recs if r.http_status and r.http_status != 200)
-    return {"sent": len(recs), "accepted": acc, "rejected": rej, "no_answer": len(recs) - acc - rej,
-            "completed": sum(1 for r in recs if r.ok),
-            "rejected_status": dict(Counter(str(r.http_status) for r in recs if r.http_status and r.http_status != 200))}
-
-
-def short_during_long(recs, short: str = "interactive_chat", long: str = "long_prefill") -> dict[str, Any]:
-    """TTFT of short requests sent while a long prompt was prefilling (before its first token), vs the rest."""
-    spans = [(r.sent_s, r.sent_s + (r.ttft_s if r.ttft_s is not None else (r.end_s - r.sent_s)))
-             for r in recs if r.cls == long]
-    during, apart = [], []
-    for r in recs:
-        if r.cls == short and r.ok and r.ttft_s is not None:
-            (during if any(a <= r.sent_s <= b for a, b in spans) else apart).append(r.ttft_s * 1000)
-    from statistics import median
-    return {"n_during": len(during), "n_apart": len(apart),
-            "ttft_p50_ms_during": median(during) if during else None,
-            "ttft_p50_ms_apart": median(apart) if apart else None}
-
-
 def _routing(lines: list[str], ip_host: dict[str, str]) -> dict[str, dict[str, int]]:
     """class → {replica host: requests}, from nginx's JSON access log."""
     out: dict[str, Counter] = {}
@@ -189,8 +166,8 @@ def run_profile(p: profmod.Profile, pl: Plan, opts: SweepOptions, store: Results
                             "rate_rps": rate, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                             "verdict": verdict.line(), "passed": verdict.passed,
                             "failures": list(verdict.failures),
-                            "admission": _records_stats(recs),
-                            "short_during_long": short_during_long(recs),
+                            "admission": scoremod.admission(recs),
+                            "short_during_long": scoremod.short_during_long(recs),
                             "routing": _routing(lines[seen:], ip_host),
                             "pool_metrics": {h: scrape.key_figures(scrape.delta(before[h], after[h])) for h in before},
                             "summary": str(Path(arts["summary"])), "artifacts": arts}
@@ -218,13 +195,22 @@ def _read_records(path: Path):
 
 
 def run_sweep(names: list[str] | None, opts: SweepOptions, results: Path, run: str, notes_dir: Path,
-              progress: bool = True, say=print) -> Path:
+              progress: bool = True, say=print, report_only: bool = False) -> Path:
+    """Plan, check, run every profile, write the report. report_only: rewrite the report from the
+    outcomes stored by an earlier run with the same options (starts no pool)."""
     from images.engine import client as docker_client
     from smoke.sweep import report
     client = docker_client(timeout=3600)
     work = results / run / "sweep-work"
     work.mkdir(parents=True, exist_ok=True)
     pl = plan(names, opts, client, work)       # stops here, before any container, on a bad knob
+    store = ResultsStore(results, run)
+    machine_file = store.path / "sweep-machine.json"
+    if report_only:
+        outs = [store.get(f"profile-{p.name}", "sweep") for p in pl.profiles]
+        if not machine_file.is_file() or None in outs:
+            raise UsageError(f"{store.path}: no stored sweep for these profiles; run `invoke sweep` without --report-only")
+        return report.write(notes_dir, pl, opts, outs, json.loads(machine_file.read_text()), store)
     nginx.ensure_image(client, work / "router-image.log")
     for p in pl.profiles:                      # the real nginx -t on every config before the first pool
         ok, log = nginx.config_test(client, nginx.render(p, pl.placements[p.name]),
@@ -232,10 +218,10 @@ def run_sweep(names: list[str] | None, opts: SweepOptions, results: Path, run: s
                                     work / "nginx-t" / p.name)
         if not ok:
             raise UsageError(f"{p.source}: rendered nginx config fails nginx -t: {log.strip().splitlines()[-1]}")
-    store = ResultsStore(results, run)
     for name, trace in pl.traces.items():
         workload.write(trace, store.path / "sweep-traces" / f"{name}.jsonl")
     machine = report.describe_machine(client)
+    machine_file.write_text(json.dumps(machine, indent=1))
     outcomes = []
     for p in pl.profiles:
         outcomes.append(run_profile(p, pl, opts, store, client, work, progress, say))

