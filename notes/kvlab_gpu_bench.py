@@ -28,7 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 HQ, HKV, D, BS = 32, 8, 128, 16
 CONTEXTS = (1024, 8192, 32768)
 BATCHES = (1, 8, 32, 64)
-VARIANTS = (7, 4, 5, 6)  # 7: CUDA-core fast path; 4/5/6: tensor cores with 3/2/4 pipeline stages
+VARIANTS = (7, 4, 5, 6)  # 7: CUDA-core fast path; 4: tensor cores, 3 stages; 5: 2 stages, 3 CTAs/SM; 6: 4 stages
 
 
 def log(*a):
@@ -187,7 +187,7 @@ def report(b: dict, card: str) -> str:
                      f"{r['spans_tbps'] * 1e12 / cb:.0%} |")
     lines.append("")
     lines.append("spans kernel variants, TB/s: " + ", ".join(f"v{v}" for v in VARIANTS)
-                 + " = CUDA-core fast path; mma.sync with 3, 2, 4 cp.async stages (v4 is the default)")
+                 + " = CUDA-core fast path; mma.sync with (stages, CTAs/SM) (3, 2), (2, 3), (4, 1) (v4 is the default)")
     for r in b["rows"]:
         lines.append(f"| {r['context']} | {r['batch']} | " + " | ".join(
             f"{r[f'spans-v{v}_tbps']:.2f} (err {r[f'spans-v{v}_err']:.0e})" for v in VARIANTS) + " |")

@@ -9,6 +9,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -418,8 +419,8 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
 constexpr int MMA_D = 128, MMA_R = 4, MMA_WARPS = 4, MMA_TT = 16 * MMA_WARPS;
 constexpr int MMA_RB = MMA_D * 2, MMA_RBP = MMA_RB + 16;  // padded rows: conflict-free ldmatrix
 
-template <int STG>
-__global__ void __launch_bounds__(THREADS) mma_kernel(Args a) {
+template <int STG, int MINB = 1>
+__global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   extern __shared__ __align__(16) float smem[];
   const int H = a.p.kv_heads, warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4;
   const int unit = blockIdx.z, kvh = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
@@ -479,10 +480,17 @@ __global__ void __launch_bounds__(THREADS) mma_kernel(Args a) {
     if (step < nsteps) {
       char* st = stage_base + (step % STG) * stage_bytes;
       const int tb = t0 + step * MMA_TT;
+      // spans / contiguous: when the whole tile sits in one physically contiguous run, the slot of
+      // token tb + j is base + j (one lookup per tile; paged keeps its per-token table lookup)
+      int64_t base = -1;
+      if (a.kind != PAGED) {
+        const int64_t s0 = slot_of(tb);
+        if (a.kind == CONTIG || min(t1, tb + MMA_TT) <= send) base = s0;
+      }
       for (int c = threadIdx.x; c < MMA_TT * CPR; c += THREADS) {
         const int j = c / CPR, part = c % CPR, tok = tb + j;
         const bool ok = tok < t1;
-        const int64_t slot = ok ? slot_of(tok) : 0;
+        const int64_t slot = !ok ? 0 : base >= 0 ? base + j : slot_of(tok);
         const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
         char* dk = st + j * MMA_RBP + part * 16;
         cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
@@ -665,65 +673,83 @@ int num_sms() {
   return n;
 }
 
-template <typename T, int RMAX, bool FAST, int STG = STAGES, int MINB = (RMAX <= 4 ? 4 : 2)>
-cudaError_t launch_t(const Args& a, dim3 grid) {
-  const int D = a.p.head_dim, NG = THREADS / (D / 8);
-  const size_t merge = (size_t(NG) * RMAX * D + 2 * NG * RMAX) * sizeof(float);
-  const size_t stages = size_t(STG) * 2 * U * NG * D * sizeof(T);
-  const size_t smem = merge > stages ? merge : stages;
-  auto kern = partial_kernel<T, RMAX, FAST, STG, MINB>;
-  if (smem > 48 * 1024) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  kern<<<grid, THREADS, smem, stream_of(a.p)>>>(a);
-  return cudaGetLastError();
-}
-
-// Fast-path variants (pipeline depth, CTAs per SM), chosen with KVX_CUDA_VARIANT for benchmarks.
 int fast_variant() {
   const char* e = std::getenv("KVX_CUDA_VARIANT");
   return e ? std::atoi(e) : 0;
 }
 
-template <int STG>
-cudaError_t launch_mma(const Args& a, dim3 grid) {
-  const size_t smem = size_t(STG) * 2 * MMA_TT * MMA_RBP;
-  cudaFuncSetAttribute(mma_kernel<STG>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  mma_kernel<STG><<<grid, THREADS, smem, stream_of(a.p)>>>(a);
-  return cudaGetLastError();
+// The kernel a launch uses and its dynamic shared memory: one place decides, so the split plan can
+// ask the occupancy calculator about the very kernel that will run.
+struct Choice {
+  const void* fn;
+  size_t smem;
+};
+
+template <typename T, int RMAX, bool FAST, int STG = STAGES, int MINB = (RMAX <= 4 ? 4 : 2)>
+Choice choice_t(int D) {
+  const int NG = THREADS / (D / 8);
+  const size_t merge = (size_t(NG) * RMAX * D + 2 * NG * RMAX) * sizeof(float);
+  const size_t stages = size_t(STG) * 2 * U * NG * D * sizeof(T);
+  return {reinterpret_cast<const void*>(partial_kernel<T, RMAX, FAST, STG, MINB>), merge > stages ? merge : stages};
+}
+
+template <int STG, int MINB = 1>
+Choice choice_mma() {
+  return {reinterpret_cast<const void*>(mma_kernel<STG, MINB>), size_t(STG) * 2 * MMA_TT * MMA_RBP};
+}
+
+// Variants (KVX_CUDA_VARIANT, for benchmarks) of the GQA-4 head_dim-128 path: 0/4 tensor cores with
+// a 3-stage pipeline (default), 5: 2 stages and 3 CTAs/SM, 6: 4 stages; CUDA cores: 7 (the
+// default for f32/fp8), 1-3 other pipeline/occupancy trade-offs.
+template <typename T>
+Choice choice_fast(int D) {
+  const int v = fast_variant();
+  if constexpr (sizeof(T) == 2) {
+    if (v == 0 || v == 4) return choice_mma<3>();
+    if (v == 5) return choice_mma<2, 3>();
+    if (v == 6) return choice_mma<4>();
+  }
+  switch (v) {
+    case 1: return choice_t<T, 4, true, 2, 6>(D);
+    case 2: return choice_t<T, 4, true, 4, 4>(D);
+    case 3: return choice_t<T, 4, true, 3, 5>(D);
+    default: return choice_t<T, 4, true, 3, 4>(D);
+  }
 }
 
 template <typename T>
-cudaError_t launch_fast(const Args& a, dim3 grid) {
-  if constexpr (sizeof(T) == 2) {  // bf16: tensor cores unless a variant asks for the CUDA-core path
-    const int v = fast_variant();
-    if (v == 0 || v == 4) return launch_mma<3>(a, grid);
-    if (v == 5) return launch_mma<2>(a, grid);
-    if (v == 6) return launch_mma<4>(a, grid);
-  }
-  switch (fast_variant()) {
-    case 1: return launch_t<T, 4, true, 2, 6>(a, grid);
-    case 2: return launch_t<T, 4, true, 4, 4>(a, grid);
-    case 3: return launch_t<T, 4, true, 3, 5>(a, grid);
-    default: return launch_t<T, 4, true, 3, 4>(a, grid);  // 7: the CUDA-core fast path for bf16
-  }
-}
-
-template <typename T>
-cudaError_t launch_r(const Args& a, dim3 grid, int rmax) {
-  const bool fast = a.p.head_dim == 128 && (a.p.q_heads / a.p.kv_heads) % 4 == 0;  // every CTA gets 4 rows
+Choice choice_r(const kvx_params& p, int rmax) {
+  const bool fast = p.head_dim == 128 && (p.q_heads / p.kv_heads) % 4 == 0;  // every CTA gets 4 rows
   switch (rmax) {
-    case 1: return launch_t<T, 1, false>(a, grid);
-    case 2: return launch_t<T, 2, false>(a, grid);
-    case 4: return fast ? launch_fast<T>(a, grid) : launch_t<T, 4, false>(a, grid);
-    default: return launch_t<T, 8, false>(a, grid);
+    case 1: return choice_t<T, 1, false>(p.head_dim);
+    case 2: return choice_t<T, 2, false>(p.head_dim);
+    case 4: return fast ? choice_fast<T>(p.head_dim) : choice_t<T, 4, false>(p.head_dim);
+    default: return choice_t<T, 8, false>(p.head_dim);
   }
+}
+
+Choice choose(const kvx_params& p, int rmax) {
+  switch (p.kv_dtype) {
+    case KVX_F32: return choice_r<float>(p, rmax);
+    case KVX_BF16: return choice_r<uint16_t>(p, rmax);
+    default: return choice_r<uint8_t>(p, rmax);
+  }
+}
+
+int resident_per_sm(const kvx_params& p, int rmax) {
+  const Choice c = choose(p, rmax);
+  if (c.smem > 48 * 1024) cudaFuncSetAttribute(c.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(c.smem));
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, c.fn, THREADS, c.smem) != cudaSuccess || n < 1) n = 1;
+  return n;
 }
 
 cudaError_t launch(const Args& a, dim3 grid, int rmax) {
-  switch (a.p.kv_dtype) {
-    case KVX_F32: return launch_r<float>(a, grid, rmax);
-    case KVX_BF16: return launch_r<uint16_t>(a, grid, rmax);
-    default: return launch_r<uint8_t>(a, grid, rmax);
-  }
+  const Choice c = choose(a.p, rmax);
+  if (c.smem > 48 * 1024) cudaFuncSetAttribute(c.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(c.smem));
+  void* args[] = {const_cast<Args*>(&a)};
+  const cudaError_t e = cudaLaunchKernel(c.fn, grid, dim3(THREADS), args, c.smem, stream_of(a.p));
+  return e != cudaSuccess ? e : cudaGetLastError();
 }
 
 struct Plan {
@@ -736,9 +762,19 @@ Plan plan(const kvx_params* p, int units, int rows_per_unit, int max_len) {
   pl.rmax = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8;
   pl.chunks = (rows_per_unit + pl.rmax - 1) / pl.rmax;
   const long ctas = long(units) * p->kv_heads * pl.chunks;
-  const int want = int((4L * num_sms() + ctas - 1) / ctas);           // fill the GPU ...
-  const int cap = (max_len + 63) / 64;                                  // ... with >= 64 tokens a split
-  pl.splits = p->num_splits > 0 ? p->num_splits : (want < 1 ? 1 : want > cap ? (cap < 1 ? 1 : cap) : want);
+  if (p->num_splits > 0) return pl.splits = p->num_splits, pl;
+  // split the KV length so the CTAs fill whole waves of what the GPU holds at once (flash-decoding);
+  // splits of >= 64 tokens; among equally full wave counts, the fewest splits
+  const long resident = long(resident_per_sm(*p, pl.rmax)) * num_sms();
+  const int cap = (max_len + 63) / 64 > 1 ? (max_len + 63) / 64 : 1;
+  const int smax = int(std::min<long>(cap, std::max<long>(1, (2 * resident + ctas - 1) / ctas)));
+  double best = -1.0;
+  pl.splits = 1;
+  for (int sp = 1; sp <= smax; ++sp) {
+    const long n = ctas * sp, waves = (n + resident - 1) / resident;
+    const double eff = double(n) / double(waves * resident);
+    if (eff > best + 1e-3) best = eff, pl.splits = sp;
+  }
   return pl;
 }
 
