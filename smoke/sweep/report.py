@@ -362,7 +362,9 @@ def write(notes_dir: Path, plan, opts, outcomes, machine: dict[str, Any], store)
           "lists in its own `--help=all`.", ""]
     for p in plan.profiles:
         for pool in p.pools:
-            L.append(f"- `{p.name}` / `{pool.name}` x{pool.replicas} ({pool.balance}; classes: "
+            cpus = [x for x in plan.placements[p.name] if x.pool == pool.name]
+            where = ", ".join(f"cpuset {x.cpuset}" for x in cpus) + (" — SHARES cores with another replica" if cpus[0].shared else "")
+            L.append(f"- `{p.name}` / `{pool.name}` x{pool.replicas} ({pool.balance}; {where}; classes: "
                      f"{', '.join(c for c in classes if p.pool_for(c) == pool.name)}): `{' '.join(plan.args[p.name][pool.name])}`")
     L += ["", "The seed's chunked-prefill advice as intents, against this engine:", ""]
     for name, val in SEED_ADVICE.items():
