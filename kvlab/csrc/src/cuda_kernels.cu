@@ -481,16 +481,36 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
       char* st = stage_base + (step % STG) * stage_bytes;
       const int tb = t0 + step * MMA_TT;
       // spans / contiguous: when the whole tile sits in one physically contiguous run, the slot of
-      // token tb + j is base + j (one lookup per tile; paged keeps its per-token table lookup)
+      // token tb + j is base + j (one lookup per tile). Otherwise each thread copies 8 consecutive
+      // tokens (16 bytes of each row): one lookup for the 8 when they share a block (the paged
+      // layout's per-block table read), per token only where a block or span ends inside them.
       int64_t base = -1;
       if (a.kind != PAGED) {
         const int64_t s0 = slot_of(tb);
         if (a.kind == CONTIG || min(t1, tb + MMA_TT) <= send) base = s0;
       }
-      for (int c = threadIdx.x; c < MMA_TT * CPR; c += THREADS) {
-        const int j = c / CPR, part = c % CPR, tok = tb + j;
+      const int part = threadIdx.x % CPR, j0 = (threadIdx.x / CPR) * 8;
+      int64_t run = -1, run2 = -1;
+      int n1 = 8;  // tokens of the 8 in the first run; the rest continue in run2 (paged, bs >= 8)
+      if (base < 0 && tb + j0 < t1) {
+        const int first = tb + j0;
+        const int64_t s0 = slot_of(first);
+        if (a.kind == PAGED && bs >= 8) {
+          n1 = min(8, bs - (bs_shift >= 0 ? (first & (bs - 1)) : first % bs));
+          run = s0;
+          if (n1 < 8 && first + n1 < t1) run2 = slot_of(first + n1);
+        } else if (a.kind == SPANS && first + 8 <= send) {
+          run = s0;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int j = j0 + i, tok = tb + j;
         const bool ok = tok < t1;
-        const int64_t slot = !ok ? 0 : base >= 0 ? base + j : slot_of(tok);
+        const int64_t slot = !ok ? 0
+                             : base >= 0 ? base + j
+                             : run >= 0  ? (i < n1 ? run + i : run2 + (i - n1))
+                                         : slot_of(tok);
         const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
         char* dk = st + j * MMA_RBP + part * 16;
         cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
