@@ -1,0 +1,42 @@
+"""The oracle as a stage inside a built image: the kvx extension compiled by a cell's toolchain
+(bookworm's GCC 12) and installed in an image, checked case by case by the oracle in that image."""
+
+from __future__ import annotations
+
+import pytest
+
+from images.dockerbuild import build_image
+from kvlab.stage import run_oracle_stage
+from matrix.results import ResultsStore
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.docker
+
+DOCKERFILE = """\
+FROM deploylab/toolchain:debian-bookworm-cpu
+COPY csrc/ /tmp/kvx-src/
+RUN python -m pip install --no-cache-dir /tmp/kvx-src numpy ml_dtypes && rm -rf /tmp/kvx-src
+"""
+
+
+@pytest.fixture(scope="module")
+def image(docker_client, default_matrix, tmp_path_factory):
+    from matrix import pipeline
+    ctx = pipeline.Context(store=ResultsStore(tmp_path_factory.mktemp("r"), "o"), work=ROOT / ".work")
+    ctx._client = docker_client
+    cell = default_matrix.get("debian-bookworm-cpu")
+    for stage in ("render", "base", "toolchain"):
+        assert pipeline.run_stage(ctx, cell, stage).status == "pass"
+    tag = "deploylab/test-oracle:bookworm"
+    build_image(docker_client, DOCKERFILE, tag, tmp_path_factory.mktemp("log") / "build.log",
+                files={"csrc": ROOT / "kvlab" / "csrc"})
+    yield tag
+    docker_client.images.remove(tag, force=True)
+
+
+def test_oracle_passes_every_case_in_the_built_image(image, docker_client, default_matrix, tmp_path):
+    store = ResultsStore(tmp_path, "o")
+    out = run_oracle_stage(default_matrix.get("debian-bookworm-cpu"), image, store, docker_client)
+    assert out.status == "pass", out.evidence
+    assert out.details["failed"] == 0 and out.details["named"] >= 30 and out.details["random"] >= 200
+    assert "/site-packages/kvx" in out.details["kvx"], "the image's own extension, not the mounted source"
