@@ -259,11 +259,25 @@ def workload(c, mix="default", seed=0, out="results/trace.jsonl"):
 @task(help={"cell": "matrix cell id (starts its engine image)", "url": "an OpenAI-compatible server on loopback",
             "image": "engine image for --cell (default: the vllm-cpu runtime image)", "mix": "mix name or path",
             "seed": "workload seed", "duration": "override the mix's duration (s)", "rate": "override its rate (req/s)",
-            "trace": "replay this trace instead of generating one", "run": "results run name", "spec": "matrix spec"})
+            "trace": "replay this trace instead of generating one", "run": "results run name", "spec": "matrix spec",
+            "stage": "smoke (the mixed workload, default) or oracle (the KV-layout oracle inside the cell's image)"})
 @one_line_errors
 def smoke(c, cell="", url="", image="", mix="default", seed=0, duration=0.0, rate=0.0, trace="", run="latest",
-          spec=None):
+          spec=None, stage="smoke"):
     """Replay the six-class mix against a real vLLM server; records, summary, Markdown, PNGs, a gate verdict."""
+    if stage == "oracle":
+        from images.engine import client
+        from kvlab.stage import run_oracle_stage
+        if not cell:
+            raise UsageError("smoke --stage oracle: give --cell ID (its runtime image runs the oracle)")
+        x = _matrix(spec, None).get(cell)
+        o = _store(run).write(run_oracle_stage(x, image or x.runtime_tag, _store(run), client()))
+        print(f"oracle {o.cell}: {o.status} ({o.seconds:.0f} s)\n  " + "\n  ".join(o.evidence))
+        if o.status != "pass":
+            raise Exit(code=1)
+        return
+    if stage != "smoke":
+        raise UsageError(f"smoke --stage: expected smoke or oracle, got {stage!r}")
     from smoke.cli import smoke as run_smoke
     if run_smoke(cell, url, image, mix, int(seed), float(duration), float(rate), trace, run, spec, RESULTS):
         raise Exit(code=1)
