@@ -34,9 +34,15 @@ class Row:
 def _inputs(B, L, rng):
     H, D, bs = SHAPE["kv_heads"], SHAPE["head_dim"], SHAPE["block_size"]
     nblk = -(-L // bs)
-    # N(0,1) as bf16 (never zeros, never random bit patterns: denormals would time the slow path)
-    k = rng.standard_normal((B * nblk, bs, H, D), np.float32).astype(ml_dtypes.bfloat16).view(np.int16)
-    v = rng.standard_normal((B * nblk, bs, H, D), np.float32).astype(ml_dtypes.bfloat16).view(np.int16)
+    # N(0,1) as bf16 (never zeros, never random bit patterns: denormals would time the slow path);
+    # drawn once per 4M values and tiled, so 8 GiB inputs don't take minutes of RNG
+    shape = (B * nblk, bs, H, D)
+    n = int(np.prod(shape))
+
+    def draw():
+        base = rng.standard_normal(min(n, 1 << 22), np.float32).astype(ml_dtypes.bfloat16).view(np.int16)
+        return np.resize(base, n).reshape(shape)
+    k, v = draw(), draw()
     lens = np.full(B, L, np.int32)
     table = np.arange(B * nblk, dtype=np.int32).reshape(B, nblk)
     metas = {
@@ -49,17 +55,18 @@ def _inputs(B, L, rng):
     return q, k, v, metas
 
 
-def run(kvx, reps: int = 7, threads: int = 0, out=print) -> list[Row]:
+def run(kvx, reps: int = 7, threads: int = 0, out=print, max_tokens: int = MAX_TOKENS,
+        batches=BATCHES) -> list[Row]:
     rng = np.random.default_rng(0)
     copy_bw = kvx.copy_bandwidth(512 << 20, 5, threads)
     out(f"kvx CPU build: {kvx.isa()}; measured copy bandwidth {copy_bw / 1e9:.1f} GB/s (read + write)")
-    out(f"shape: {SHAPE}, bf16 K/V; B×L capped at {MAX_TOKENS} tokens")
+    out(f"shape: {SHAPE}, bf16 K/V; B×L capped at {max_tokens} tokens; threads: {threads or 'all'}")
     rows = []
     hdr = f"{'context':>7} {'batch':>5} " + " ".join(f"{n + ' GB/s':>16}" for n in ("contiguous", "paged", "spans"))
     out(hdr + f" {'spans/paged':>11} {'spans/copy':>10}")
     for L in CONTEXTS:
-        for B in BATCHES:
-            if B * L > MAX_TOKENS:
+        for B in batches:
+            if B * L > max_tokens:
                 continue
             q, k, v, metas = _inputs(B, L, rng)
             nbytes = 2 * B * L * SHAPE["kv_heads"] * SHAPE["head_dim"] * 2
@@ -85,3 +92,22 @@ def run(kvx, reps: int = 7, threads: int = 0, out=print) -> list[Row]:
     out(f"ratio: spans/paged median {ratio:.2f}; best spans bandwidth {best:.1f} GB/s = "
         f"{best * 1e9 / copy_bw:.0%} of measured copy bandwidth ({copy_bw / 1e9:.1f} GB/s)")
     return rows
+
+
+def main(argv=None) -> None:
+    """`python -m kvlab.bench` with kvx importable (e.g. an unpacked wheel on PYTHONPATH)."""
+    import argparse
+    import os
+
+    import kvx
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    args = ap.parse_args(argv)
+    print(f"cpus: {os.cpu_count()}")
+    run(kvx, threads=args.threads, max_tokens=args.max_tokens, batches=tuple(int(x) for x in args.batches.split(",")))
+
+
+if __name__ == "__main__":
+    main()
