@@ -830,13 +830,56 @@ def evaluate(gates: list[Gate], probe: Mapping[str, Any], cell: Any,
     return results
 
 
+def cuda_gates(cell: Any, src: Path, probe: Mapping[str, Any]) -> list[GateResult]:
+    """CUDA cells: the image's nvcc against the CUDA that the pinned torch from PyPI was built for
+    (read from the wheel's METADATA over the network). Kernels built with one CUDA major and
+    loaded beside a torch of another fail; the image records its toolkit for exactly this check."""
+    req = Path(src) / "requirements" / "build" / "cuda.txt"
+    if getattr(cell, "target", "") != "cuda" or not req.is_file():
+        return []
+    pin = next(((n, m.group(1)) for n, line in enumerate(req.read_text().splitlines(), 1)
+                if (m := re.match(r"\s*torch\s*==\s*([0-9][\w.]*)\s*(;|$)", line))), None)
+    if pin is None:
+        return []
+    from images.sources import torch_cuda_of
+    line, version = pin
+    nvcc = str(probe.get("nvcc") or "")
+    python = str(probe.get("python") or getattr(getattr(cell, "distro", None), "python", ""))
+    try:
+        torch_cuda = torch_cuda_of(version, python)
+    except UsageError as exc:
+        torch_cuda, lookup_error = "", str(exc)
+    else:
+        lookup_error = ""
+    gate = Gate("cuda", "nvcc", f"{torch_cuda or '?'}.x", f"torch=={version} from PyPI is built for CUDA "
+                f"{torch_cuda or '?'}", f"requirements/build/cuda.txt:{line}", label="nvcc")
+    major = lambda v: v.split(".")[0]  # noqa: E731
+    if lookup_error:
+        status, why = "warn", lookup_error
+    elif not nvcc and probe.get("declared"):
+        status, why = "warn", "not probed (no image)"
+    elif not nvcc:
+        status, why = "fail", "no nvcc in the image"
+    elif not torch_cuda:
+        status, why = "pass", f"torch=={version} is a CPU-only wheel"
+    elif major(nvcc) != major(torch_cuda):
+        status, why = "fail", f"{nvcc} vs torch's CUDA {torch_cuda}: different CUDA majors"
+    else:
+        status, why = ("pass" if nvcc.split(".")[:2] == torch_cuda.split(".")[:2] else "warn"), f"{nvcc} vs {torch_cuda}"
+    remediation = "" if status == "pass" else (
+        f"a CUDA {torch_cuda} toolkit (NVIDIA's repository or image: knobs.cuda = \"nvidia-repo\" and "
+        f"knobs.cuda_version = \"{torch_cuda}.x\", where reachable) or a torch built for CUDA {major(nvcc) if nvcc else '?'}")
+    evidence = "" if status == "pass" else f"nvcc {why} ({gate.source}: {gate.message})"
+    return [GateResult(gate, status, nvcc, False, "cuda-version-mismatch", remediation, evidence)]
+
+
 def preflight(cell: Any, src: Path, probe: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> StageOutcome:
     """Predict the build's outcome for one cell: "gated" when a gate with no workaround fails."""
     t0 = time.monotonic()
     started = time.time()
     cfg = config if config is not None else load_config()
     gates = [*resource_gates(cell), *gates_from_tree(Path(src), cfg)]
-    results = evaluate(gates, probe, cell, cfg)
+    results = [*evaluate(gates, probe, cell, cfg), *cuda_gates(cell, Path(src), probe)]
     failing = [r for r in results if r.status == "fail"]
     dead = [r for r in failing if not r.fixable]
     status = "gated" if dead else "pass"

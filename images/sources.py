@@ -69,3 +69,33 @@ def copy_tree(src: Path, dest: Path) -> Path:
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(src, dest, symlinks=True)
     return dest
+
+
+def torch_cuda_of(version: str, python: str) -> str:
+    """The CUDA version PyPI's torch==`version` wheel for this CPython (linux x86_64) is built for,
+    read from its PEP 658 metadata (no wheel download): '13.0', or '' for a CPU-only wheel."""
+    import re
+    tag = "cp" + "".join(python.split(".")[:2])
+    try:
+        meta = httpx.get("https://pypi.org/simple/torch/", headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+                         timeout=60, follow_redirects=True)
+        meta.raise_for_status()
+        wheels = [f for f in meta.json()["files"] if f["filename"].startswith(f"torch-{version}-{tag}-")
+                  and "manylinux" in f["filename"] and "x86_64" in f["filename"]]
+        if not wheels:
+            raise UsageError(f"torch=={version}: PyPI has no linux x86_64 wheel for {tag}")
+    except httpx.HTTPError as exc:
+        raise UsageError(f"torch=={version}: cannot read its metadata from PyPI ({exc})") from None
+    # PEP 658 .metadata files 404 behind some mirrors (here); HTTP range reads of the wheel's zip
+    # directory fetch only METADATA (a few hundred KiB of a ~550 MB wheel).
+    from remotezip import RemoteZip, RemoteIOError
+    try:
+        with RemoteZip(wheels[0]["url"]) as z:
+            text = z.read(f"torch-{version}.dist-info/METADATA").decode()
+    except (RemoteIOError, KeyError, OSError) as exc:
+        raise UsageError(f"torch=={version}: cannot read its METADATA from PyPI ({exc})") from None
+    for line in text.splitlines():
+        m = re.match(r"Requires-Dist: (?:cuda-toolkit\S*|nvidia-cuda-runtime\S*)\s*==\s*(\d+\.\d+)", line)
+        if m:
+            return m.group(1)
+    return ""
