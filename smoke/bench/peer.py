@@ -91,14 +91,18 @@ def histogram_median_ms(before: dict[float, float], after: dict[float, float]) -
 
 # --- the two tools -----------------------------------------------------------------------
 
-def run_ours(url: str, model: str, concurrency: int, prompt_tokens: int, output_tokens: int, requests: int,
-             seed: int) -> RunResult:
+def bench_prompts(seed: int, n: int, prompt_tokens: int) -> list[str]:
+    """The prompts of one pair: both tools send exactly these (words of the test model: 1 token each)."""
     import random
     rng = random.Random(f"bench:{seed}")
     vocab = words()
+    return [" ".join(rng.choice(vocab) for _ in range(prompt_tokens)) for _ in range(n)]
+
+
+def run_ours(url: str, model: str, concurrency: int, prompt_tokens: int, output_tokens: int, requests: int,
+             seed: int) -> RunResult:
     reqs = tuple(TraceRequest(id=f"b{i:04d}", t=0.0, cls="bench", endpoint="completions", max_tokens=output_tokens,
-                              prompt=" ".join(rng.choice(vocab) for _ in range(prompt_tokens)))
-                 for i in range(requests))
+                              prompt=p) for i, p in enumerate(bench_prompts(seed, requests, prompt_tokens)))
     before = ttft_buckets(url)
     t0 = time.perf_counter()
     # All at t=0 behind a cap of `concurrency`: a closed loop at that concurrency, like the peer's.
@@ -115,10 +119,16 @@ def run_guidellm(dc, url: str, model: str, model_dir: Path, concurrency: int, pr
                  output_tokens: int, requests: int, out_dir: Path, n: int) -> RunResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"guidellm-{n}.json"
+    # The same prompts our side sent in this pair, from a file: GuideLLM's synthetic generator runs in
+    # the request loop and, on 2 cores, held streams unread (every token of a request read at once).
+    data = out_dir / f"prompts-{n}.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "prompt_tokens_count": prompt_tokens,
+                                        "output_tokens_count": output_tokens}) + "\n"
+                            for p in bench_prompts(n, requests, prompt_tokens)))
     cmd = ["guidellm", "run",
            "--backend", f"kind=openai_http,target={url},model={model},request_format=/v1/completions",
            "--profile", f"kind=concurrent,streams={concurrency}",
-           "--data", f"kind=synthetic_text,prompt_tokens={prompt_tokens},output_tokens={output_tokens}",
+           "--data", f"kind=json_file,path=/out/{data.name}",
            "--tokenizer", "kind=hf_auto,model=/model",
            "--constraint", f"kind=max_requests,count={requests}",
            "--output", f"kind=json,path=/out/{name}", "--disable-console-interactive"]
