@@ -134,3 +134,13 @@ def test_reports_render(tmp_path: Path):
     assert d["verdict"]["passed"] == v.passed and set(d["classes"]) == {c.name for c in m.classes}
     pngs = png.write(tmp_path, rs, [c.name for c in m.classes])
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs.values())
+
+
+def test_server_histogram_median_between_snapshots():
+    from smoke.bench.peer import _BUCKET, histogram_median_ms
+    before = {0.01: 0.0, 0.02: 0.0, 0.05: 0.0, float("inf"): 0.0}
+    after = {0.01: 2.0, 0.02: 6.0, 0.05: 10.0, float("inf"): 10.0}   # median (5th of 10) in 10-20 ms
+    assert histogram_median_ms(before, after) == pytest.approx(17.5)
+    assert histogram_median_ms(after, after) is None
+    line = 'vllm:time_to_first_token_seconds_bucket{engine="0",le="0.05",model_name="tiny-llama"} 12.0'
+    assert _BUCKET.match(line).groups() == ("0.05", "12.0")
