@@ -62,11 +62,21 @@ inline float fast_exp(float x) {
   return x < -87.f ? 0.f : res;
 }
 
+// Dot product with 16 independent partial sums and a tree at the end: an `omp simd reduction`
+// here compiled (GCC 12) to a chain of 16 dependent scalar adds per dot, which bounded the kernel.
 inline float dot(const float* a, const float* b, int D) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int d = 0; d < D; ++d) s += a[d] * b[d];
-  return s;
+  float p[16] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  int d = 0;
+  for (; d + 16 <= D; d += 16) {
+#pragma omp simd
+    for (int i = 0; i < 16; ++i) p[i] += a[d + i] * b[d + i];
+  }
+  for (int i = 0; d < D; ++d, ++i) p[i] += a[d] * b[d];
+#pragma omp simd
+  for (int i = 0; i < 8; ++i) p[i] += p[i + 8];
+#pragma omp simd
+  for (int i = 0; i < 4; ++i) p[i] += p[i + 4];
+  return (p[0] + p[2]) + (p[1] + p[3]);
 }
 
 // Iterate the physically contiguous runs covering source tokens [lo, hi): fn(slot0, t0, n).
@@ -99,11 +109,11 @@ void run_item(Work& w, const Item& it, std::vector<float>& scratch) {
   const int D = p.head_dim, H = p.kv_heads, R = it.nrows, RH = R / H, bs = p.block_size;
   const T* K = static_cast<const T*>(w.k);
   const T* V = static_cast<const T*>(w.v);
-  scratch.resize(size_t(R) * D + size_t(R) * TILE + size_t(H) * D + 2 * R);
+  scratch.resize(size_t(R) * D + size_t(R) * TILE + size_t(H > TILE ? H : TILE) * D + 2 * R);
   float* qs = scratch.data();            // [R, D] queries prescaled by sm_scale * k_scale
   float* sc = qs + size_t(R) * D;        // [R, TILE] scores, then probabilities
-  float* cb = sc + size_t(R) * TILE;     // [H, D] one token's K (or V) rows as float
-  float* slope = cb + size_t(H) * D;     // [R]
+  float* cb = sc + size_t(R) * TILE;     // [max(H, TILE), D] K rows of a token / V rows of a tile
+  float* slope = cb + size_t(H > TILE ? H : TILE) * D;  // [R]
   float* qpos = slope + R;               // [R]
   for (int r = 0; r < R; ++r) {
     const Row& row = w.rows[it.row0 + r];
@@ -156,6 +166,42 @@ void run_item(Work& w, const Item& it, std::vector<float>& scratch) {
           l += s[j];
         }
         pa = {mnew, pa.l * corr + l};
+      }
+      if (D % 16 == 0) {
+        // PV, head by head: the tile's V rows as float (converted once, or read in place for
+        // f32), then each 16-dim slice of an accumulator stays in registers across the tile's
+        // tokens (a per-token read-modify-write of acc chained every token through memory)
+        float* vb = sc + size_t(R) * TILE;  // reuses the converted-K buffer: [TILE, D]
+        for (int h = 0; h < H; ++h) {
+          const float* vt;
+          size_t vstride;
+          if constexpr (sizeof(T) == 4) {
+            vt = reinterpret_cast<const float*>(V) + ((slot0 + j0) * H + h) * D;
+            vstride = size_t(H) * D;
+          } else {
+            for (int j = 0; j < nt; ++j) to_float(V + ((slot0 + j0 + j) * H + h) * D, vb + size_t(j) * D, D);
+            vt = vb;
+            vstride = D;
+          }
+          for (int r = h * RH; r < (h + 1) * RH; ++r) {
+            const float* pr = sc + r * TILE;
+            float* acc = &w.acc[size_t(it.row0 + r) * D];
+            for (int d0 = 0; d0 < D; d0 += 16) {
+              float av[16];
+#pragma omp simd
+              for (int i = 0; i < 16; ++i) av[i] = acc[d0 + i];
+              for (int j = 0; j < nt; ++j) {
+                const float pj = pr[j];
+                const float* vj = vt + j * vstride + d0;
+#pragma omp simd
+                for (int i = 0; i < 16; ++i) av[i] += pj * vj[i];
+              }
+#pragma omp simd
+              for (int i = 0; i < 16; ++i) acc[d0 + i] = av[i];
+            }
+          }
+        }
+        continue;
       }
       for (int j = 0; j < nt; ++j) {
         const T* vrow = V + (slot0 + j0 + j) * H * D;
