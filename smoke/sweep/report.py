@@ -213,11 +213,11 @@ def _claims(phases: dict[str, dict[str, Any]], ranking: list[dict[str, Any]], ca
     line = ("4. **Keeping max_long_partial_prefills below max_num_partial_prefills lets short prompts in** — "
             + (f"not testable as stated: {caps.label} accepts neither {' nor '.join(miss)} (see the knob lines at the end). "
                if miss else "testable as stated (flags accepted). "))
-    out.append(line + _long_prefill_comparison(ph or {}))
+    out.append(line + _long_prefill_comparison(ph or {}, "scale" if sc else "base"))
     return out
 
 
-def _long_prefill_comparison(ph: dict[str, Any]) -> str:
+def _long_prefill_comparison(ph: dict[str, Any], phase: str) -> str:
     """The nearest control (long_prefill_threshold): short-prompt TTFT while a long prompt prefills."""
     if "balanced" not in ph or "long-prefill-limit" not in ph:
         return ("With the nearest accepted control, the comparison needs the `long-prefill-limit` profile "
@@ -226,7 +226,7 @@ def _long_prefill_comparison(ph: dict[str, Any]) -> str:
     l_ = ph["long-prefill-limit"]["phase"]["short_during_long"]
     better = (l_["ttft_p50_ms_during"] is not None and b["ttft_p50_ms_during"] is not None
               and l_["ttft_p50_ms_during"] < b["ttft_p50_ms_during"])
-    return (f"With the nearest accepted control (--long-prefill-token-threshold 256, adaptive): interactive TTFT p50 "
+    return (f"With the nearest accepted control (--long-prefill-token-threshold 256, adaptive; {phase} phase): interactive TTFT p50 "
             f"for requests sent while a long prompt prefilled {_f(l_['ttft_p50_ms_during'])} ms (n={l_['n_during']}) vs "
             f"{_f(b['ttft_p50_ms_during'])} ms (n={b['n_during']}) without it (balanced) — the nearest-control version "
             f"is {'reproduced' if better else 'not reproduced'}.")
