@@ -14,8 +14,6 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 DTYPES = {"f32": 0, "bf16": 1, "fp8": 2}
 ITEMSIZE = {"f32": 4, "bf16": 2, "fp8": 1}
@@ -79,6 +77,7 @@ def _ptr(a, device):
 
 
 def _check_cpu(layout, q, k, v, meta, kv_dtype):
+    import numpy as np  # imported here: `import kvx; kvx.isa()` works in an image without numpy
     B, Hq, D = q.shape
     if q.dtype != np.float32 or not q.flags.c_contiguous:
         raise ValueError("q must be C-contiguous float32 [B, Hq, D]")
@@ -120,6 +119,7 @@ def attend(layout: str, q, k, v, meta: dict, *, kv_dtype: str, sm_scale: float, 
     Hkv = k.shape[2]
     hints = hints or {}
     if device == "cpu":
+        import numpy as np
         _check_cpu(layout, q, k, v, meta, kv_dtype)
         out = np.empty((B, Hq, D), np.float32) if out is None else out
         lse = np.empty((B, Hq), np.float32) if lse is None else lse
