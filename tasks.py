@@ -319,14 +319,15 @@ def bench(c, name, url=None, image=None, pairs=None, concurrency=None, peer=None
 KVX_BUILD = ROOT / "build" / "kvx"
 
 
-def _kvx_site(rebuild=False):
-    """The kvx wheel built from kvlab/csrc (CPU only) and unpacked; rebuilt when a source is newer."""
+def _kvx_site(rebuild=False, cuda=False):
+    """The kvx wheel built from kvlab/csrc and unpacked; rebuilt when a source is newer."""
     from kvlab import ext
-    lib = KVX_BUILD / "site" / "kvx" / "libkvx.so"
+    dest = KVX_BUILD.with_name("kvx-cuda") if cuda else KVX_BUILD
+    lib = dest / "site" / "kvx" / ("libkvx_cuda.so" if cuda else "libkvx.so")
     srcs = [p for p in ext.CSRC.rglob("*") if p.is_file()]
     if rebuild or not lib.exists() or max(p.stat().st_mtime for p in srcs) > lib.stat().st_mtime:
         print("building the kvx wheel (pip wheel kvlab/csrc) ...", flush=True)
-        return ext.build(KVX_BUILD, cuda="OFF")
+        return ext.build(dest, cuda="ON" if cuda else "OFF")
     return lib.parent.parent
 
 
@@ -352,8 +353,15 @@ def oracle(c, backend="python", random=200, layout=None, sizes=False, rebuild=Fa
         raise UsageError(f"oracle: unknown backend {backend!r}{did_you_mean(backend, backends)} (known: python, ext, cuda)")
     if layout and layout not in LAYOUTS:
         raise UsageError(f"oracle: unknown layout {layout!r}{did_you_mean(layout, LAYOUTS)} (known: {', '.join(LAYOUTS)})")
+    if backend == "cuda":
+        try:
+            import torch
+        except ImportError:
+            raise UsageError("oracle --backend cuda needs torch and a CUDA device (see notes/kvlab_gpu_run.sh)") from None
+        if not torch.cuda.is_available():
+            raise UsageError("oracle --backend cuda: no CUDA device here (see notes/kvlab_gpu_run.sh)")
     if backend != "python":
-        ext.load(_kvx_site(rebuild) if backend == "ext" else None)
+        ext.load(_kvx_site(rebuild, cuda=backend == "cuda"))
     named = scenario.named_cases()
     cases = named + scenario.random_cases(int(random))
     results = orc.run(cases, backends[backend], backend, {layout: LAYOUTS[layout]} if layout else None)
