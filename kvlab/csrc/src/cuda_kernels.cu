@@ -529,18 +529,23 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
     const char* vt = kt + MMA_TT * MMA_RBP;
     const int tw = t0 + step * MMA_TT + warp * 16;
     // S (rows = query rows, cols = 16 tokens as two n-tiles of 8)
+    // two accumulators per n-tile (even / odd k-chunks): four independent MMA chains of 8
+    // instead of two of 16, since each mma.sync waits for the previous one on its accumulator
     float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    float sc2[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
+    for (int kp = 0; kp < 4; ++kp)  // 32 dims per ldmatrix.x4: two k-chunks
 #pragma unroll
-      for (int kp = 0; kp < 4; ++kp) {  // 32 dims per ldmatrix.x4: two k-chunks
+      for (int nt = 0; nt < 2; ++nt) {
         uint32_t b[4];
         ldsm_x4(b, kt + (nt * 8 + L % 8) * MMA_RBP + (kp * 32 + (L / 8) * 8) * 2);
         mma16816(sc[nt], qa_hi[2 * kp][0], 0u, qa_hi[2 * kp][1], 0u, b[0], b[1]);
+        mma16816(sc2[nt], qa_hi[2 * kp + 1][0], 0u, qa_hi[2 * kp + 1][1], 0u, b[2], b[3]);
         mma16816(sc[nt], qa_lo[2 * kp][0], 0u, qa_lo[2 * kp][1], 0u, b[0], b[1]);
-        mma16816(sc[nt], qa_hi[2 * kp + 1][0], 0u, qa_hi[2 * kp + 1][1], 0u, b[2], b[3]);
-        mma16816(sc[nt], qa_lo[2 * kp + 1][0], 0u, qa_lo[2 * kp + 1][1], 0u, b[2], b[3]);
+        mma16816(sc2[nt], qa_lo[2 * kp + 1][0], 0u, qa_lo[2 * kp + 1][1], 0u, b[2], b[3]);
       }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) sc[nt][0] += sc2[nt][0], sc[nt][1] += sc2[nt][1];
     // online softmax on row g: this lane holds tokens nt*8 + 2t + {0,1}
     float mx = -INFINITY;
 #pragma unroll
