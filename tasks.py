@@ -283,14 +283,24 @@ def smoke(c, cell="", url="", image="", mix="default", seed=0, duration=0.0, rat
         raise Exit(code=1)
 
 
+def _bench_call(name, fn, kw):
+    import inspect
+    known = inspect.signature(fn).parameters
+    for key in kw:
+        if key not in known:
+            flag = {"levels": "streams"}.get(key, key)
+            raise UsageError(f"bench {name}: --{flag} does not apply to this benchmark")
+    fn(**kw)
+
+
 def _bench_replay(**kw):
     from smoke.bench.peer import run_bench
-    run_bench(**kw)
+    _bench_call("replay", run_bench, kw)
 
 
 def _bench_replay_capacity(**kw):
     from smoke.bench.capacity import run_capacity
-    run_capacity(**kw)
+    _bench_call("replay-capacity", run_capacity, kw)
 
 
 # name → function; each takes only the options it knows (set ones are passed through).
