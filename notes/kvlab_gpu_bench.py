@@ -174,6 +174,52 @@ def bench(out_dir: Path) -> dict:
     return {"copy_Bps": copy_bw, "rows": rows}
 
 
+def hybrid_bench() -> list[dict]:
+    """B sequences share a prefix (the same physical blocks) and own 512 tokens each: spans read
+    the prefix once per sequence, hybrid once per CTA row-chunk (16 query rows = 4 sequences)."""
+    import kvx
+    dev = torch.device("cuda")
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    scale, own, out_rows = D ** -0.5, 512, []
+    for L, B in ((8192, 32), (32768, 32), (32768, 8)):
+        P = L - own
+        pb, sb = P // BS, own // BS
+        nblk = pb + B * sb
+        g = torch.Generator(device=dev).manual_seed(L + B)
+        k = torch.randn(nblk, BS, HKV, D, device=dev, generator=g).to(torch.bfloat16).view(torch.int16)
+        v = torch.randn(nblk, BS, HKV, D, device=dev, generator=g).to(torch.bfloat16).view(torch.int16)
+        q = torch.randn(B, HQ, D, device=dev, generator=g)
+        i32 = lambda x: torch.tensor(x, dtype=torch.int32, device=dev)  # noqa: E731
+        lens = i32([L] * B)
+        suf_first = [pb + b * sb for b in range(B)]
+        spans = {"span_ptr": i32([2 * b for b in range(B + 1)]),
+                 "span_block": i32([x for b in range(B) for x in (0, suf_first[b])]),
+                 "span_len": i32([x for b in range(B) for x in (P, own)]), "seq_lens": lens}
+        hybrid = {"group_of_seq": i32([0] * B), "group_ptr": i32([0, B]), "group_members": i32(list(range(B))),
+                  "prefix_len": i32([P]), "pre_ptr": i32([0, 1]), "pre_block": i32([0]), "pre_len": i32([P]),
+                  "suf_ptr": i32(list(range(B + 1))), "suf_block": i32(suf_first), "suf_len": i32([own] * B),
+                  "seq_lens": lens}
+        res = {"context": L, "batch": B, "shared_prefix": P}
+        outs = {}
+        for name, meta in (("spans", spans), ("hybrid", hybrid)):
+            out = torch.empty(B, HQ, D, device=dev)
+            lse = torch.empty(B, HQ, device=dev)
+            fn = lambda: kvx.attend(name, q, k, v, meta, kv_dtype="bf16", sm_scale=scale, device="cuda",  # noqa: E731
+                                    hints={"max_seq_len": L, "max_group": B}, out=out, lse=lse)
+            res[f"{name}_us"] = timed(graphed(fn), flush) * 1e6
+            fn()
+            torch.cuda.synchronize()
+            outs[name] = out.clone()
+        res["rel_diff"] = float(((outs["hybrid"] - outs["spans"]).norm() / outs["spans"].norm()).item())
+        res["speedup"] = res["spans_us"] / res["hybrid_us"]
+        out_rows.append(res)
+        log(f"hybrid L={L} B={B} shared {P}: spans {res['spans_us']:.0f} us, hybrid {res['hybrid_us']:.0f} us "
+            f"({res['speedup']:.2f}x), |hybrid-spans|/|spans| {res['rel_diff']:.1e}")
+        del k, v
+        torch.cuda.empty_cache()
+    return out_rows
+
+
 def report(b: dict, card: str) -> str:
     cb = b["copy_Bps"]
     lines = [f"card: {card}; device-to-device copy {cb / 1e12:.2f} TB/s; Hq={HQ} Hkv={HKV} d={D} bf16, "
@@ -221,6 +267,11 @@ def main():
         except Exception:
             result["oracle_error"] = traceback.format_exc()
             log(result["oracle_error"])
+    try:
+        result["hybrid"] = hybrid_bench()
+    except Exception:
+        result["hybrid_error"] = traceback.format_exc()
+        log(result["hybrid_error"])
     try:
         b = bench(out_dir)
         result["bench"] = b

@@ -113,7 +113,7 @@ __device__ __forceinline__ void butterfly16(float (&v)[16], int lane) {
 
 struct Rows {
   int n;
-  int seq[8], head[8], qpos[8];
+  int seq[16], head[16], qpos[16];
 };
 
 __device__ __forceinline__ void unit_rows(const Args& a, int unit, int kvh, int chunk, int rmax, Rows& r, int& src_len,
@@ -627,6 +627,208 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   }
 }
 
+// The prefix pass of a hybrid call with up to 16 query rows per CTA (four sequences' GQA-4 heads):
+// every A-operand row is real, and the shared prefix is read once per four members instead of once
+// per member. Q (hi, lo) lives in shared memory and reaches the MMAs through ldmatrix.
+template <int STG>
+__global__ void __launch_bounds__(THREADS) mma16_kernel(Args a) {
+  extern __shared__ __align__(16) float smem[];
+  const int H = a.p.kv_heads, warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4;
+  const int unit = blockIdx.z, kvh = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
+  Rows rows;
+  int src_len, loffset;
+  unit_rows(a, unit, kvh, chunk, 16, rows, src_len, loffset);
+  if (rows.n == 0) return;
+  int lo = src_len;
+  for (int r = 0; r < rows.n; ++r)
+    lo = min(lo, a.p.window > 0 ? max(0, rows.qpos[r] - a.p.window + 1 - loffset) : 0);
+  const int span = max(0, src_len - lo), per = (span + gridDim.x - 1) / gridDim.x;
+  const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
+
+  constexpr int stage_bytes = 2 * MMA_TT * MMA_RBP, CPR = MMA_RB / 16;
+  char* stage_base = reinterpret_cast<char*>(smem);
+  char* qsm = stage_base + STG * stage_bytes;  // [hi, lo][16 rows][MMA_RBP]
+  const float kscale = a.p.k_scale ? a.p.k_scale[kvh] : 1.f;
+  const float qs = a.p.sm_scale * kscale * LOG2E;
+  for (int idx = threadIdx.x; idx < 16 * MMA_D / 2; idx += THREADS) {
+    const int r = idx / (MMA_D / 2), d = (idx % (MMA_D / 2)) * 2;
+    float x0 = 0.f, x1 = 0.f;
+    if (r < rows.n) {
+      const float* qr = a.q + (size_t(rows.seq[r]) * a.p.q_heads + rows.head[r]) * MMA_D;
+      x0 = qr[d] * qs, x1 = qr[d + 1] * qs;
+    }
+    uint32_t hi, lo2;
+    split_bf16(x0, x1, hi, lo2);
+    *reinterpret_cast<uint32_t*>(qsm + r * MMA_RBP + d * 2) = hi;
+    *reinterpret_cast<uint32_t*>(qsm + 16 * MMA_RBP + r * MMA_RBP + d * 2) = lo2;
+  }
+  // this lane's two rows: g and g + 8
+  const bool real0 = g < rows.n, real1 = g + 8 < rows.n;
+  const float qp0 = real0 ? float(rows.qpos[g]) : 0.f, qp1 = real1 ? float(rows.qpos[g + 8]) : 0.f;
+  const float sl0 = real0 && a.p.alibi ? a.p.alibi[rows.head[g]] * LOG2E : 0.f;
+  const float sl1 = real1 && a.p.alibi ? a.p.alibi[rows.head[g + 8]] * LOG2E : 0.f;
+  float acc[16][4];
+#pragma unroll
+  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+  const uint16_t* K = static_cast<const uint16_t*>(a.k);
+  const uint16_t* V = static_cast<const uint16_t*>(a.v);
+  const int bs = a.p.block_size;
+  int si = 0, sstart = 0, send = 0;
+  const int32_t* sblk = a.sblk + a.sptr[unit];
+  const int32_t* slen = a.slen + a.sptr[unit];
+  const int nsp = a.sptr[unit + 1] - a.sptr[unit];
+  send = nsp ? slen[0] : 0;
+  auto slot_of = [&](int tok) -> int64_t {  // the prefix is always spans
+    while (tok >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si];
+    return int64_t(sblk[si]) * bs + (tok - sstart);
+  };
+  const int nsteps = t1 > t0 ? (t1 - t0 + MMA_TT - 1) / MMA_TT : 0;
+  auto issue = [&](int step) {
+    if (step < nsteps) {
+      char* st = stage_base + (step % STG) * stage_bytes;
+      const int tb = t0 + step * MMA_TT;
+      const int64_t s0 = slot_of(tb);
+      const int64_t base = min(t1, tb + MMA_TT) <= send ? s0 : -1;
+      const int part = threadIdx.x % CPR, j0 = (threadIdx.x / CPR) * 8;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int j = j0 + i, tok = tb + j;
+        const bool ok = tok < t1;
+        const int64_t slot = !ok ? 0 : base >= 0 ? base + j : slot_of(tok);
+        const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
+        char* dk = st + j * MMA_RBP + part * 16;
+        cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
+        cp_async16(dk + MMA_TT * MMA_RBP, reinterpret_cast<const char*>(V) + off, ok);
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int i = 0; i < STG - 1; ++i) issue(i);
+  for (int step = 0; step < nsteps; ++step) {
+    cp_async_wait<STG - 2>();
+    __syncthreads();  // also publishes qsm on the first step
+    issue(step + STG - 1);
+    const char* kt = stage_base + (step % STG) * stage_bytes + warp * 16 * MMA_RBP;
+    const char* vt = kt + MMA_TT * MMA_RBP;
+    const int tw = t0 + step * MMA_TT + warp * 16;
+    float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    float sc2[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int kp = 0; kp < 4; ++kp) {
+      uint32_t ah0[4], al0[4], ah1[4], al1[4];  // A fragments of k-chunks 2kp and 2kp+1
+      const int arow = ((L / 8) & 1) * 8 + L % 8, acol = (L / 16) * 8;
+      ldsm_x4(ah0, qsm + arow * MMA_RBP + (kp * 32 + acol) * 2);
+      ldsm_x4(al0, qsm + 16 * MMA_RBP + arow * MMA_RBP + (kp * 32 + acol) * 2);
+      ldsm_x4(ah1, qsm + arow * MMA_RBP + (kp * 32 + 16 + acol) * 2);
+      ldsm_x4(al1, qsm + 16 * MMA_RBP + arow * MMA_RBP + (kp * 32 + 16 + acol) * 2);
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        uint32_t b[4];
+        ldsm_x4(b, kt + (nt * 8 + L % 8) * MMA_RBP + (kp * 32 + (L / 8) * 8) * 2);
+        mma16816(sc[nt], ah0[0], ah0[1], ah0[2], ah0[3], b[0], b[1]);
+        mma16816(sc2[nt], ah1[0], ah1[1], ah1[2], ah1[3], b[2], b[3]);
+        mma16816(sc[nt], al0[0], al0[1], al0[2], al0[3], b[0], b[1]);
+        mma16816(sc2[nt], al1[0], al1[1], al1[2], al1[3], b[2], b[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[nt][e] += sc2[nt][e];
+    // online softmax, rows g (values e = 0, 1) and g + 8 (e = 2, 3)
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tok = tw + nt * 8 + 2 * t + (e & 1);
+        const float qp = e < 2 ? qp0 : qp1, sl = e < 2 ? sl0 : sl1;
+        const float rel = float(loffset + tok) - qp;
+        const bool masked = tok >= t1 || (a.p.window > 0 && rel <= -float(a.p.window));
+        sc[nt][e] = masked ? -INFINITY : fmaf(sl, rel, sc[nt][e]);
+        if (e < 2) mx0 = fmaxf(mx0, sc[nt][e]); else mx1 = fmaxf(mx1, sc[nt][e]);
+      }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+    const float c0 = n0 == -INFINITY ? 1.f : ex2(m0 - n0), c1 = n1 == -INFINITY ? 1.f : ex2(m1 - n1);
+    float p[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float x = sc[nt][e], mm = e < 2 ? n0 : n1;
+        p[nt][e] = mm == -INFINITY ? (x != x ? x : 0.f) : ex2(x - mm);
+      }
+    l0 = l0 * c0 + p[0][0] + p[0][1] + p[1][0] + p[1][1];
+    l1 = l1 * c1 + p[0][2] + p[0][3] + p[1][2] + p[1][3];
+    m0 = n0, m1 = n1;
+    uint32_t ph[4], pl[4];  // A fragment of P: (row g, tok 2t..), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..)
+    split_bf16(p[0][0], p[0][1], ph[0], pl[0]);
+    split_bf16(p[0][2], p[0][3], ph[1], pl[1]);
+    split_bf16(p[1][0], p[1][1], ph[2], pl[2]);
+    split_bf16(p[1][2], p[1][3], ph[3], pl[3]);
+#pragma unroll
+    for (int np = 0; np < 8; ++np) {
+      uint32_t b[4];
+      ldsm_x4_t(b, vt + ((L / 8) % 2 * 8 + L % 8) * MMA_RBP + (np * 16 + (L / 16) * 8) * 2);
+#pragma unroll
+      for (int h2 = 0; h2 < 2; ++h2) {
+        float (&c)[4] = acc[np * 2 + h2];
+        c[0] *= c0, c[1] *= c0, c[2] *= c1, c[3] *= c1;
+        mma16816(c, ph[0], ph[1], ph[2], ph[3], b[2 * h2], b[2 * h2 + 1]);
+        mma16816(c, pl[0], pl[1], pl[2], pl[3], b[2 * h2], b[2 * h2 + 1]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  constexpr int NG = MMA_WARPS, D = MMA_D, RMAX = 16;
+  float* s_acc = smem;
+  float* s_m = s_acc + NG * RMAX * D;
+  float* s_l = s_m + NG * RMAX;
+#pragma unroll
+  for (int n = 0; n < 16; ++n) {
+    s_acc[(warp * RMAX + g) * D + n * 8 + 2 * t] = acc[n][0];
+    s_acc[(warp * RMAX + g) * D + n * 8 + 2 * t + 1] = acc[n][1];
+    s_acc[(warp * RMAX + g + 8) * D + n * 8 + 2 * t] = acc[n][2];
+    s_acc[(warp * RMAX + g + 8) * D + n * 8 + 2 * t + 1] = acc[n][3];
+  }
+  if (t == 0) {
+    s_m[warp * RMAX + g] = m0, s_l[warp * RMAX + g] = l0;
+    s_m[warp * RMAX + g + 8] = m1, s_l[warp * RMAX + g + 8] = l1;
+  }
+  __syncthreads();
+  const int slot = a.slot0 + blockIdx.x;
+  for (int idx = threadIdx.x; idx < rows.n * D; idx += THREADS) {
+    const int r = idx / D, d = idx % D;
+    float M = -INFINITY;
+    for (int w = 0; w < NG; ++w) M = fmaxf(M, s_m[w * RMAX + r]);
+    float Lsum = 0.f, A = 0.f;
+    bool nan = false;
+    for (int w = 0; w < NG; ++w) {
+      const float mg = s_m[w * RMAX + r], lg = s_l[w * RMAX + r];
+      nan |= isnan(lg);
+      if (mg == -INFINITY) continue;
+      const float c = exp2f(mg - M);
+      Lsum += lg * c;
+      A += s_acc[(w * RMAX + r) * D + d] * c;
+    }
+    const size_t o = size_t(rows.seq[r]) * a.p.q_heads + rows.head[r];
+    a.ws_acc[(o * a.nslots + slot) * D + d] = nan ? NAN : A;
+    if (d == 0) a.ws_m[o * a.nslots + slot] = M, a.ws_l[o * a.nslots + slot] = nan ? NAN : Lsum;
+  }
+}
+
 __global__ void combine_kernel(kvx_params p, int nslots, const float* ws_m, const float* ws_l, const float* ws_acc,
                                float* out, float* lse) {
   extern __shared__ float w[];  // [nslots] weights 2^(m_s - M), then the scalars below
@@ -753,7 +955,20 @@ Choice choice_r(const kvx_params& p, int rmax) {
   }
 }
 
+template <int STG>
+Choice choice_mma16() {
+  return {reinterpret_cast<const void*>(mma16_kernel<STG>), size_t(STG) * 2 * MMA_TT * MMA_RBP + 2 * 16 * MMA_RBP};
+}
+
+// The 16-row tensor-core prefix pass applies where the GQA-4 d128 bf16 tensor-core path does.
+bool rows16_ok(const kvx_params& p) {
+  const int v = fast_variant();
+  return p.kv_dtype == KVX_BF16 && p.head_dim == 128 && (p.q_heads / p.kv_heads) % 4 == 0 &&
+         (v == 0 || v == 4 || v == 5 || v == 6);
+}
+
 Choice choose(const kvx_params& p, int rmax) {
+  if (rmax == 16) return choice_mma16<2>();
   switch (p.kv_dtype) {
     case KVX_F32: return choice_r<float>(p, rmax);
     case KVX_BF16: return choice_r<uint16_t>(p, rmax);
@@ -781,10 +996,10 @@ struct Plan {
   int rmax, chunks, splits;
 };
 
-Plan plan(const kvx_params* p, int units, int rows_per_unit, int max_len) {
+Plan plan(const kvx_params* p, int units, int rows_per_unit, int max_len, bool rows16 = false) {
   Plan pl;
   const int rows = rows_per_unit < 8 ? rows_per_unit : 8;
-  pl.rmax = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8;
+  pl.rmax = rows16 && rows_per_unit > 4 ? 16 : rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8;
   pl.chunks = (rows_per_unit + pl.rmax - 1) / pl.rmax;
   const long ctas = long(units) * p->kv_heads * pl.chunks;
   if (p->num_splits > 0) return pl.splits = p->num_splits, pl;
@@ -878,7 +1093,7 @@ int kvx_cuda_hybrid(const kvx_params* p, const float* q, const void* k, const vo
   Args a = base_args(p, q, k, v, SPANS, PREFIX);
   a.seq_lens = seq_lens, a.group_of_seq = group_of_seq, a.group_ptr = group_ptr, a.group_members = group_members;
   a.prefix_len = prefix_len;
-  const Plan pp = plan(p, num_groups, p->max_group * G, p->max_seq_len);
+  const Plan pp = plan(p, num_groups, p->max_group * G, p->max_seq_len, rows16_ok(*p));
   const Plan ps = plan(p, p->num_seqs, G, p->max_seq_len);
   const int nslots = pp.splits + ps.splits;
   const size_t NQ = size_t(p->num_seqs) * p->q_heads;
