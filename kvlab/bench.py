@@ -94,6 +94,45 @@ def run(kvx, reps: int = 7, threads: int = 0, out=print, max_tokens: int = MAX_T
     return rows
 
 
+def hybrid(kvx, threads: int = 0, reps: int = 5, out=print) -> list[tuple]:
+    """Sequences sharing a prefix (the same physical blocks) plus 512 own tokens each: spans read
+    the prefix once per sequence, hybrid once per group (all members' query heads in one pass)."""
+    H, D, bs, own = SHAPE["kv_heads"], SHAPE["head_dim"], SHAPE["block_size"], 512
+    rng, rows = np.random.default_rng(1), []
+    for L, B in ((8192, 16), (32768, 8)):
+        P = L - own
+        pb, sb = P // bs, own // bs
+        shape = (pb + B * sb, bs, H, D)
+        base = rng.standard_normal(1 << 22, np.float32).astype(ml_dtypes.bfloat16).view(np.int16)
+        k = np.resize(base, int(np.prod(shape))).reshape(shape)
+        v = np.resize(base[::-1], int(np.prod(shape))).reshape(shape)
+        q = rng.standard_normal((B, SHAPE["q_heads"], D)).astype(np.float32)
+        i32 = lambda x: np.array(x, np.int32)  # noqa: E731
+        lens, first = i32([L] * B), [pb + b * sb for b in range(B)]
+        metas = {
+            "spans": {"span_ptr": i32([2 * b for b in range(B + 1)]), "span_block": i32([x for f in first for x in (0, f)]),
+                      "span_len": i32([P, own] * B), "seq_lens": lens},
+            "hybrid": {"group_of_seq": i32([0] * B), "group_ptr": i32([0, B]), "group_members": i32(list(range(B))),
+                       "prefix_len": i32([P]), "pre_ptr": i32([0, 1]), "pre_block": i32([0]), "pre_len": i32([P]),
+                       "suf_ptr": i32(list(range(B + 1))), "suf_block": i32(first), "suf_len": i32([own] * B),
+                       "seq_lens": lens},
+        }
+        t = {}
+        for name, meta in metas.items():
+            kw = dict(kv_dtype="bf16", sm_scale=D ** -0.5, threads=threads)
+            kvx.attend(name, q, k, v, meta, **kw)
+            ts = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                kvx.attend(name, q, k, v, meta, **kw)
+                ts.append(time.perf_counter() - t0)
+            t[name] = statistics.median(ts)
+        rows.append((L, B, P, t["spans"], t["hybrid"]))
+        out(f"hybrid vs spans, {B} sequences sharing {P} of {L} tokens: spans {t['spans'] * 1e3:.1f} ms, "
+            f"hybrid {t['hybrid'] * 1e3:.1f} ms ({t['spans'] / t['hybrid']:.1f}x)")
+    return rows
+
+
 def main(argv=None) -> None:
     """`python -m kvlab.bench` with kvx importable (e.g. an unpacked wheel on PYTHONPATH)."""
     import argparse
@@ -104,8 +143,11 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    ap.add_argument("--hybrid", action="store_true", help="also time hybrid vs spans on shared prefixes")
     args = ap.parse_args(argv)
     print(f"cpus: {os.cpu_count()}")
+    if args.hybrid:
+        hybrid(kvx, threads=args.threads)
     run(kvx, threads=args.threads, max_tokens=args.max_tokens, batches=tuple(int(x) for x in args.batches.split(",")))
 
 
