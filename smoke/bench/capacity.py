@@ -11,6 +11,7 @@ The source is smoke.bench.sse_source in its own process on 127.0.0.1, so this pr
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import subprocess
 import sys
@@ -64,6 +65,14 @@ class Source:
             raise RuntimeError(f"sse_source did not start: {line!r}")
         self.url = f"http://127.0.0.1:{int(line.split()[1])}"
 
+    def cpu_s(self) -> float:
+        """The source's own CPU seconds so far (Linux /proc), to tell its share from the client's."""
+        try:
+            fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
     def __enter__(self) -> Source:
         return self
 
@@ -106,8 +115,11 @@ def run_capacity(levels: tuple[int, ...] = (500, 1000, 2000, 3000), interval: fl
     results = []
     with Source(interval) as src:
         for n in levels:
+            load, src0 = os.getloadavg()[0], src.cpu_s()
             r = measure(src.url, n, tokens, interval, ramp_s=ramp_s)
             results.append(r)
+            echo(f"  (machine load average {load:.1f} on {os.cpu_count()} cores; the source used "
+                 f"{src.cpu_s() - src0:.2f} s CPU in {r.wall_s:.0f} s)")
             echo(f"streams {n:5d}: ok {r.ok}/{n}, {r.tokens_per_s:7.0f} tok/s, client CPU {r.client_cpu_s:5.2f} s "
                  f"({100 * r.client_cpu_s / r.wall_s:3.0f}% of one core), {r.cpu_ms_per_token:.3f} ms CPU/token, "
                  f"ITL p50 {r.itl_p50_ms:.0f} ms p99 {r.itl_p99_ms:.0f} ms (pace {interval * 1000:.0f} ms), "
