@@ -141,4 +141,7 @@ def nginx_router(conf_path: Path, network, labels: dict[str, str], timeout_s: fl
             time.sleep(0.3)
         yield Router(url, c)
     finally:
-        c.stop()
+        try:
+            c.stop()
+        except Exception:  # the network's cleanup removes what is left of ours
+            pass

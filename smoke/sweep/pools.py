@@ -105,7 +105,58 @@ def _stop(container, log_path: Path) -> None:
         log_path.write_bytes(container.get_wrapped_container().logs())
     except Exception:  # the container may never have started; its log is then not the point
         pass
+    remove_container(container.get_wrapped_container() if container._container else None)
+
+
+def remove_container(wrapped, attempts: int = 10) -> None:
+    """Force-remove and make sure it is gone: under load dockerd can leave a killed container behind
+    ('removal in progress'), and the network it sits on then refuses to go."""
+    from docker.errors import APIError, NotFound
+    if wrapped is None:
+        return
+    for _ in range(attempts):
+        try:
+            wrapped.remove(force=True, v=True)
+        except NotFound:
+            return
+        except APIError:
+            pass
+        try:
+            wrapped.reload()
+        except NotFound:
+            return
+        time.sleep(1.0)
+
+
+@contextmanager
+def sweep_network(labels: dict[str, str]) -> Iterator[object]:
+    """A user-defined bridge network for one profile; on the way out, whatever of ours is still
+    attached is removed first, and a network that still will not go is reported, not raised
+    (the measurements are already stored by then)."""
+    from docker.errors import APIError, NotFound
+    from testcontainers.core.network import Network
+
+    net = Network(docker_network_kw={"labels": labels}).create()
     try:
-        container.stop()
-    except Exception:
-        pass
+        yield net
+    finally:
+        from images.engine import client as docker_client
+        dc = docker_client()
+        for _ in range(10):
+            try:
+                n = dc.networks.get(net.id)
+                for c in n.attrs.get("Containers", {}) or {}:
+                    try:
+                        cont = dc.containers.get(c)
+                    except NotFound:
+                        continue
+                    if cont.labels.get(LABEL) == ROLE:   # never touch a container that is not ours
+                        remove_container(cont)
+                n.remove()
+                break
+            except NotFound:
+                break
+            except APIError:
+                time.sleep(1.0)
+        else:
+            print(f"warning: could not remove sweep network {net.name}; remove it with: docker network rm {net.name}")

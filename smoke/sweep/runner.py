@@ -114,11 +114,9 @@ def _routing(lines: list[str], ip_host: dict[str, str]) -> dict[str, dict[str, i
 
 def run_profile(p: profmod.Profile, pl: Plan, opts: SweepOptions, store: ResultsStore, client, work: Path,
                 progress: bool = True, say=print) -> StageOutcome:
-    from testcontainers.core.network import Network
-
     from smoke.server import MODEL_NAME, ServerFailed, ensure_model
     from smoke.stage import replay_and_report
-    from smoke.sweep.pools import start_replicas
+    from smoke.sweep.pools import start_replicas, sweep_network
     cell = f"profile-{p.name}"
     out = store.artifact_dir(cell, "sweep")
     started, t0 = time.time(), time.monotonic()
@@ -134,7 +132,7 @@ def run_profile(p: profmod.Profile, pl: Plan, opts: SweepOptions, store: Results
                                "routes": dict(p.routes), "default_pool": p.default_pool, "phases": {}}
     store.event("stage-start", cell=cell, stage="sweep")
     try:
-        with Network(docker_network_kw={"labels": labels}) as net:
+        with sweep_network(labels) as net:
             say(f"[{p.name}] starting {len(pl.placements[p.name])} replica(s) on network {net.name[:8]}")
             with start_replicas(pl.image, model_dir, pl.placements[p.name], pl.args[p.name], net, labels,
                                 out / "logs", opts.startup_timeout_s) as reps:
