@@ -59,7 +59,10 @@ def cell_section(cell: str, outs: dict[str, StageOutcome]) -> list[str]:
         d = b.details
         lines += [f"**Build:** {b.status} ({b.category}) in {_fmt_secs(b.seconds)}; "
                   f"MAX_JOBS={d.get('max_jobs', '?')}, disk high-water {d.get('disk_high_water_gb', '?')} GB, "
-                  f"peak memory {d.get('peak_mem_gib', '?')} GiB", ""]
+                  f"peak memory {d.get('peak_mem_gib', '?')} GiB"
+                  + ("" if "measured" in d else " (an early record: host-wide disk delta and cgroup max usage with "
+                     "page cache, both inflated by other work on the machine; see the rebuild for the per-build "
+                     "measure)"), ""]
         blockers = d.get("blockers", [])
         if blockers or b.status != "pass":
             lines += ["Blockers, in the order met:", ""]
