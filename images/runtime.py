@@ -21,7 +21,8 @@ RUNTIME_PACKAGES = {
 def runtime_requirements(tree: Path, torch: str) -> str:
     """requirements/common.txt of the tree + the torch the build linked + intel-openmp (libiomp5)."""
     # ml_dtypes: the kvlab oracle stage runs in this image against the installed kvx extension.
-    lines = [f"torch=={torch}", "intel-openmp; platform_machine == 'x86_64'", "ml_dtypes"]
+    # torch.__version__ carries a local tag (2.14.0+cu130) that is not a PyPI version.
+    lines = [f"torch=={torch.split('+')[0]}", "intel-openmp; platform_machine == 'x86_64'", "ml_dtypes"]
     common = tree / "requirements" / "common.txt"
     for line in common.read_text().splitlines():
         line = line.split("#", 1)[0].strip()

@@ -135,7 +135,13 @@ def vllm_server(image: str = DEFAULT_TAG, model_dir: Path | None = None, extra_a
         c.stop()
         raise ServerFailed(f"cannot start {image}: {exc}") from None
     try:
-        port = int(dc.api.port(c.get_wrapped_container().id, PORT)[0]["HostPort"])
+        ports = dc.api.port(c.get_wrapped_container().id, PORT)
+        if not ports:  # the container exited before Docker published its port
+            wrapped = c.get_wrapped_container()
+            wrapped.reload()
+            raise ServerFailed(f"vLLM container {wrapped.status} before its port was published; "
+                               f"log tail:\n{_tail(wrapped)}")
+        port = int(ports[0]["HostPort"])
         url = f"http://127.0.0.1:{port}"
         wait_ready(c, url, timeout_s)
         version = ""
