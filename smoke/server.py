@@ -45,6 +45,9 @@ def ensure_model(client, image: str = DEFAULT_TAG) -> Path:
     """Build the tiny Llama into MODELS_DIR/tiny-llama-<key> (once) in a container from `image`."""
     out = MODELS_DIR / f"{MODEL_NAME}-{model_key()}"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        # safetensors writes 0600 files; runtime images serve as a non-root user, so all must read.
+        for f in out.iterdir():
+            f.chmod(0o644)
         return out
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
