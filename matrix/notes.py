@@ -108,6 +108,23 @@ def cell_section(cell: str, outs: dict[str, StageOutcome]) -> list[str]:
     return lines
 
 
+def write_build_records(store: ResultsStore, out: Path, tail_lines: int = 120) -> list[Path]:
+    """notes/builds/<cell>/: each build phase log's last lines (full logs run to MBs) as evidence."""
+    written = []
+    for o in store.outcomes():
+        if o.stage not in ("build", "rebuild") or "logs" not in o.artifacts:
+            continue
+        dest = out / "builds" / o.cell
+        dest.mkdir(parents=True, exist_ok=True)
+        for log in sorted(Path(o.artifacts["logs"]).glob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()
+            head = f"# last {min(tail_lines, len(lines))} of {len(lines)} lines of {o.stage}/{log.name} (run {store.run})"
+            path = dest / f"{o.stage}-{log.stem}.tail.log"
+            path.write_text("\n".join([head, *lines[-tail_lines:]]) + "\n")
+            written.append(path)
+    return written
+
+
 def write_notes(store: ResultsStore, out: Path) -> list[Path]:
     by_distro: dict[str, dict[str, dict[str, StageOutcome]]] = defaultdict(dict)
     for o in store.outcomes():
@@ -125,4 +142,4 @@ def write_notes(store: ResultsStore, out: Path) -> list[Path]:
         (out / f"{distro}.md").write_text("\n".join(md).rstrip() + "\n")
         (out / f"{distro}.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         written += [out / f"{distro}.md", out / f"{distro}.json"]
-    return written
+    return written + write_build_records(store, out)
