@@ -98,7 +98,7 @@ class Sampler:
         out = subprocess.run(["du", "-sb", str(self.workspace)], capture_output=True, text=True)
         used = float(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0.0
         try:
-            info = self.container.client.api.inspect_container(self.container.id, size=True)
+            [info] = self.container.client.api.containers(all=True, size=True, filters={"id": self.container.id})
             used += info.get("SizeRw") or 0
         except docker.errors.DockerException:
             pass
