@@ -12,7 +12,7 @@ from smoke import mix as mixmod, profiles, workload
 from smoke.replay import ReplayOptions, run as replay_run
 from smoke.router import nginx
 from smoke.sweep import knobs, scrape
-from smoke.sweep.pools import LABEL, ROLE, probe_engine, start_replicas
+from smoke.sweep.pools import LABEL, ROLE, probe_engine, start_replicas, sweep_network
 from smoke.sweep.runner import host_cpus
 
 from tests.conftest import ROOT
@@ -64,8 +64,6 @@ def test_nginx_t_rejects_a_broken_render(docker_client, router_image, tmp_path):
 
 @pytest.mark.server
 def test_replay_through_nginx_routes_each_class_to_its_pool(docker_client, router_image, tmp_path):
-    from testcontainers.core.network import Network
-
     from smoke.image import DEFAULT_TAG, ensure_runtime_image
     from smoke.server import MODEL_NAME, ensure_model
     ensure_runtime_image(docker_client)
@@ -80,7 +78,7 @@ def test_replay_through_nginx_routes_each_class_to_its_pool(docker_client, route
     mix = mixmod.load("ci")
     trace = workload.generate(mix, 3)
     labels = {LABEL: ROLE, "org.deploylab.test": "test_router"}
-    with Network(docker_network_kw={"labels": labels}) as net:
+    with sweep_network(labels) as net:
         with start_replicas(DEFAULT_TAG, ensure_model(docker_client), [chat], args, net, labels,
                             tmp_path / "logs") as reps:
             rep = reps[0]

@@ -45,3 +45,30 @@ def test_score_is_the_mean_over_phases_and_missing_isolation_counts_as_isolated(
     rows = score.rank({"base": {"a": f({"x": 1.0}, 10.0, None, 1.0)},
                        "scale": {"a": f({"x": 0.5}, 10.0, None, 1.0)}})
     assert rows[0]["score"] == pytest.approx(((0.4 + 0.6) + (0.2 + 0.6)) / 2)
+
+
+def _rec(cls, sent, ttft, e2e, n, bps=0):
+    from smoke.records import RequestRecord
+    return RequestRecord(id=f"{cls}{sent}", cls=cls, endpoint="chat", scheduled_s=sent, sent_s=sent,
+                         end_s=sent + e2e, status="ok", http_status=200, ttft_s=ttft, e2e_s=e2e,
+                         output_tokens=n, streamed_tokens=n, read_bytes_per_s=bps)
+
+
+def test_tpot_is_per_request_and_isolation_contrasts_overlap_with_slow_streams():
+    assert score.tpot_ms(_rec("a", 0, 0.1, 1.1, 11)) == pytest.approx(100.0)
+    assert score.tpot_ms(_rec("a", 0, 0.1, 0.1, 1)) is None
+    recs = [_rec("slow", 0.0, 0.1, 5.0, 50, bps=1500),        # streams over [0, 5]
+            _rec("a", 1.0, 0.1, 2.1, 11),                     # overlaps: 200 ms per token
+            _rec("a", 10.0, 0.1, 1.1, 11)]                    # alone: 100 ms per token
+    iso = score.tpot_isolation(recs)
+    assert (iso["n_during"], iso["n_apart"]) == (1, 1) and iso["ratio"] == pytest.approx(2.0)
+
+
+def test_admission_counts_busy_event_before_first_token_as_rejected():
+    from dataclasses import replace
+    ok = _rec("a", 0, 0.1, 1.1, 11)
+    busy = replace(ok, status="error", error="error event in stream after 0 tokens: The engine is currently busy")
+    r503 = replace(ok, status="error", http_status=503, error="HTTP 503: busy")
+    gone = replace(ok, status="error", http_status=0, error="timeout after 180.0s")
+    a = score.admission([ok, busy, r503, gone])
+    assert (a["accepted"], a["rejected"], a["no_answer"]) == (1, 2, 1)
