@@ -8,11 +8,11 @@ the first fatal cause wins over the errors that cascade from it.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from matrix.errors import UsageError
+from matrix.spec import read_toml
 
 RULES = Path(__file__).with_name("rules.toml")
 MAX_EVIDENCE = 3
@@ -54,12 +54,7 @@ class _Blank(dict):
 
 
 def load_rules(path: Path = RULES) -> tuple[Rule, ...]:
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    doc = read_toml(path)
     raw = doc.get("rule")
     if not isinstance(raw, list) or not raw:
         raise UsageError(f"{path}: rule: expected an array of [[rule]] tables")

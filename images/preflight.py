@@ -32,6 +32,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from matrix.errors import UsageError
+from matrix.spec import read_toml
 from matrix.results import StageOutcome
 
 GATES = Path(__file__).with_name("gates.toml")
@@ -85,12 +86,7 @@ class GateResult:
 # --- gates.toml -----------------------------------------------------------------------------
 
 def load_config(path: Path = GATES) -> dict[str, Any]:
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    doc = read_toml(path)
     for key in ("variables", "tools", "facts"):
         if not isinstance(doc.get(key), dict):
             raise UsageError(f"{path}: {key}: expected a table")

@@ -8,12 +8,12 @@ or a bad value is one UsageError line naming the file and the key.
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matrix.errors import UsageError, did_you_mean
+from matrix.spec import read_toml
 
 MIXES_DIR = Path(__file__).with_name("mixes")
 ENDPOINTS = ("chat", "completions")
@@ -251,9 +251,5 @@ def parse(doc: dict[str, Any], source: str, base_dir: Path | None = None) -> Mix
 
 def load(name_or_path: str | Path = "default") -> Mix:
     path = resolve(name_or_path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc})") from None
-    mix = parse(doc, str(path), path.parent)
+    mix = parse(read_toml(path), str(path), path.parent)
     return mix
