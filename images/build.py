@@ -135,6 +135,11 @@ class Attempt:
     log: str
 
 
+class BuildInterrupted(KeyboardInterrupt):
+    """The build container stopped under a running phase (removed or killed from outside): the run
+    was interrupted, which is not the build's verdict, so no outcome is written for it."""
+
+
 class BuildContainer:
     """A long-lived container of the toolchain image; phases are exec'd into it. Always removed."""
 
@@ -184,6 +189,13 @@ class BuildContainer:
                 fh.write(logs.stamp(time.monotonic() - t0, pending) + "\n")
                 buf.append(pending)
             code = api.exec_inspect(exec_id)["ExitCode"]
+            try:
+                self.container.reload()
+                alive = self.container.status == "running"
+            except docker.errors.NotFound:
+                alive = False
+            if not alive:
+                raise BuildInterrupted(f"the build container stopped while phase {name} ran")
             fh.write(f"# exit {code} after {time.monotonic() - t0:.1f}s\n")
         return Attempt(name, code if code is not None else -1, time.monotonic() - t0, "\n".join(buf))
 
