@@ -92,8 +92,12 @@ def cell_section(cell: str, outs: dict[str, StageOutcome]) -> list[str]:
         lines.append("")
     rb = outs.get("rebuild")
     if b and rb and b.status == "pass" and rb.status == "pass" and rb.seconds > 0:
+        rd = rb.details
         lines += [f"**Warm rebuild (ccache):** {_fmt_secs(rb.seconds)} vs cold {_fmt_secs(b.seconds)}: "
-                  f"cold/warm = {b.seconds / rb.seconds:.1f}×", ""]
+                  f"cold/warm = {b.seconds / rb.seconds:.1f}×; disk high-water {rd.get('disk_high_water_gb', '?')} GB, "
+                  f"peak memory {rd.get('peak_mem_gib', '?')} GiB"
+                  + (f"; kvlab extension: {rd['kvlab']['status']} in {_fmt_secs(rd['kvlab']['seconds'])}"
+                     if rd.get("kvlab") else ""), ""]
     rt = outs.get("runtime")
     if rt and rt.status == "pass":
         lines += [f"**Runtime image:** `{rt.artifacts.get('image')}`, {rt.details.get('image_size_gb', '?')} GB "
@@ -101,7 +105,8 @@ def cell_section(cell: str, outs: dict[str, StageOutcome]) -> list[str]:
     for stage in ("smoke", "oracle"):
         o = outs.get(stage)
         if o and o.status != "skipped":
-            lines += [f"**{stage}:** {o.status} ({o.category})" + "".join(f"\n- {e}" for e in o.evidence[:8]), ""]
+            label = f"{o.status} ({o.category})" if o.category else o.status
+            lines += [f"**{stage}:** {label}" + "".join(f"\n- {e}" for e in o.evidence[:8]), ""]
     warnings = [w for o in outs.values() for w in o.details.get("runtime_warnings", [])]
     if warnings:
         lines += ["**Runtime warnings:**", *(f"- {w}" for w in warnings), ""]
