@@ -163,6 +163,21 @@ class BuildContainer:
             except docker.errors.DockerException:
                 pass
 
+    def _alive(self, killed: bool) -> bool:
+        """Is the container still running? After a SIGKILLed exec, give Docker a few seconds to
+        report a removal or kill that is under way (its state lags the processes' deaths)."""
+        deadline = time.monotonic() + (5.0 if killed else 0.0)
+        while True:
+            try:
+                self.container.reload()
+                if self.container.status != "running":
+                    return False
+            except docker.errors.NotFound:
+                return False
+            if time.monotonic() >= deadline:
+                return True
+            time.sleep(0.2)
+
     def run(self, phase: str, script: str, env: dict[str, str] | None = None, attempt: int = 1) -> Attempt:
         """Exec `script` in bash, streaming stamped lines to <log_dir>/<phase>[.N].log."""
         api = self.client.api
@@ -189,12 +204,7 @@ class BuildContainer:
                 fh.write(logs.stamp(time.monotonic() - t0, pending) + "\n")
                 buf.append(pending)
             code = api.exec_inspect(exec_id)["ExitCode"]
-            try:
-                self.container.reload()
-                alive = self.container.status == "running"
-            except docker.errors.NotFound:
-                alive = False
-            if not alive:
+            if not self._alive(killed=code in (None, -1, 137)):
                 raise BuildInterrupted(f"the build container stopped while phase {name} ran")
             fh.write(f"# exit {code} after {time.monotonic() - t0:.1f}s\n")
         return Attempt(name, code if code is not None else -1, time.monotonic() - t0, "\n".join(buf))
