@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from matrix.results import ResultsStore
-from smoke import metrics, mix as mixmod, records, replay
+from smoke import metrics, records, replay
 from smoke.workload import Trace, TraceRequest
 
 pytestmark = [pytest.mark.server, pytest.mark.docker, pytest.mark.timeout(1500)]
