@@ -49,7 +49,7 @@ def _store(run):
     return ResultsStore(RESULTS, run)
 
 
-def _ctx(run, force=False, vllm=None, progress=None):
+def _ctx(run, force=False, vllm=None):
     from matrix.pipeline import Context
     ctx = Context(store=_store(run), work=ROOT / ".work", force=force, vllm=vllm)
     console = _console()

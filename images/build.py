@@ -134,6 +134,9 @@ class Attempt:
     seconds: float
     log: str
 
+    def summary(self) -> dict[str, Any]:
+        return {"phase": self.phase, "exit": self.exit_code, "seconds": round(self.seconds, 1)}
+
 
 class BuildInterrupted(KeyboardInterrupt):
     """The build container stopped under a running phase (removed or killed from outside): the run
@@ -353,7 +356,7 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
         sampler = Sampler(bc.container, ws.root)
         try:
             a = bc.run("deps", deps_script(cell, inputs))
-            attempts.append({"phase": a.phase, "exit": a.exit_code, "seconds": round(a.seconds, 1)})
+            attempts.append(a.summary())
             tried: dict[str, list[str]] = {}
             for line in a.log.splitlines():
                 if line.startswith("offline-input-candidate-failed "):
@@ -376,7 +379,7 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
                 status, category, evidence, remediation = _verdict(a)
             else:
                 a = bc.run("requirements", REQS_SCRIPT.format(target=cell.target))
-                attempts.append({"phase": a.phase, "exit": a.exit_code, "seconds": round(a.seconds, 1)})
+                attempts.append(a.summary())
                 m = re.search(r"^torch (\S+) cuda (\S+)", a.log, re.M)
                 if m:
                     details["torch"] = {"version": m.group(1), "cuda": m.group(2)}
@@ -386,13 +389,13 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
                     status, category, evidence, remediation = _wheel_with_fixes(bc, env, blockers, attempts, details)
             if status == "pass" and cell.family == "debian":
                 a = bc.run("linkage", LINKAGE_SCRIPT)
-                attempts.append({"phase": a.phase, "exit": a.exit_code, "seconds": round(a.seconds, 1)})
+                attempts.append(a.summary())
                 debs = ws.wheels / "runtime-debs.txt"
                 details["runtime_debs"] = debs.read_text().split() if debs.exists() else []
             # The kvlab extension is independent of vLLM's outcome: a gated vLLM still gets its build.
             if ws.kvlab.exists():
                 k = bc.run("kvlab", KVLAB_SCRIPT)
-                attempts.append({"phase": k.phase, "exit": k.exit_code, "seconds": round(k.seconds, 1)})
+                attempts.append(k.summary())
                 kv = classify_text(k.log) if k.exit_code else None
                 details["kvlab"] = {"status": "pass" if k.exit_code == 0 else "fail",
                                     "category": kv.category if kv else "success",
@@ -431,7 +434,7 @@ def _wheel_with_fixes(bc: BuildContainer, env: dict[str, str], blockers: list, a
         pre = env.get("DEPLOYLAB_PRE")
         script = (f"{pre}\n" if pre else "") + WHEEL_SCRIPT
         a = bc.run("wheel", script, env=env, attempt=n)
-        attempts.append({"phase": a.phase, "exit": a.exit_code, "seconds": round(a.seconds, 1)})
+        attempts.append(a.summary())
         if a.exit_code == 0:
             return "pass", "success", (), ""
         status, category, evidence, remediation = _verdict(a)
