@@ -29,8 +29,11 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "rebuild": ("build",),
     "runtime": ("build",),
     "smoke": ("runtime",),
-    "oracle": ("runtime",),
+    "oracle": ("build",),
 }
+# Needs that are met once the stage ran, whatever its verdict: the kvx extension is built even where
+# vLLM is gated, so the oracle checks it there too (in the toolchain image).
+RAN_IS_ENOUGH = {("oracle", "build")}
 # "rebuild" (a warm ccache rebuild) runs only when asked for (--stages rebuild, invoke build --rebuild).
 PIPELINE = tuple(s for s in STAGES if s in NEEDS and s != "rebuild")
 
@@ -74,6 +77,8 @@ def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
         prev = ctx.store.get(cell.id, need)
         if prev is not None and prev.status == "gated" and need == "preflight" and ctx.confirm_gates:
             continue  # build anyway, to confirm (or refute) the predicted gate on the real toolchain
+        if prev is not None and (stage, need) in RAN_IS_ENOUGH and prev.status != "skipped":
+            continue
         if prev is None or prev.status != "pass":
             why = "not run" if prev is None else f"{prev.status}" + (f" ({prev.category})" if prev.category else "")
             ev = (f"{need}: {why}", *(prev.evidence[:2] if prev else ()))
@@ -223,8 +228,21 @@ def stage_smoke(ctx: Context, cell: Cell) -> StageOutcome:
 
 
 def stage_oracle(ctx: Context, cell: Cell) -> StageOutcome:
+    from images.build import Workspace
     from kvlab.stage import run_oracle_stage
-    return run_oracle_stage(cell=cell, image=cell.runtime_tag, store=ctx.store, client=ctx.client)
+    t0, started = time.monotonic(), time.time()
+    rt = ctx.store.get(cell.id, "runtime")
+    if rt is not None and rt.status == "pass":
+        return run_oracle_stage(cell=cell, image=cell.runtime_tag, store=ctx.store, client=ctx.client)
+    build = ctx.store.get(cell.id, "build")
+    kv = (build.details if build else {}).get("kvlab") or {}
+    if kv.get("status") != "pass":
+        return _outcome(cell, "oracle", "skipped", t0, started, category="upstream-kvlab",
+                        evidence=(f"build: the kvx extension {kv.get('status', 'was not built')}"
+                                  + (f" ({kv['category']})" if kv.get("category") else ""), *kv.get("evidence", [])[:2]))
+    ws = Workspace(ctx.work / "cells" / cell.id, ctx.work / "cache")
+    return run_oracle_stage(cell=cell, image=cell.toolchain_tag, store=ctx.store, client=ctx.client,
+                            wheels=ws.wheels, pip_cache=ws.cache / "pip")
 
 
 STAGE_FUNCS: dict[str, Callable[[Context, Cell], StageOutcome]] = {

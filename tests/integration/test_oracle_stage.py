@@ -40,3 +40,21 @@ def test_oracle_passes_every_case_in_the_built_image(image, docker_client, defau
     assert out.status == "pass", out.evidence
     assert out.details["failed"] == 0 and out.details["named"] >= 30 and out.details["random"] >= 200
     assert "/site-packages/kvx" in out.details["kvx"], "the image's own extension, not the mounted source"
+
+
+def test_oracle_runs_in_the_toolchain_image_on_the_cells_own_wheel(image, docker_client, default_matrix, tmp_path):
+    """No runtime image (vLLM gated): the wheel the toolchain built is what the oracle checks."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    docker_client.containers.run(
+        "deploylab/toolchain:debian-bookworm-cpu",
+        ["bash", "-c", "cp -r /kvlab-ro /tmp/kvlab && python -m pip wheel -q --no-deps /tmp/kvlab -w /out"],
+        volumes={str(ROOT / "kvlab" / "csrc"): {"bind": "/kvlab-ro", "mode": "ro"},
+                 str(wheels): {"bind": "/out", "mode": "rw"}}, remove=True)
+    assert [p.name for p in wheels.glob("kvlab_kvx-*.whl")]
+    store = ResultsStore(tmp_path, "o")
+    out = run_oracle_stage(default_matrix.get("debian-bookworm-cpu"), "deploylab/toolchain:debian-bookworm-cpu",
+                           store, docker_client, wheels=wheels, pip_cache=ROOT / ".work" / "cache" / "pip")
+    assert out.status == "pass", out.evidence
+    assert out.details["failed"] == 0 and "toolchain image" in out.evidence[0]
+    assert "/tmp/oracle-venv/" in out.details["kvx"], "the cell's wheel, not the mounted source"

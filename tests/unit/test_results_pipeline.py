@@ -54,6 +54,22 @@ def test_a_stage_whose_need_did_not_pass_is_skipped_with_the_cause(tmp_path, def
     assert out.remediation == "make it reachable"
 
 
+def test_the_oracle_follows_a_gated_build_when_its_extension_built(tmp_path, default_matrix):
+    """vLLM gated, kvx built: the oracle is not skipped for the build's verdict, only for kvx's."""
+    store = ResultsStore(tmp_path, "r")
+    cell = default_matrix.get("debian-bookworm-cpu")
+    ctx = pipeline.Context(store=store, work=tmp_path)
+    store.write(StageOutcome(cell=cell.id, stage="build", status="gated", category="gcc-gate",
+                             details={"kvlab": {"status": "fail", "category": "missing-cxx-compiler",
+                                                "evidence": ["CMAKE_CXX_COMPILER not set"]}}))
+    out = pipeline.run_stage(ctx, cell, "oracle")
+    assert out.status == "skipped" and out.category == "upstream-kvlab"
+    assert out.evidence[:2] == ("build: the kvx extension fail (missing-cxx-compiler)", "CMAKE_CXX_COMPILER not set")
+    store.write(StageOutcome(cell=cell.id, stage="build", status="skipped", category="upstream-preflight"))
+    ctx.force = True
+    assert pipeline.run_stage(ctx, cell, "oracle").category == "upstream-build"
+
+
 def test_stages_outside_the_cells_knobs_are_skipped(tmp_path, default_matrix):
     ctx = pipeline.Context(store=ResultsStore(tmp_path, "r"), work=tmp_path)
     out = pipeline.run_stage(ctx, default_matrix.get("debian-trixie-cuda"), "build")
