@@ -307,13 +307,13 @@ def _bench_replay_capacity(**kw):
 BENCHES = {"replay": _bench_replay, "replay-capacity": _bench_replay_capacity}
 
 
-@task(help={"name": f"one of: {', '.join(BENCHES)}", "url": "replay: a vLLM server on loopback (else one is started)",
+@task(help={"name": "replay, replay-capacity or kvext", "url": "replay: a vLLM server on loopback (else one is started)",
             "image": "replay: engine image to start", "pairs": "replay: A/B pairs (>= 4)",
             "concurrency": "replay: fixed concurrency", "peer": "replay: guidellm or vllm",
             "streams": "replay-capacity: comma-separated stream counts", "interval": "replay-capacity: token pace (s)"})
 @one_line_errors
 def bench(c, name, url=None, image=None, pairs=None, concurrency=None, peer=None, streams=None, interval=None):
-    """Speed goals live here, never in timed tests: `replay` (vs a peer client) and `replay-capacity`."""
+    """Speed goals live here, never in timed tests: `replay` (vs a peer client), `replay-capacity`, `kvext`."""
     from matrix.errors import did_you_mean
     if name not in BENCHES:
         raise UsageError(f"bench: unknown benchmark {name!r}{did_you_mean(name, BENCHES)} (known: {', '.join(BENCHES)})")

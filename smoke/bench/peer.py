@@ -121,10 +121,7 @@ def run_guidellm(dc, url: str, model: str, model_dir: Path, concurrency: int, pr
     name = f"guidellm-{n}.json"
     # The same prompts our side sent in this pair, from a file: GuideLLM's synthetic generator runs in
     # the request loop and, on 2 cores, held streams unread (every token of a request read at once).
-    data = out_dir / f"prompts-{n}.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p, "prompt_tokens_count": prompt_tokens,
-                                        "output_tokens_count": output_tokens}) + "\n"
-                            for p in bench_prompts(n, requests, prompt_tokens)))
+    data = _prompt_file(out_dir, n, requests, prompt_tokens, output_tokens)
     cmd = ["guidellm", "run",
            "--backend", f"kind=openai_http,target={url},model={model},request_format=/v1/completions",
            "--profile", f"kind=concurrent,streams={concurrency}",
@@ -145,6 +142,15 @@ def run_guidellm(dc, url: str, model: str, model_dir: Path, concurrency: int, pr
                      histogram_median_ms(before, ttft_buckets(url)), wall)
 
 
+def _prompt_file(out_dir: Path, n: int, requests: int, prompt_tokens: int, output_tokens: int) -> Path:
+    """Pair n's prompts as JSONL, with the length fields both peers read (GuideLLM's and vLLM's names)."""
+    data = out_dir / f"prompts-{n}.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "prompt_tokens_count": prompt_tokens,
+                                        "output_tokens_count": output_tokens, "output_tokens": output_tokens}) + "\n"
+                            for p in bench_prompts(n, requests, prompt_tokens)))
+    return data
+
+
 def run_vllm_bench(dc, image: str, url: str, model: str, model_dir: Path, concurrency: int, prompt_tokens: int,
                    output_tokens: int, requests: int, out_dir: Path, n: int) -> RunResult:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,9 +159,12 @@ def run_vllm_bench(dc, image: str, url: str, model: str, model_dir: Path, concur
     entry = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
              "from vllm.benchmarks.serve import add_cli_args, main; p = P(); add_cli_args(p); "
              "main(p.parse_args(sys.argv[1:]))")
+    # The same prompts, in the same order, as our side of this pair: raw text to /v1/completions.
+    data = _prompt_file(out_dir, n, requests, prompt_tokens, output_tokens)
     cmd = ["python", "-c", entry, "--backend", "vllm", "--base-url", url,
-           "--model", model, "--tokenizer", "/model", "--dataset-name", "random",
-           "--random-input-len", str(prompt_tokens), "--random-output-len", str(output_tokens),
+           "--model", model, "--tokenizer", "/model", "--dataset-name", "custom",
+           "--dataset-path", f"/out/{data.name}", "--custom-output-len", str(output_tokens),
+           "--skip-chat-template", "--disable-shuffle",
            "--num-prompts", str(requests), "--max-concurrency", str(concurrency), "--ignore-eos",
            "--save-result", "--result-dir", "/out", "--result-filename", name]
     before = ttft_buckets(url)
@@ -252,7 +261,9 @@ def run_bench(url: str | None = None, image: str | None = None, pairs: int = 4, 
     if url:
         from smoke.stage import served_model
         return bench(url.rstrip("/"), served_model(url))
-    with vllm_server(image, model_dir=model_dir, log_path=out_dir / "server.log") as eng:
+    # No prefix caching: both tools send the same prompts, and the second would find them cached.
+    with vllm_server(image, model_dir=model_dir, log_path=out_dir / "server.log",
+                     extra_args=("--no-enable-prefix-caching",)) as eng:
         return bench(eng.url, eng.model)
 
 
