@@ -11,12 +11,12 @@ them is decided later, from the engine itself (smoke.sweep.knobs.translate).
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from matrix.errors import UsageError, did_you_mean
+from matrix.spec import read_toml
 from smoke.mix import Mix
 from smoke.sweep import knobs as knobmod
 
@@ -161,11 +161,7 @@ def parse(doc: dict[str, Any], source: str, stem: str) -> Profile:
 
 def load(name_or_path: str | Path) -> Profile:
     path = resolve(name_or_path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc})") from None
-    return parse(doc, str(path), path.stem)
+    return parse(read_toml(path), str(path), path.stem)
 
 
 def load_many(names: list[str] | tuple[str, ...] | None) -> list[Profile]:

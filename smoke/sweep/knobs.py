@@ -10,12 +10,12 @@ never silently dropped. No Docker here: parsing and translation only.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from matrix.errors import UsageError, did_you_mean
+from matrix.spec import read_toml
 
 KNOBS_FILE = Path(__file__).with_name("knobs.toml")
 TYPES = ("int", "bool", "str")
@@ -48,10 +48,7 @@ class KnobError(UsageError):
 
 
 def load_intents(path: Path = KNOBS_FILE) -> dict[str, Intent]:
-    try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc})") from None
+    doc = read_toml(path)
     out = {}
     for name, t in doc.get("intents", {}).items():
         typ = t.get("type", "int")
