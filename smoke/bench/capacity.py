@@ -39,6 +39,7 @@ class CapacityResult:
     lag_p50_ms: float = 0.0    # source's send stamp → this client's read: the client's own delay
     lag_p99_ms: float = 0.0
     first_error: str = ""
+    peak_open: int = 0         # most streams open at one instant (from the records' send/end times)
 
     @property
     def tokens_per_s(self) -> float:
@@ -106,7 +107,18 @@ def measure(url: str, streams: int, tokens: int, interval: float, ramp_s: float 
                           float(np.percentile(gaps, 50) * 1000) if gaps else 0.0,
                           float(np.percentile(gaps, 99) * 1000) if gaps else 0.0,
                           float(np.percentile(lags, 50) * 1000) if lags else 0.0,
-                          float(np.percentile(lags, 99) * 1000) if lags else 0.0, errs[0] if errs else "")
+                          float(np.percentile(lags, 99) * 1000) if lags else 0.0, errs[0] if errs else "",
+                          peak_open(recs))
+
+
+def peak_open(recs) -> int:
+    """Most requests in flight at once: a sweep over send (+1) and end (-1) times, ends first on ties."""
+    edges = sorted([(r.sent_s, 1) for r in recs] + [(r.end_s, -1) for r in recs], key=lambda e: (e[0], e[1]))
+    best = cur = 0
+    for _, d in edges:
+        cur += d
+        best = max(best, cur)
+    return best
 
 
 def run_capacity(levels: tuple[int, ...] = (500, 1000, 2000, 3000), interval: float = 1.0, tokens: int = 20,
@@ -120,7 +132,7 @@ def run_capacity(levels: tuple[int, ...] = (500, 1000, 2000, 3000), interval: fl
             results.append(r)
             echo(f"  (machine load average {load:.1f} on {os.cpu_count()} cores; the source used "
                  f"{src.cpu_s() - src0:.2f} s CPU in {r.wall_s:.0f} s)")
-            echo(f"streams {n:5d}: ok {r.ok}/{n}, {r.tokens_per_s:7.0f} tok/s, client CPU {r.client_cpu_s:5.2f} s "
+            echo(f"streams {n:5d}: ok {r.ok}/{n}, {r.peak_open} open at once, {r.tokens_per_s:7.0f} tok/s, client CPU {r.client_cpu_s:5.2f} s "
                  f"({100 * r.client_cpu_s / r.wall_s:3.0f}% of one core), {r.cpu_ms_per_token:.3f} ms CPU/token, "
                  f"ITL p50 {r.itl_p50_ms:.0f} ms p99 {r.itl_p99_ms:.0f} ms (pace {interval * 1000:.0f} ms), "
                  f"read lag p50 {r.lag_p50_ms:.1f} ms p99 {r.lag_p99_ms:.1f} ms"
