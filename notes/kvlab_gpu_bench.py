@@ -28,7 +28,24 @@ import torch.nn.functional as F  # noqa: E402
 HQ, HKV, D, BS = 32, 8, 128, 16
 CONTEXTS = (1024, 8192, 32768)
 BATCHES = (1, 8, 32, 64)
-VARIANTS = (7, 4, 5, 6)  # 7: CUDA-core fast path; 4: tensor cores, 3 stages; 5: 2 stages, 3 CTAs/SM; 6: 4 stages
+# KVX_CUDA_VARIANT of the bf16 GQA-4 d128 path: 8: one kv head per CTA + separate combine kernel (v11);
+# 11: the same CTAs, one split writes the output itself (else the combine kernel); 4: also several
+# splits merge in their last CTA (fused combine); 5: as 11 with 2 stages, 3 CTAs/SM; 12: as 11 with
+# an L2::256B prefetch hint on the copies;
+# 9 / 10: wide_kernel, 4 / 8 kv heads per CTA (contiguous 1 / 2 KB per token), fused combine
+VARIANTS = (8, 11, 4, 5, 12, 10)
+ORACLE_VARIANTS = (4, 5, 8, 9, 10, 11, 12)  # the full oracle runs on the default, then again on each of these
+
+
+def wide_cases():
+    """bf16 head_dim-128 GQA cases with 8+ kv heads, which the named/random cases lack: they reach
+    the tensor-core kernels with several heads per CTA (wide_kernel) and many splits."""
+    path = ROOT / "tests" / "integration" / "test_kvext_cuda.py"
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("test_kvext_cuda", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.wide_cases()
 
 
 def log(*a):
@@ -39,18 +56,29 @@ def oracle(out_dir: Path) -> dict:
     from kvlab import ext, oracle as orc, scenario
     named = scenario.named_cases()
     cases = named + scenario.random_cases(200)
-    t0 = time.time()
-    res = orc.run(cases, ext.cuda_backend, "cuda")
-    bad = [r for r in res if not r.ok]
-    text = orc.table(res, {c.name for c in named})
-    (out_dir / "kvlab_gpu_oracle.txt").write_text(text + "\n")
-    log(text)
-    log(f"oracle cuda: {len(res) - len(bad)}/{len(res)} case×layout pass "
-        f"({len(named)} named + 200 random × 4 layouts) in {time.time() - t0:.1f}s")
-    for r in bad[:10]:
-        log("  FAIL", r)
-    return {"total": len(res), "failed": len(bad), "failures": [r.__dict__ for r in bad[:20]],
-            "max_err_stored": max(r.err_stored for r in res)}
+    extra = wide_cases()
+    out = {}
+    for var in (0,) + ORACLE_VARIANTS:  # 0: the default kernel choice
+        os.environ["KVX_CUDA_VARIANT"] = str(var)
+        t0 = time.time()
+        res = orc.run(cases, ext.cuda_backend, "cuda")
+        res_x = orc.run(extra, ext.cuda_backend, "cuda")
+        bad = [r for r in res if not r.ok]
+        bad_x = [r for r in res_x if not r.ok]
+        if var == 0:
+            text = orc.table(res + res_x, {c.name for c in named + extra})
+            (out_dir / "kvlab_gpu_oracle.txt").write_text(text + "\n")
+            log(text)
+        log(f"oracle cuda (variant {var}): {len(res) - len(bad)}/{len(res)} case×layout pass "
+            f"({len(named)} named + 200 random × 4 layouts); wide bf16 cases {len(res_x) - len(bad_x)}/{len(res_x)}; "
+            f"max err {max(r.err_stored for r in res + res_x):.1e}; {time.time() - t0:.1f}s")
+        for r in (bad + bad_x)[:10]:
+            log("  FAIL", r)
+        out[str(var)] = {"total": len(res), "failed": len(bad), "extra_total": len(res_x), "extra_failed": len(bad_x),
+                         "failures": [r.__dict__ for r in (bad + bad_x)[:20]],
+                         "max_err_stored": max(r.err_stored for r in res + res_x)}
+    os.environ.pop("KVX_CUDA_VARIANT", None)
+    return out
 
 
 def graphed(fn):
@@ -82,6 +110,39 @@ def timed(fn, flush, reps=20):
     return statistics.median(ts)
 
 
+def timed_set(fns: dict, flush, reps=20) -> dict:
+    """timed() for several callables, interleaved: each rep runs every one once (L2 flushed before each)."""
+    for f in fns.values():
+        f()
+    torch.cuda.synchronize()
+    ts = {key: [] for key in fns}
+    for _ in range(reps):
+        for key, f in fns.items():
+            flush.zero_()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            f()
+            b.record()
+            torch.cuda.synchronize()
+            ts[key].append(a.elapsed_time(b) / 1e3)
+    return {key: statistics.median(v) for key, v in ts.items()}
+
+
+def eager_loop(fns, n=48):
+    """Back-to-back eager calls, host overhead included (no flush between them: each call's K/V is a
+    different copy, rotated, so the set exceeds L2). Seconds per call."""
+    for f in fns:
+        f()
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for i in range(n):
+        fns[i % len(fns)]()
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) / 1e3 / n
+
+
 def copy_bandwidth() -> float:
     n = 2 << 30
     src = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
@@ -106,6 +167,11 @@ def bench(out_dir: Path) -> dict:
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
     copy_bw = copy_bandwidth()
     log(f"device-to-device copy: {copy_bw / 1e12:.2f} TB/s (read + write)")
+    # the timing floor: one trivial kernel in a graph, timed the same way (events around a replay)
+    tiny = torch.zeros(1, device=dev)
+    floor_s = timed(graphed(lambda: tiny.add_(1.0)), flush)
+    floor_eager_s = timed(lambda: tiny.add_(1.0), flush)
+    log(f"timing floor (one trivial kernel): graph {floor_s * 1e6:.1f} us, eager {floor_eager_s * 1e6:.1f} us")
     scale = D ** -0.5
     rows = []
     for L in CONTEXTS:
@@ -132,36 +198,62 @@ def bench(out_dir: Path) -> dict:
             nbytes = 2 * B * L * HKV * D * 2
             res = {"context": L, "batch": B, "bytes": nbytes}
             sdpa = lambda: F.scaled_dot_product_attention(qs, ks, vs, scale=scale, enable_gqa=True)  # noqa: E731
-            res["sdpa_eager_s"] = timed(sdpa, flush)
-            res["sdpa_s"] = timed(graphed(sdpa), flush)
             ref = sdpa().squeeze(2).float()
             hints = {"max_seq_len": L}
+
+            def kvx_fn(layout, kk, vv, meta):
+                out = torch.empty(B, HQ, D, device=dev)
+                lse = torch.empty(B, HQ, device=dev)
+                return (lambda: kvx.attend(layout, q, kk.view(torch.int16), vv.view(torch.int16), meta, kv_dtype="bf16",
+                                           sm_scale=scale, device="cuda", hints=hints, out=out, lse=lse)), out
+
+            def err(fn, out):
+                fn()
+                torch.cuda.synchronize()
+                return float(((out - ref).norm() / ref.norm()).item())
+
+            # every candidate is captured first, then all are timed interleaved (rep by rep), so a
+            # drift of the card's clocks during the run weighs on SDPA and kvx alike. kvx's split
+            # workspace grows on demand and a graph keeps its address: one eager call of every
+            # variant first, so no capture below sees it move
+            kc2, vc2 = kc.contiguous(), vc.contiguous()
+            for var in VARIANTS + (0,):
+                os.environ["KVX_CUDA_VARIANT"] = str(var)
+                for layout in ("spans", "paged"):
+                    kvx_fn(layout, k, v, metas[layout])[0]()
+            os.environ.pop("KVX_CUDA_VARIANT", None)
+            torch.cuda.synchronize()
+            cands = {"sdpa_eager": sdpa, "sdpa": graphed(sdpa)}
             for name, meta in metas.items():
                 layout = name.split("-")[0]
-                kk, vv = (kc.contiguous(), vc.contiguous()) if layout == "contiguous" else (k, v)
-                out = torch.empty(B, HQ, D, device=dev)
-                lse = torch.empty(B, HQ, device=dev)
-                fn = lambda: kvx.attend(layout, q, kk.view(torch.int16), vv.view(torch.int16), meta,  # noqa: E731
-                                        kv_dtype="bf16", sm_scale=scale, device="cuda", hints=hints,
-                                        out=out, lse=lse)
-                res[f"{name}_eager_s"] = timed(fn, flush)
-                res[f"{name}_s"] = timed(graphed(fn), flush)
-                fn()
-                torch.cuda.synchronize()
-                res[f"{name}_err"] = float(((out - ref).norm() / ref.norm()).item())
-                del kk, vv
-            # variants of the spans kernel (KVX_CUDA_VARIANT): see VARIANTS
+                fn, out = kvx_fn(layout, *((kc2, vc2) if layout == "contiguous" else (k, v)), meta)
+                cands[f"{name}_eager"], cands[name] = fn, graphed(fn)
+                if name != "paged-shuffled":  # a shuffled table reads other blocks: not the reference's K/V
+                    res[f"{name}_err"] = err(fn, out)
+            # variants of the spans and paged kernels (KVX_CUDA_VARIANT): see VARIANTS
             for var in VARIANTS:
                 os.environ["KVX_CUDA_VARIANT"] = str(var)
-                out = torch.empty(B, HQ, D, device=dev)
-                lse = torch.empty(B, HQ, device=dev)
-                fn = lambda: kvx.attend("spans", q, k.view(torch.int16), v.view(torch.int16), metas["spans"],  # noqa: E731
-                                        kv_dtype="bf16", sm_scale=scale, device="cuda", hints=hints, out=out, lse=lse)
-                res[f"spans-v{var}_s"] = timed(graphed(fn), flush)
-                fn()
-                torch.cuda.synchronize()
-                res[f"spans-v{var}_err"] = float(((out - ref).norm() / ref.norm()).item())
+                for layout in ("spans", "paged"):
+                    fn, out = kvx_fn(layout, k, v, metas[layout])
+                    cands[f"{layout}-v{var}"] = graphed(fn)
+                    res[f"{layout}-v{var}_err"] = err(fn, out)
             os.environ.pop("KVX_CUDA_VARIANT", None)
+            for key, t in timed_set(cands, flush).items():
+                res[key + "_s"] = t
+            del cands, kc2, vc2
+            if B == 1:  # eager back-to-back, host included: 4 copies of K/V rotated (more than L2 holds)
+                copies = [(k.clone(), v.clone()) for _ in range(4)]
+                scopies = [(ks.clone(), vs.clone()) for _ in range(4)]
+                res["sdpa_loop_s"] = eager_loop([
+                    (lambda a=a, b=b: F.scaled_dot_product_attention(qs, a, b, scale=scale, enable_gqa=True)) for a, b in scopies])
+                for layout in ("spans", "paged"):
+                    out = torch.empty(B, HQ, D, device=dev)
+                    lse = torch.empty(B, HQ, device=dev)
+                    res[f"{layout}_loop_s"] = eager_loop([
+                        (lambda a=a, b=b: kvx.attend(layout, q, a.view(torch.int16), b.view(torch.int16), metas[layout],
+                                                     kv_dtype="bf16", sm_scale=scale, device="cuda", hints=hints,
+                                                     out=out, lse=lse)) for a, b in copies])
+                del copies, scopies
             for key in [x for x in res if x.endswith("_s")]:
                 res[key[:-2] + "_tbps"] = nbytes / res[key] / 1e12
             rows.append(res)
@@ -171,7 +263,7 @@ def bench(out_dir: Path) -> dict:
                 f"spans {res['spans_eager_tbps']:.2f}  err(spans) {res['spans_err']:.1e}")
             del k, v, q, kc, vc, ks, vs, qs, table, shuffled, metas
             torch.cuda.empty_cache()
-    return {"copy_Bps": copy_bw, "rows": rows}
+    return {"copy_Bps": copy_bw, "floor_s": floor_s, "floor_eager_s": floor_eager_s, "rows": rows}
 
 
 def hybrid_bench() -> list[dict]:
@@ -223,7 +315,9 @@ def hybrid_bench() -> list[dict]:
 def report(b: dict, card: str) -> str:
     cb = b["copy_Bps"]
     lines = [f"card: {card}; device-to-device copy {cb / 1e12:.2f} TB/s; Hq={HQ} Hkv={HKV} d={D} bf16, "
-             f"block {BS}; TB/s = K+V bytes / median time of a CUDA-graph replay (L2 flushed per rep)",
+             f"block {BS}; TB/s = K+V bytes / median time of a CUDA-graph replay (L2 flushed per rep); "
+             f"timing floor (one trivial kernel, same method): graph {b['floor_s'] * 1e6:.1f} us, "
+             f"eager {b['floor_eager_s'] * 1e6:.1f} us",
              "| context | batch | SDPA TB/s | contiguous | paged | spans | paged (shuffled blocks) | spans/SDPA | paged/SDPA | spans/copy |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in b["rows"]:
@@ -231,19 +325,43 @@ def report(b: dict, card: str) -> str:
                      f"{r['paged_tbps']:.2f} | {r['spans_tbps']:.2f} | {r['paged-shuffled_tbps']:.2f} | "
                      f"{r['spans_tbps'] / r['sdpa_tbps']:.2f} | {r['paged_tbps'] / r['sdpa_tbps']:.2f} | "
                      f"{r['spans_tbps'] * 1e12 / cb:.0%} |")
+    lines += ["", "Eager (one call between L2 flushes: the flush kernel hides the host's launch cost) vs graph, "
+              "µs and ratio to SDPA in the same mode; loop = eager back-to-back calls, host included "
+              "(batch 1: 4 K/V copies rotated so L2 cannot hold them)",
+              "| context | batch | SDPA eager µs | SDPA graph µs | spans eager µs | spans graph µs | paged eager µs | "
+              "paged graph µs | spans/SDPA eager | spans/SDPA graph | paged/SDPA eager | paged/SDPA graph | "
+              "SDPA loop µs | spans loop µs | paged loop µs |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in b["rows"]:
+        loop = (f"{r['sdpa_loop_s'] * 1e6:.1f} | {r['spans_loop_s'] * 1e6:.1f} | {r['paged_loop_s'] * 1e6:.1f}"
+                if "sdpa_loop_s" in r else "– | – | –")
+        lines.append(f"| {r['context']} | {r['batch']} | {r['sdpa_eager_s'] * 1e6:.1f} | {r['sdpa_s'] * 1e6:.1f} | "
+                     f"{r['spans_eager_s'] * 1e6:.1f} | {r['spans_s'] * 1e6:.1f} | {r['paged_eager_s'] * 1e6:.1f} | "
+                     f"{r['paged_s'] * 1e6:.1f} | {r['sdpa_eager_s'] / r['spans_eager_s']:.2f} | "
+                     f"{r['sdpa_s'] / r['spans_s']:.2f} | {r['sdpa_eager_s'] / r['paged_eager_s']:.2f} | "
+                     f"{r['sdpa_s'] / r['paged_s']:.2f} | {loop} |")
     lines.append("")
-    lines.append("spans kernel variants, TB/s: " + ", ".join(f"v{v}" for v in VARIANTS)
-                 + " = CUDA-core fast path; mma.sync with (stages, CTAs/SM) (3, 2), (2, 3), (4, 1) (v4 is the default)")
+    lines.append("kernel variants (KVX_CUDA_VARIANT), TB/s spans / paged (graph): "
+                 "v8 = one kv head per CTA + combine kernel (v11); v11 = same CTAs, one split writes the output "
+                 "itself; v4 = same, several splits merge in their last CTA; v5 = v11 with 2 stages, 3 CTAs/SM; "
+                 "v12 = v11 with an L2::256B prefetch hint; "
+                 "v9 / v10 = 4 / 8 kv heads per CTA (wide_kernel), fused combine")
+    lines.append("| context | batch | " + " | ".join(f"v{v} spans | v{v} paged" for v in VARIANTS) + " |")
+    lines.append("|---:|---:|" + "---:|" * (2 * len(VARIANTS)))
     for r in b["rows"]:
         lines.append(f"| {r['context']} | {r['batch']} | " + " | ".join(
-            f"{r[f'spans-v{v}_tbps']:.2f} (err {r[f'spans-v{v}_err']:.0e})" for v in VARIANTS) + " |")
+            f"{r[f'spans-v{v}_tbps']:.2f} | {r[f'paged-v{v}_tbps']:.2f}" for v in VARIANTS) + " |")
+    errs = [r[key] for r in b["rows"] for key in r if key.endswith("_err")]
+    lines.append(f"(relative error of every kvx output vs SDPA's bf16 output: max {max(errs):.1e})")
     big = [r for r in b["rows"] if r["batch"] >= 32]
     one = [r for r in b["rows"] if r["batch"] == 1 and r["context"] >= 8192]
     lines.append("")
     lines.append(f"batch>=32: spans/SDPA min {min(r['spans_tbps'] / r['sdpa_tbps'] for r in big):.2f}, "
                  f"paged/SDPA min {min(r['paged_tbps'] / r['sdpa_tbps'] for r in big):.2f} (goal >= 0.90); "
-                 f"batch 1, 8k+: spans/SDPA min {min(r['spans_tbps'] / r['sdpa_tbps'] for r in one):.2f}, "
-                 f"paged/SDPA min {min(r['paged_tbps'] / r['sdpa_tbps'] for r in one):.2f} (goal >= 2)")
+                 f"batch 1, 8k+ (graph): spans/SDPA min {min(r['spans_tbps'] / r['sdpa_tbps'] for r in one):.2f}, "
+                 f"paged/SDPA min {min(r['paged_tbps'] / r['sdpa_tbps'] for r in one):.2f}; (eager): spans/SDPA min "
+                 f"{min(r['sdpa_eager_s'] / r['spans_eager_s'] for r in one):.2f}, paged/SDPA min "
+                 f"{min(r['sdpa_eager_s'] / r['paged_eager_s'] for r in one):.2f} (goal >= 2)")
     return "\n".join(lines)
 
 

@@ -13,9 +13,9 @@ KVX_CUDA=ON KVX_CUDA_ARCH=90 $PY -m pip wheel -q --no-deps --no-build-isolation 
 echo "build: $(( $(date +%s) - t0 ))s"; ls /tmp/kvx-wheel
 rm -rf /tmp/kvx-site && $PY -m zipfile -e /tmp/kvx-wheel/kvlab_kvx-*.whl /tmp/kvx-site
 $PY notes/kvlab_gpu_bench.py --site /tmp/kvx-site --out "$OUT" "${@:2}" 2>&1 | tee "$OUT/run.log"
-if [ -n "${NCU:-}" ]; then  # stall reasons and occupancy of the partial kernel, two shapes
+if [ -n "${NCU:-}" ]; then  # stall reasons and occupancy of the attention kernel, two shapes
   NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  timeout 240 "$NCU_BIN" --clock-control none -k regex:partial_kernel -c 2 --section SpeedOfLight \
+  timeout 240 "$NCU_BIN" --clock-control none -k regex:"mma_kernel|wide_kernel|partial_kernel" -c 2 --section SpeedOfLight \
     --section Occupancy --section WarpStateStats --section LaunchStats $PY notes/kvlab_gpu_probe.py /tmp/kvx-site \
     >"$OUT/ncu.txt" 2>&1; grep -E "Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers|Stall|Warp Cycles|Compute \(SM\)" "$OUT/ncu.txt" | head -60
 fi

@@ -36,3 +36,33 @@ def test_cuda_oracle_catches_broken_span_end(kvx_cuda):
     from kvlab.layouts import broken
     res = oracle.run(scenario.named_cases()[:8], ext.cuda_backend, "cuda", layouts={"spans-end+1": broken.SpanEndPlusOne})
     assert any(not r.ok for r in res)
+
+
+def wide_cases():
+    """bf16 head_dim-128 GQA cases with 4+ kv heads: the named and random cases have none with 8 kv
+    heads, so these reach the tensor-core kernels that take several kv heads per CTA (wide_kernel),
+    long sequences (many splits: the fused combine) and block sizes that break its per-tile lookup."""
+    from kvlab.scenario import Case
+    base = dict(q_heads=32, kv_heads=8, head_dim=128, block_size=16, dtype="bf16", fp8_scale="tensor", alibi=False,
+                window=0, lens=(301, 77), shared_prefix=0, decode_steps=0, fork=(), churn=0, warm_prefix=False,
+                salted=False)
+    specs = [
+        ("wide-h8-d128", {"lens": (301, 77, 1025)}),
+        ("wide-h8-bs8-alibi-window", {"block_size": 8, "alibi": True, "window": 70, "lens": (200, 33, 129)}),
+        ("wide-h8-bs32-prefix-fork", {"block_size": 32, "shared_prefix": 64, "lens": (90, 100, 77), "fork": (2, 11)}),
+        ("wide-h8-long-churn", {"lens": (3000, 1), "churn": 10}),
+        ("wide-h8-g8-window", {"q_heads": 64, "window": 33, "lens": (500, 17)}),
+        ("wide-h16-alibi", {"q_heads": 64, "kv_heads": 16, "alibi": True, "lens": (260, 40)}),
+        ("wide-h4-bs4", {"q_heads": 16, "kv_heads": 4, "block_size": 4, "lens": (700, 5)}),
+        ("wide-h8-batch-decode", {"lens": (64, 100, 150, 200, 250, 300, 33, 17, 90, 128, 129, 255),
+                                  "decode_steps": 3, "window": 200}),
+    ]
+    return [Case(name=name, **{**base, **kw}, seed=5000 + i) for i, (name, kw) in enumerate(specs)]
+
+
+@pytest.mark.parametrize("variant", ["0", "4", "8", "9", "10"])
+def test_cuda_oracle_wide_bf16_cases(kvx_cuda, monkeypatch, variant):
+    from kvlab import ext, oracle
+    monkeypatch.setenv("KVX_CUDA_VARIANT", variant)  # the kernel choice of the bf16 GQA-4 d128 path
+    res = oracle.run(wide_cases(), ext.cuda_backend, "cuda")
+    assert [r for r in res if not r.ok] == []

@@ -29,6 +29,11 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
 }
+// The same with an L2 prefetch hint: L2 fetches the whole 256-byte row of which this is a piece.
+__device__ __forceinline__ void cp_async16_pf(void* dst, const void* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
 __device__ __forceinline__ void cp_async8(void* dst, const void* src, bool valid) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 8 : 0));
@@ -68,6 +73,10 @@ struct Args {
   float* ws_m;
   float* ws_l;
   float* ws_acc;
+  int fuse;        // tensor-core decode: one split writes out/lse itself, several merge in the last CTA
+  int* counters;   // per (unit, blockIdx.y): arrivals of that row group's splits (zero between launches)
+  float* out;
+  float* lse;
 };
 
 __device__ __forceinline__ void load8(const float* p, float (&x)[8]) {
@@ -419,11 +428,179 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
 constexpr int MMA_D = 128, MMA_R = 4, MMA_WARPS = 4, MMA_TT = 16 * MMA_WARPS;
 constexpr int MMA_RB = MMA_D * 2, MMA_RBP = MMA_RB + 16;  // padded rows: conflict-free ldmatrix
 
-template <int STG, int MINB = 1>
+// One warp, one 16-token tile: S = Q K^T for its 4 query rows, online softmax, O += P V.
+// kt / vt: the tile's 16 K and V rows in shared memory, MMA_RBP bytes apart.
+// The A operand's rows 0-3 carry the bf16 hi parts of the 4 query rows (Q, then P) and rows 4-7
+// their lo parts, so one MMA does what a hi and a lo MMA did (half the tensor-core work); lane L
+// (row g) and lane L ^ 16 (row g ^ 4) then add their halves and run identical softmax math.
+__device__ __forceinline__ void mma_tile16(const char* kt, const char* vt, int tw, int t1, int loffset, float my_qp,
+                                           float my_slope, int window, const uint32_t (&qa)[8][2],
+                                           float (&acc)[16][4], float& m_run, float& l_run, int L, int t) {
+  // S (rows = query rows, cols = 16 tokens as two n-tiles of 8)
+  // two accumulators per n-tile (even / odd k-chunks): independent MMA chains of 4, not 8
+  float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+  float sc2[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+  for (int kp = 0; kp < 4; ++kp)  // 32 dims per ldmatrix.x4: two k-chunks
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      uint32_t b[4];
+      ldsm_x4(b, kt + (nt * 8 + L % 8) * MMA_RBP + (kp * 32 + (L / 8) * 8) * 2);
+      mma16816(sc[nt], qa[2 * kp][0], 0u, qa[2 * kp][1], 0u, b[0], b[1]);
+      mma16816(sc2[nt], qa[2 * kp + 1][0], 0u, qa[2 * kp + 1][1], 0u, b[2], b[3]);
+    }
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt) {
+    sc[nt][0] += sc2[nt][0], sc[nt][1] += sc2[nt][1];
+    sc[nt][0] += __shfl_xor_sync(0xffffffffu, sc[nt][0], 16);  // hi + lo (commutative: both lanes agree)
+    sc[nt][1] += __shfl_xor_sync(0xffffffffu, sc[nt][1], 16);
+  }
+  // online softmax on row g: this lane holds tokens nt*8 + 2t + {0,1}
+  float mx = -INFINITY;
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int tok = tw + nt * 8 + 2 * t + e;
+      const float rel = float(loffset + tok) - my_qp;
+      const bool masked = tok >= t1 || (window > 0 && rel <= -float(window));
+      sc[nt][e] = masked ? -INFINITY : fmaf(my_slope, rel, sc[nt][e]);
+      mx = fmaxf(mx, sc[nt][e]);
+    }
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+  const float mnew = fmaxf(m_run, mx);
+  const float corr = mnew == -INFINITY ? 1.f : ex2(m_run - mnew);
+  float p[2][2];
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float x = sc[nt][e];
+      p[nt][e] = mnew == -INFINITY ? (x != x ? x : 0.f) : ex2(x - mnew);  // NaN poison survives
+    }
+  l_run = l_run * corr + p[0][0] + p[0][1] + p[1][0] + p[1][1];
+  m_run = mnew;
+  // A fragment of P (k = tokens 2t,2t+1 and 2t+8,2t+9): hi parts in rows 0-3, lo parts in rows 4-7
+  const bool lo_half = L >= 16;
+  uint32_t pa0, pa1, hi, lo;
+  split_bf16(p[0][0], p[0][1], hi, lo);
+  pa0 = lo_half ? lo : hi;
+  split_bf16(p[1][0], p[1][1], hi, lo);
+  pa1 = lo_half ? lo : hi;
+#pragma unroll
+  for (int np = 0; np < 8; ++np) {  // 16 dims per ldmatrix.x4.trans: two n-tiles of V
+    uint32_t b[4];
+    ldsm_x4_t(b, vt + ((L / 8) % 2 * 8 + L % 8) * MMA_RBP + (np * 16 + (L / 16) * 8) * 2);
+#pragma unroll
+    for (int h2 = 0; h2 < 2; ++h2) {
+      float (&c)[4] = acc[np * 2 + h2];
+      c[0] *= corr, c[1] *= corr;
+      mma16816(c, pa0, 0u, pa1, 0u, b[2 * h2], b[2 * h2 + 1]);
+    }
+  }
+}
+
+// After the last tile: rows g and g ^ 4 of the accumulator hold the hi and lo parts of one row.
+__device__ __forceinline__ void fold_halves(float (&acc)[16][4]) {
+#pragma unroll
+  for (int n = 0; n < 16; ++n) {
+    acc[n][0] += __shfl_xor_sync(0xffffffffu, acc[n][0], 16);
+    acc[n][1] += __shfl_xor_sync(0xffffffffu, acc[n][1], 16);
+  }
+}
+
+// Q fragments (A operand) of this lane: row g < 4 the bf16 hi part of query row g, row g >= 4 the
+// lo part of query row g - 4 (rows 8..15 are zero); query rows past rows.n are zero.
+__device__ __forceinline__ void load_q_frags(const Args& a, const Rows& rows, int kvh, int g, int t,
+                                             uint32_t (&qa)[8][2]) {
+  const int r = g & 3;
+  const bool real = r < rows.n, lo_half = g >= 4;
+  const float kscale = a.p.k_scale ? a.p.k_scale[kvh] : 1.f;
+  const float* qr = a.q + (size_t(rows.seq[real ? r : 0]) * a.p.q_heads + rows.head[real ? r : 0]) * MMA_D;
+  const float qs = real ? a.p.sm_scale * kscale * LOG2E : 0.f;
+  uint32_t hi, lo;
+#pragma unroll
+  for (int kc = 0; kc < 8; ++kc) {
+    split_bf16(qr[kc * 16 + 2 * t] * qs, qr[kc * 16 + 2 * t + 1] * qs, hi, lo);
+    qa[kc][0] = lo_half ? lo : hi;
+    split_bf16(qr[kc * 16 + 2 * t + 8] * qs, qr[kc * 16 + 2 * t + 9] * qs, hi, lo);
+    qa[kc][1] = lo_half ? lo : hi;
+  }
+}
+
+// Final output of one row, as combine_kernel writes it (NaN poison kept, empty rows 0 / -inf).
+__device__ __forceinline__ float fin_out(float A, float L, float vs) {
+  return L > 0.f ? A * vs / L : (isnan(L) ? NAN : 0.f);
+}
+__device__ __forceinline__ float fin_lse(float M, float L) {
+  return L > 0.f ? (M + log2f(L)) / LOG2E : (isnan(L) ? NAN : -INFINITY);
+}
+
+// Fused split combine: each CTA publishes its partial, then takes a ticket; the last of the
+// gridDim.x splits of this (unit, blockIdx.y) merges them, so no second kernel launch is needed.
+// The counter resets itself for the next launch (graph replays included).
+__device__ __forceinline__ bool last_to_arrive(const Args& a) {
+  __shared__ int s_last;
+  __threadfence();  // this CTA's partial is visible device-wide before its ticket
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* c = a.counters + (size_t(blockIdx.z) * gridDim.y + blockIdx.y);
+    const int prev = atomicAdd(c, 1);
+    s_last = prev == int(gridDim.x) - 1;
+    if (s_last) atomicExch(c, 0);
+  }
+  __syncthreads();
+  return s_last;
+}
+
+// One warp merges the nslots partials of row o (head_dim 128: 4 dims a lane): max and weights with
+// the slots spread over the lanes, then a branch-free pass over the slots whose loads are all
+// independent (L2 reads, not the possibly stale L1). wsm: nslots floats of shared memory.
+__device__ __forceinline__ void combine_row(const Args& a, size_t o, float vs, int lane, float* wsm) {
+  const int S = a.nslots;
+  const float* m = a.ws_m + o * S;
+  const float* l = a.ws_l + o * S;
+  float M = -INFINITY;
+  for (int s = lane; s < S; s += 32) M = fmaxf(M, __ldcg(m + s));
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+  float Ls = 0.f;
+  bool nan = false;
+  for (int s = lane; s < S; s += 32) {
+    const float ms = __ldcg(m + s), ls = __ldcg(l + s);
+    const float w = ms == -INFINITY ? 0.f : exp2f(ms - M);  // an empty split weighs 0
+    wsm[s] = w;
+    nan |= isnan(ls);
+    Ls += ms == -INFINITY ? 0.f : ls * w;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) Ls += __shfl_xor_sync(0xffffffffu, Ls, off);
+  nan = __any_sync(0xffffffffu, nan);
+  __syncwarp();
+  const float4* acc = reinterpret_cast<const float4*>(a.ws_acc + o * S * MMA_D) + lane;
+  float4 A = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+  for (int s = 0; s < S; ++s) {
+    const float4 x = __ldcg(acc + size_t(s) * (MMA_D / 4));
+    const float w = wsm[s];
+    A.x = fmaf(x.x, w, A.x), A.y = fmaf(x.y, w, A.y), A.z = fmaf(x.z, w, A.z), A.w = fmaf(x.w, w, A.w);
+  }
+  __syncwarp();
+  const float Lt = nan ? NAN : Ls;
+  reinterpret_cast<float4*>(a.out + o * MMA_D)[lane] =
+      make_float4(fin_out(A.x, Lt, vs), fin_out(A.y, Lt, vs), fin_out(A.z, Lt, vs), fin_out(A.w, Lt, vs));
+  if (lane == 0 && a.lse) a.lse[o] = fin_lse(M, Lt);
+}
+
+template <int STG, int MINB = 1, bool PF = false>
 __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   extern __shared__ __align__(16) float smem[];
   const int H = a.p.kv_heads, warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4;
   const int unit = blockIdx.z, kvh = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
+  // the span CSR offsets do not depend on the lengths: load them alongside, not after
+  int sp0 = 0, sp1 = 0;
+  if (a.kind == SPANS) sp0 = a.sptr[unit], sp1 = a.sptr[unit + 1];
   Rows rows;
   int src_len, loffset;
   unit_rows(a, unit, kvh, chunk, MMA_R, rows, src_len, loffset);
@@ -434,44 +611,26 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   const int span = max(0, src_len - lo), per = (span + gridDim.x - 1) / gridDim.x;
   const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
 
-  // this lane's query row is g (rows 4..7 are padding); A fragments of Q, hi and lo, per 16-dim chunk
-  const bool real = g < rows.n;
-  const float kscale = a.p.k_scale ? a.p.k_scale[kvh] : 1.f;
-  const float* qr = a.q + (size_t(rows.seq[real ? g : 0]) * a.p.q_heads + rows.head[real ? g : 0]) * MMA_D;
-  const float qs = real ? a.p.sm_scale * kscale * LOG2E : 0.f;
-  uint32_t qa_hi[8][2], qa_lo[8][2];
-#pragma unroll
-  for (int kc = 0; kc < 8; ++kc) {
-    split_bf16(qr[kc * 16 + 2 * t] * qs, qr[kc * 16 + 2 * t + 1] * qs, qa_hi[kc][0], qa_lo[kc][0]);
-    split_bf16(qr[kc * 16 + 2 * t + 8] * qs, qr[kc * 16 + 2 * t + 9] * qs, qa_hi[kc][1], qa_lo[kc][1]);
-  }
-  const float my_qp = real ? float(rows.qpos[g]) : 0.f;
-  const float my_slope = real && a.p.alibi ? a.p.alibi[rows.head[g]] * LOG2E : 0.f;
-  float acc[16][4];
-#pragma unroll
-  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-  float m_run = -INFINITY, l_run = 0.f;
-
   const uint16_t* K = static_cast<const uint16_t*>(a.k);
   const uint16_t* V = static_cast<const uint16_t*>(a.v);
   const int bs = a.p.block_size, bs_shift = (bs & (bs - 1)) ? -1 : __ffs(bs) - 1;
   const int32_t* table = a.table + size_t(unit) * a.max_blocks;
-  int si = 0, sstart = 0, send = 0, nsp = 0;
+  int si = 0, sstart = 0, send = 0, nsp = 0, cur = 0;  // spans cursor; cur: its span's first block
   const int32_t* sblk = nullptr;
   const int32_t* slen = nullptr;
   if (a.kind == SPANS) {
-    sblk = a.sblk + a.sptr[unit];
-    slen = a.slen + a.sptr[unit];
-    nsp = a.sptr[unit + 1] - a.sptr[unit];
-    send = nsp ? slen[0] : 0;
+    sblk = a.sblk + sp0;
+    slen = a.slen + sp0;
+    nsp = sp1 - sp0;
+    if (nsp) send = slen[0], cur = sblk[0];  // two independent loads
   }
   auto slot_of = [&](int tok) -> int64_t {
     if (a.kind == CONTIG) return int64_t(unit) * a.stride + tok;
     if (a.kind == PAGED)
       return bs_shift >= 0 ? int64_t(table[tok >> bs_shift]) * bs + (tok & (bs - 1))
                            : int64_t(table[tok / bs]) * bs + tok % bs;
-    while (tok >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si];
-    return int64_t(sblk[si]) * bs + (tok - sstart);
+    while (tok >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si], cur = sblk[si];
+    return int64_t(cur) * bs + (tok - sstart);
   };
   char* stage_base = reinterpret_cast<char*>(smem);
   constexpr int stage_bytes = 2 * MMA_TT * MMA_RBP, CPR = MMA_RB / 16;
@@ -513,82 +672,41 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
                                          : slot_of(tok);
         const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
         char* dk = st + j * MMA_RBP + part * 16;
-        cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
-        cp_async16(dk + MMA_TT * MMA_RBP, reinterpret_cast<const char*>(V) + off, ok);
+        if constexpr (PF) {
+          cp_async16_pf(dk, reinterpret_cast<const char*>(K) + off, ok);
+          cp_async16_pf(dk + MMA_TT * MMA_RBP, reinterpret_cast<const char*>(V) + off, ok);
+        } else {
+          cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
+          cp_async16(dk + MMA_TT * MMA_RBP, reinterpret_cast<const char*>(V) + off, ok);
+        }
       }
     }
     cp_async_commit();
   };
+  // K/V loads first: Q's global loads then overlap the first tiles' latency instead of preceding it
 #pragma unroll
   for (int i = 0; i < STG - 1; ++i) issue(i);
+
+  uint32_t qa[8][2];
+  load_q_frags(a, rows, kvh, g, t, qa);
+  const bool rreal = (g & 3) < rows.n;  // both halves of a row mask and scale alike
+  const float my_qp = rreal ? float(rows.qpos[g & 3]) : 0.f;
+  const float my_slope = rreal && a.p.alibi ? a.p.alibi[rows.head[g & 3]] * LOG2E : 0.f;
+  float acc[16][4];
+#pragma unroll
+  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  float m_run = -INFINITY, l_run = 0.f;
+
   for (int step = 0; step < nsteps; ++step) {
     cp_async_wait<STG - 2>();
     __syncthreads();
     issue(step + STG - 1);
     const char* kt = stage_base + (step % STG) * stage_bytes + warp * 16 * MMA_RBP;  // this warp's 16 tokens
-    const char* vt = kt + MMA_TT * MMA_RBP;
-    const int tw = t0 + step * MMA_TT + warp * 16;
-    // S (rows = query rows, cols = 16 tokens as two n-tiles of 8)
-    // two accumulators per n-tile (even / odd k-chunks): four independent MMA chains of 8
-    // instead of two of 16, since each mma.sync waits for the previous one on its accumulator
-    float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-    float sc2[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-#pragma unroll
-    for (int kp = 0; kp < 4; ++kp)  // 32 dims per ldmatrix.x4: two k-chunks
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        uint32_t b[4];
-        ldsm_x4(b, kt + (nt * 8 + L % 8) * MMA_RBP + (kp * 32 + (L / 8) * 8) * 2);
-        mma16816(sc[nt], qa_hi[2 * kp][0], 0u, qa_hi[2 * kp][1], 0u, b[0], b[1]);
-        mma16816(sc2[nt], qa_hi[2 * kp + 1][0], 0u, qa_hi[2 * kp + 1][1], 0u, b[2], b[3]);
-        mma16816(sc[nt], qa_lo[2 * kp][0], 0u, qa_lo[2 * kp][1], 0u, b[0], b[1]);
-        mma16816(sc2[nt], qa_lo[2 * kp + 1][0], 0u, qa_lo[2 * kp + 1][1], 0u, b[2], b[3]);
-      }
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) sc[nt][0] += sc2[nt][0], sc[nt][1] += sc2[nt][1];
-    // online softmax on row g: this lane holds tokens nt*8 + 2t + {0,1}
-    float mx = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int tok = tw + nt * 8 + 2 * t + e;
-        const float rel = float(loffset + tok) - my_qp;
-        const bool masked = tok >= t1 || (a.p.window > 0 && rel <= -float(a.p.window));
-        sc[nt][e] = masked ? -INFINITY : fmaf(my_slope, rel, sc[nt][e]);
-        mx = fmaxf(mx, sc[nt][e]);
-      }
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float mnew = fmaxf(m_run, mx);
-    const float corr = mnew == -INFINITY ? 1.f : ex2(m_run - mnew);
-    float p[2][2];
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float x = sc[nt][e];
-        p[nt][e] = mnew == -INFINITY ? (x != x ? x : 0.f) : ex2(x - mnew);  // NaN poison survives
-      }
-    l_run = l_run * corr + p[0][0] + p[0][1] + p[1][0] + p[1][1];
-    m_run = mnew;
-    uint32_t pa_hi0, pa_lo0, pa_hi1, pa_lo1;  // A fragment of P: k = tokens 2t,2t+1 and 2t+8,2t+9
-    split_bf16(p[0][0], p[0][1], pa_hi0, pa_lo0);
-    split_bf16(p[1][0], p[1][1], pa_hi1, pa_lo1);
-#pragma unroll
-    for (int np = 0; np < 8; ++np) {  // 16 dims per ldmatrix.x4.trans: two n-tiles of V
-      uint32_t b[4];
-      ldsm_x4_t(b, vt + ((L / 8) % 2 * 8 + L % 8) * MMA_RBP + (np * 16 + (L / 16) * 8) * 2);
-#pragma unroll
-      for (int h2 = 0; h2 < 2; ++h2) {
-        float (&c)[4] = acc[np * 2 + h2];
-        c[0] *= corr, c[1] *= corr;
-        mma16816(c, pa_hi0, 0u, pa_hi1, 0u, b[2 * h2], b[2 * h2 + 1]);
-        mma16816(c, pa_lo0, 0u, pa_lo1, 0u, b[2 * h2], b[2 * h2 + 1]);
-      }
-    }
+    mma_tile16(kt, kt + MMA_TT * MMA_RBP, t0 + step * MMA_TT + warp * 16, t1, loffset, my_qp, my_slope,
+               a.p.window, qa, acc, m_run, l_run, L, t);
   }
   cp_async_wait<0>();
+  fold_halves(acc);
   __syncthreads();
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
@@ -606,6 +724,9 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
     if (t == 0) s_m[warp * RMAX + g] = m_run, s_l[warp * RMAX + g] = l_run;
   }
   __syncthreads();
+  // one split: the CTA holds the whole row, so it writes the output itself (no combine)
+  const bool direct = a.fuse && gridDim.x == 1;
+  const float vs = a.p.v_scale ? a.p.v_scale[kvh] : 1.f;
   const int slot = a.slot0 + blockIdx.x;
   for (int idx = threadIdx.x; idx < rows.n * D; idx += THREADS) {
     const int r = idx / D, d = idx % D;
@@ -622,9 +743,148 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
       A += s_acc[(w * RMAX + r) * D + d] * c;
     }
     const size_t o = size_t(rows.seq[r]) * a.p.q_heads + rows.head[r];
-    a.ws_acc[(o * a.nslots + slot) * D + d] = nan ? NAN : A;
-    if (d == 0) a.ws_m[o * a.nslots + slot] = M, a.ws_l[o * a.nslots + slot] = nan ? NAN : Lsum;
+    if (direct) {
+      const float Lt = nan ? NAN : Lsum;  // Lsum is 0 when the row saw no key (M = -inf)
+      a.out[o * D + d] = fin_out(M == -INFINITY ? 0.f : A, Lt, vs);
+      if (d == 0 && a.lse) a.lse[o] = fin_lse(M, Lt);
+    } else {
+      a.ws_acc[(o * a.nslots + slot) * D + d] = nan ? NAN : A;
+      if (d == 0) a.ws_m[o * a.nslots + slot] = M, a.ws_l[o * a.nslots + slot] = nan ? NAN : Lsum;
+    }
   }
+  if (direct || !a.fuse) return;
+  if (!last_to_arrive(a)) return;
+  if (warp < rows.n) combine_row(a, size_t(rows.seq[warp]) * a.p.q_heads + rows.head[warp], vs, L, smem + warp * a.nslots);
+}
+
+// ---- wide tensor-core path: HPC kv heads per CTA, one warp each, 16-token tiles ----------------
+// vLLM's cache is [blocks, block_size, Hkv, d]: a token's kv heads sit next to each other, so a CTA
+// that takes HPC heads of a token range reads HPC x 256 contiguous bytes per token (a whole 32 KB
+// block of 16 tokens when HPC = Hkv = 8) with one table / span lookup per tile, instead of 256-byte
+// pieces at a 2 KB stride. Each warp sees every token of the tile for its own head, so the warps
+// need no merge at the end.
+constexpr int WT = 16;  // tokens per tile: one m16n8k16 k-step of P V
+
+template <int HPC, int STG>
+__global__ void __launch_bounds__(32 * HPC, 1) wide_kernel(Args a) {
+  extern __shared__ __align__(16) float smem[];
+  const int H = a.p.kv_heads, warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4;
+  const int unit = blockIdx.z, hg = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
+  const int kvh = hg * HPC + warp;
+  int sp0 = 0, sp1 = 0;
+  if (a.kind == SPANS) sp0 = a.sptr[unit], sp1 = a.sptr[unit + 1];
+  Rows rows;
+  int src_len, loffset;
+  unit_rows(a, unit, kvh, chunk, MMA_R, rows, src_len, loffset);  // rows.n and qpos: the same for every warp
+  if (rows.n == 0) return;
+  int lo = src_len;
+  for (int r = 0; r < rows.n; ++r)
+    lo = min(lo, a.p.window > 0 ? max(0, rows.qpos[r] - a.p.window + 1 - loffset) : 0);
+  lo &= ~(WT - 1);  // tiles start on 16-token boundaries (one paged block); tokens below the window stay masked
+  const int span = max(0, src_len - lo), per = ((span + gridDim.x - 1) / gridDim.x + WT - 1) & ~(WT - 1);
+  const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
+
+  const uint16_t* K = static_cast<const uint16_t*>(a.k);
+  const uint16_t* V = static_cast<const uint16_t*>(a.v);
+  const int bs = a.p.block_size, bs_shift = (bs & (bs - 1)) ? -1 : __ffs(bs) - 1;
+  const int32_t* table = a.table + size_t(unit) * a.max_blocks;
+  int si = 0, sstart = 0, send = 0, nsp = 0, cur = 0;  // spans cursor; cur: its span's first block
+  const int32_t* sblk = nullptr;
+  const int32_t* slen = nullptr;
+  if (a.kind == SPANS) {
+    sblk = a.sblk + sp0;
+    slen = a.slen + sp0;
+    nsp = sp1 - sp0;
+    if (nsp) send = slen[0], cur = sblk[0];  // two independent loads
+  }
+  auto slot_of = [&](int tok) -> int64_t {
+    if (a.kind == CONTIG) return int64_t(unit) * a.stride + tok;
+    if (a.kind == PAGED)
+      return bs_shift >= 0 ? int64_t(table[tok >> bs_shift]) * bs + (tok & (bs - 1))
+                           : int64_t(table[tok / bs]) * bs + tok % bs;
+    while (tok >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si], cur = sblk[si];
+    return int64_t(cur) * bs + (tok - sstart);
+  };
+  // stage: K then V, each [HPC heads][16 tokens][MMA_RBP]; a thread copies 16 bytes (part) of one
+  // head's row for 8 of the 16 tokens (j = 2i + tsub): consecutive threads, consecutive addresses
+  constexpr int KB = HPC * WT * MMA_RBP, stage_bytes = 2 * KB;
+  char* stage_base = reinterpret_cast<char*>(smem);
+  const int nsteps = t1 > t0 ? (t1 - t0 + WT - 1) / WT : 0;
+  const int part = threadIdx.x % 16, hh = (threadIdx.x / 16) % HPC, tsub = threadIdx.x / (16 * HPC);
+  const size_t head_off = size_t(hg * HPC + hh) * MMA_RB + size_t(part) * 16;
+  auto issue = [&](int step) {
+    if (step < nsteps) {
+      char* st = stage_base + (step % STG) * stage_bytes;
+      const int tb = t0 + step * WT;
+      int64_t base = -1;  // the tile's 16 tokens in consecutive slots: one lookup (uniform per CTA)
+      if (a.kind == CONTIG) base = int64_t(unit) * a.stride + tb;
+      else if (a.kind == PAGED) { if (bs_shift >= 0 && (tb & (bs - 1)) + WT <= bs) base = slot_of(tb); }
+      else { const int64_t s0 = slot_of(tb); if (min(t1, tb + WT) <= send) base = s0; }
+#pragma unroll
+      for (int i = 0; i < WT / 2; ++i) {
+        const int j = 2 * i + tsub, tok = tb + j;
+        const bool ok = tok < t1;
+        const int64_t slot = !ok ? 0 : base >= 0 ? base + j : slot_of(tok);
+        const size_t off = ok ? size_t(slot) * H * MMA_RB + head_off : 0;
+        char* dk = st + (hh * WT + j) * MMA_RBP + part * 16;
+        cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
+        cp_async16(dk + KB, reinterpret_cast<const char*>(V) + off, ok);
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int i = 0; i < STG - 1; ++i) issue(i);
+
+  uint32_t qa[8][2];
+  load_q_frags(a, rows, kvh, g, t, qa);
+  const bool real = g < rows.n;  // lanes that hold a finished row at the end (g < 4)
+  const bool rreal = (g & 3) < rows.n;  // both halves of a row mask and scale alike
+  const float my_qp = rreal ? float(rows.qpos[g & 3]) : 0.f;
+  const float my_slope = rreal && a.p.alibi ? a.p.alibi[rows.head[g & 3]] * LOG2E : 0.f;
+  float acc[16][4];
+#pragma unroll
+  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  float m_run = -INFINITY, l_run = 0.f;
+
+  for (int step = 0; step < nsteps; ++step) {
+    cp_async_wait<STG - 2>();
+    __syncthreads();
+    issue(step + STG - 1);
+    const char* kt = stage_base + (step % STG) * stage_bytes + warp * WT * MMA_RBP;  // this warp's head
+    mma_tile16(kt, kt + KB, t0 + step * WT, t1, loffset, my_qp, my_slope, a.p.window, qa, acc, m_run, l_run, L, t);
+  }
+  cp_async_wait<0>();
+  fold_halves(acc);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  const size_t o = real ? size_t(rows.seq[g]) * a.p.q_heads + rows.head[g] : 0;
+  const float vs = a.p.v_scale ? a.p.v_scale[kvh] : 1.f;
+  if (a.fuse && gridDim.x == 1) {  // one split: write the output directly
+    if (real) {
+      const float Lt = isnan(l_run) ? NAN : (m_run == -INFINITY ? 0.f : l_run);
+      const float w = m_run == -INFINITY ? 0.f : 1.f;
+      float* dst = a.out + o * MMA_D + 2 * t;
+#pragma unroll
+      for (int n = 0; n < 16; ++n)
+        *reinterpret_cast<float2*>(dst + n * 8) = make_float2(fin_out(acc[n][0] * w, Lt, vs), fin_out(acc[n][1] * w, Lt, vs));
+      if (t == 0 && a.lse) a.lse[o] = fin_lse(m_run, Lt);
+    }
+    return;
+  }
+  const int slot = a.slot0 + blockIdx.x;
+  if (real) {
+    const bool nan = isnan(l_run);
+    float* dst = a.ws_acc + (o * a.nslots + slot) * MMA_D + 2 * t;
+#pragma unroll
+    for (int n = 0; n < 16; ++n)
+      *reinterpret_cast<float2*>(dst + n * 8) = nan ? make_float2(NAN, NAN) : make_float2(acc[n][0], acc[n][1]);
+    if (t == 0) a.ws_m[o * a.nslots + slot] = m_run, a.ws_l[o * a.nslots + slot] = l_run;
+  }
+  if (!a.fuse) return;
+  if (!last_to_arrive(a)) return;
+  for (int r = 0; r < rows.n; ++r)
+    combine_row(a, size_t(rows.seq[r]) * a.p.q_heads + rows.head[r], vs, L, smem + warp * a.nslots);
 }
 
 // The prefix pass of a hybrid call with up to 16 query rows per CTA (four sequences' GQA-4 heads):
@@ -882,6 +1142,24 @@ struct Workspace {
   }
 } g_ws;
 
+// Arrival counters of the fused split combine: zeroed once when grown, then each launch's last CTA
+// of a row group resets its own (so a captured graph replays with them at zero).
+struct Counters {
+  int* ptr = nullptr;
+  size_t n = 0;
+  int* get(size_t need, cudaStream_t s) {
+    if (need > n) {
+      if (ptr) cudaFree(ptr);
+      ptr = nullptr;
+      if (cudaMalloc(&ptr, need * sizeof(int)) != cudaSuccess ||
+          cudaMemsetAsync(ptr, 0, need * sizeof(int), s) != cudaSuccess)
+        return n = 0, nullptr;
+      n = need;
+    }
+    return ptr;
+  }
+} g_cnt;
+
 cudaStream_t stream_of(const kvx_params& p) { return static_cast<cudaStream_t>(p.stream); }
 
 int fail(const std::string& msg) {
@@ -910,6 +1188,10 @@ int fast_variant() {
 struct Choice {
   const void* fn;
   size_t smem;
+  int threads = THREADS;
+  int hpc = 1;        // kv heads per CTA (grid.y = kv_heads / hpc x row chunks)
+  int fuse = 0;  // decode: 0 combine_kernel merges the splits; 1 a single split writes the output
+                // itself (else combine_kernel); 2 also several splits merge in the last CTA
 };
 
 template <typename T, int RMAX, bool FAST, int STG = STAGES, int MINB = (RMAX <= 4 ? 4 : 2)>
@@ -920,22 +1202,43 @@ Choice choice_t(int D) {
   return {reinterpret_cast<const void*>(partial_kernel<T, RMAX, FAST, STG, MINB>), merge > stages ? merge : stages};
 }
 
-template <int STG, int MINB = 1>
-Choice choice_mma() {
-  return {reinterpret_cast<const void*>(mma_kernel<STG, MINB>), size_t(STG) * 2 * MMA_TT * MMA_RBP};
+template <int STG, int MINB = 1, bool PF = false>
+Choice choice_mma(int fuse = 1) {
+  Choice c{reinterpret_cast<const void*>(mma_kernel<STG, MINB, PF>), size_t(STG) * 2 * MMA_TT * MMA_RBP};
+  c.fuse = fuse;
+  return c;
 }
 
-// Variants (KVX_CUDA_VARIANT, for benchmarks) of the GQA-4 head_dim-128 path: 0/4 tensor cores with
-// a 3-stage pipeline (default), 5: 2 stages and 3 CTAs/SM, 6: 4 stages; CUDA cores: 7 (the
-// default for f32/fp8), 1-3 other pipeline/occupancy trade-offs.
+template <int HPC, int STG = 3>
+Choice choice_wide(const kvx_params& p) {
+  if (p.kv_heads % HPC) return choice_mma<3>();
+  Choice c{reinterpret_cast<const void*>(wide_kernel<HPC, STG>), size_t(STG) * 2 * HPC * WT * MMA_RBP};
+  c.threads = 32 * HPC, c.hpc = HPC, c.fuse = 2;
+  return c;
+}
+
+// Variants (KVX_CUDA_VARIANT, for benchmarks) of the GQA-4 head_dim-128 path. Tensor cores: 0 the
+// default (below); one kv head per CTA, 3-stage pipeline (mma_kernel) with 8: combine_kernel always
+// (v11), 11: a single split writes the output itself, 4: several splits also merge in their last
+// CTA; 12: as 11 with an L2::256B prefetch hint on the K/V copies; 9 / 10: 4 / 8 kv heads per CTA
+// (wide_kernel), merging in the last CTA; 5: 2 stages and 3 CTAs/SM, 6: 4 stages. CUDA cores: 7
+// (the default for f32/fp8), 1-3 other trade-offs.
 template <typename T>
-Choice choice_fast(int D) {
+Choice choice_fast(const kvx_params& p, int units) {
   const int v = fast_variant();
+  const int D = p.head_dim;
   if constexpr (sizeof(T) == 2) {
-    if (v == 0 || v == 4) return choice_mma<3>();
+    if (v == 0) return choice_mma<3>();
+    if (v == 4) return choice_mma<3>(2);
+    if (v == 8) return choice_mma<3>(0);
+    if (v == 11) return choice_mma<3>(1);
+    if (v == 12) return choice_mma<3, 1, true>(1);
+    if (v == 9) return choice_wide<4>(p);
+    if (v == 10) return choice_wide<8>(p);
     if (v == 5) return choice_mma<2, 3>();
     if (v == 6) return choice_mma<4>();
   }
+  (void)units;
   switch (v) {
     case 1: return choice_t<T, 4, true, 2, 6>(D);
     case 2: return choice_t<T, 4, true, 4, 4>(D);
@@ -945,12 +1248,12 @@ Choice choice_fast(int D) {
 }
 
 template <typename T>
-Choice choice_r(const kvx_params& p, int rmax) {
+Choice choice_r(const kvx_params& p, int rmax, int units) {
   const bool fast = p.head_dim == 128 && (p.q_heads / p.kv_heads) % 4 == 0;  // every CTA gets 4 rows
   switch (rmax) {
     case 1: return choice_t<T, 1, false>(p.head_dim);
     case 2: return choice_t<T, 2, false>(p.head_dim);
-    case 4: return fast ? choice_fast<T>(p.head_dim) : choice_t<T, 4, false>(p.head_dim);
+    case 4: return fast ? choice_fast<T>(p, units) : choice_t<T, 4, false>(p.head_dim);
     default: return choice_t<T, 8, false>(p.head_dim);
   }
 }
@@ -964,36 +1267,36 @@ Choice choice_mma16() {
 bool rows16_ok(const kvx_params& p) {
   const int v = fast_variant();
   return p.kv_dtype == KVX_BF16 && p.head_dim == 128 && (p.q_heads / p.kv_heads) % 4 == 0 &&
-         (v == 0 || v == 4 || v == 5 || v == 6);
+         (v == 0 || (v >= 4 && v <= 6) || v >= 8);
 }
 
-Choice choose(const kvx_params& p, int rmax) {
+Choice choose(const kvx_params& p, int rmax, int units) {
   if (rmax == 16) return choice_mma16<2>();
   switch (p.kv_dtype) {
-    case KVX_F32: return choice_r<float>(p, rmax);
-    case KVX_BF16: return choice_r<uint16_t>(p, rmax);
-    default: return choice_r<uint8_t>(p, rmax);
+    case KVX_F32: return choice_r<float>(p, rmax, units);
+    case KVX_BF16: return choice_r<uint16_t>(p, rmax, units);
+    default: return choice_r<uint8_t>(p, rmax, units);
   }
 }
 
-int resident_per_sm(const kvx_params& p, int rmax) {
-  const Choice c = choose(p, rmax);
+int resident_per_sm(const Choice& c) {
   if (c.smem > 48 * 1024) cudaFuncSetAttribute(c.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(c.smem));
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, c.fn, THREADS, c.smem) != cudaSuccess || n < 1) n = 1;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, c.fn, c.threads, c.smem) != cudaSuccess || n < 1) n = 1;
   return n;
 }
 
-cudaError_t launch(const Args& a, dim3 grid, int rmax) {
-  const Choice c = choose(a.p, rmax);
+cudaError_t launch(const Args& a, const Choice& c, dim3 grid) {
   if (c.smem > 48 * 1024) cudaFuncSetAttribute(c.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(c.smem));
   void* args[] = {const_cast<Args*>(&a)};
-  const cudaError_t e = cudaLaunchKernel(c.fn, grid, dim3(THREADS), args, c.smem, stream_of(a.p));
+  const cudaError_t e = cudaLaunchKernel(c.fn, grid, dim3(c.threads), args, c.smem, stream_of(a.p));
   return e != cudaSuccess ? e : cudaGetLastError();
 }
 
 struct Plan {
   int rmax, chunks, splits;
+  Choice c;
+  int gy(int kv_heads) const { return (kv_heads / c.hpc) * chunks; }  // row groups per unit
 };
 
 Plan plan(const kvx_params* p, int units, int rows_per_unit, int max_len, bool rows16 = false) {
@@ -1001,11 +1304,12 @@ Plan plan(const kvx_params* p, int units, int rows_per_unit, int max_len, bool r
   const int rows = rows_per_unit < 8 ? rows_per_unit : 8;
   pl.rmax = rows16 && rows_per_unit > 4 ? 16 : rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8;
   pl.chunks = (rows_per_unit + pl.rmax - 1) / pl.rmax;
-  const long ctas = long(units) * p->kv_heads * pl.chunks;
+  pl.c = choose(*p, pl.rmax, units);
+  const long ctas = long(units) * (p->kv_heads / pl.c.hpc) * pl.chunks;
   if (p->num_splits > 0) return pl.splits = p->num_splits, pl;
   // split the KV length so the CTAs fill whole waves of what the GPU holds at once (flash-decoding);
   // splits of >= 64 tokens; among equally full wave counts, the fewest splits
-  const long resident = long(resident_per_sm(*p, pl.rmax)) * num_sms();
+  const long resident = long(resident_per_sm(pl.c)) * num_sms();
   const int cap = (max_len + 63) / 64 > 1 ? (max_len + 63) / 64 : 1;
   const int smax = int(std::min<long>(cap, std::max<long>(1, (2 * resident + ctas - 1) / ctas)));
   double best = -1.0;
@@ -1044,8 +1348,15 @@ int run_decode(Args a, int units, float* out, float* lse) {
   if (!ws) return fail("cudaMalloc of the split workspace failed");
   a.ws_m = ws, a.ws_l = ws + NQ * pl.splits, a.ws_acc = ws + 2 * NQ * pl.splits;
   a.chunks = pl.chunks, a.slot0 = 0, a.nslots = pl.splits;
-  cudaError_t e = launch(a, dim3(pl.splits, p.kv_heads * pl.chunks, units), pl.rmax);
-  if (e == cudaSuccess) {
+  // the last-CTA merge keeps one weight per split in shared memory: far more than any plan makes
+  a.fuse = (pl.c.fuse == 2 && pl.splits <= 4096) || (pl.c.fuse >= 1 && pl.splits == 1);
+  a.out = out, a.lse = lse;
+  if (a.fuse && pl.splits > 1) {
+    a.counters = g_cnt.get(size_t(units) * pl.gy(p.kv_heads), stream_of(p));
+    if (!a.counters) return fail("cudaMalloc of the split counters failed");
+  }
+  cudaError_t e = launch(a, pl.c, dim3(pl.splits, pl.gy(p.kv_heads), units));
+  if (e == cudaSuccess && !a.fuse) {
     combine_kernel<<<unsigned(NQ), 128, pl.splits * sizeof(float), stream_of(p)>>>(p, pl.splits, a.ws_m, a.ws_l, a.ws_acc, out, lse);
     e = cudaGetLastError();
   }
@@ -1102,10 +1413,10 @@ int kvx_cuda_hybrid(const kvx_params* p, const float* q, const void* k, const vo
   a.ws_m = ws, a.ws_l = ws + NQ * nslots, a.ws_acc = ws + 2 * NQ * nslots, a.nslots = nslots;
   // prefix pass: one CTA row-chunk holds several sequences' query heads over the same K/V
   a.sptr = pre_ptr, a.sblk = pre_block, a.slen = pre_len, a.chunks = pp.chunks, a.slot0 = 0;
-  cudaError_t e = launch(a, dim3(pp.splits, p->kv_heads * pp.chunks, num_groups), pp.rmax);
+  cudaError_t e = launch(a, pp.c, dim3(pp.splits, pp.gy(p->kv_heads), num_groups));
   if (e == cudaSuccess) {
     a.mode = SUFFIX, a.sptr = suf_ptr, a.sblk = suf_block, a.slen = suf_len, a.chunks = ps.chunks, a.slot0 = pp.splits;
-    e = launch(a, dim3(ps.splits, p->kv_heads * ps.chunks, p->num_seqs), ps.rmax);
+    e = launch(a, ps.c, dim3(ps.splits, ps.gy(p->kv_heads), p->num_seqs));
   }
   if (e == cudaSuccess) {
     combine_kernel<<<unsigned(NQ), 128, nslots * sizeof(float), stream_of(*p)>>>(*p, nslots, a.ws_m, a.ws_l, a.ws_acc, out, lse);
