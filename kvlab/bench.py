@@ -5,6 +5,14 @@ reports that byte count over the median time, against the machine's measured cop
 (a parallel memcpy, bytes read + written). Paged and spans address the same physical allocation
 (each sequence's blocks consecutive, as a fresh pool hands them out), so their difference is the
 cost of the indirection alone; contiguous is the baseline with no metadata at all.
+
+Honest by construction: the copy bandwidth is measured in the same run with the same thread count,
+before and after the grid, and the higher of the two is the reference (a disturbed measurement can
+only lower the reported ratio); each layout gets a warm-up call, then the layouts' timed calls are
+interleaved rep by rep (a disturbance hits all three alike) and the median is reported. Shapes
+whose K/V fit in the last-level cache (1k × 1 and 1k × 4 are 4 and 16 MiB) read from cache, not
+from memory, so their ratio to the copy bandwidth can exceed 1; the goal is judged on 8k/32k at
+batch ≥ 8, where K/V are 0.25–1 GiB.
 """
 
 from __future__ import annotations
@@ -17,9 +25,10 @@ import ml_dtypes
 import numpy as np
 
 CONTEXTS = (1024, 8192, 32768)
-BATCHES = (1, 4, 16, 64)
+BATCHES = (1, 4, 8, 16, 64)
 MAX_TOKENS = 256 * 1024  # B × L cap: 1 GiB of bf16 K+V at 8 kv heads × 128; the box is shared
 SHAPE = dict(q_heads=32, kv_heads=8, head_dim=128, block_size=16)
+LAYOUTS = ("contiguous", "paged", "spans")
 
 
 @dataclass(frozen=True)
@@ -55,42 +64,78 @@ def _inputs(B, L, rng):
     return q, k, v, metas
 
 
+def machine() -> str:
+    import os
+    import platform
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {platform.node()}; {model}; {cpus} CPUs usable; "
+            f"load average {load}")
+
+
 def run(kvx, reps: int = 7, threads: int = 0, out=print, max_tokens: int = MAX_TOKENS,
         batches=BATCHES) -> list[Row]:
+    import os
     rng = np.random.default_rng(0)
-    copy_bw = kvx.copy_bandwidth(512 << 20, 5, threads)
-    out(f"kvx CPU build: {kvx.isa()}; measured copy bandwidth {copy_bw / 1e9:.1f} GB/s (read + write)")
-    out(f"shape: {SHAPE}, bf16 K/V; B×L capped at {max_tokens} tokens; threads: {threads or 'all'}")
+    try:
+        nthreads = threads or int(os.environ.get("OMP_NUM_THREADS", "0").split(",")[0]) or len(os.sched_getaffinity(0))
+    except ValueError:
+        nthreads = len(os.sched_getaffinity(0))
+    out(machine())
+    copy0 = kvx.copy_bandwidth(512 << 20, 5, threads)
+    out(f"kvx CPU build: {kvx.isa()}; measured copy bandwidth {copy0 / 1e9:.1f} GB/s (read + write, "
+        f"512 MiB, median of 5, {nthreads} threads)")
+    out(f"shape: {SHAPE}, bf16 K/V; B×L capped at {max_tokens} tokens; threads: {nthreads}; "
+        f"median of {reps} interleaved reps")
     rows = []
-    hdr = f"{'context':>7} {'batch':>5} " + " ".join(f"{n + ' GB/s':>16}" for n in ("contiguous", "paged", "spans"))
-    out(hdr + f" {'spans/paged':>11} {'spans/copy':>10}")
+    hdr = f"{'context':>7} {'batch':>5} " + " ".join(f"{n + ' GB/s':>16}" for n in LAYOUTS)
+    out(hdr + f" {'spans/paged':>11} {'spans/copy':>10}  (copy: the first measurement)")
     for L in CONTEXTS:
         for B in batches:
             if B * L > max_tokens:
                 continue
             q, k, v, metas = _inputs(B, L, rng)
             nbytes = 2 * B * L * SHAPE["kv_heads"] * SHAPE["head_dim"] * 2
-            got = {}
-            for name in ("contiguous", "paged", "spans"):
-                kk, vv = (k.reshape(B, L, *k.shape[2:]), v.reshape(B, L, *v.shape[2:])) if name == "contiguous" else (k, v)
-                kw = dict(kv_dtype="bf16", sm_scale=SHAPE["head_dim"] ** -0.5, threads=threads)
-                kvx.attend(name, q, kk, vv, metas[name], **kw)  # warm-up
-                ts = []
-                for _ in range(reps):
+            got, ts = {}, {n: [] for n in LAYOUTS}
+            kw = dict(kv_dtype="bf16", sm_scale=SHAPE["head_dim"] ** -0.5, threads=threads)
+            args = {n: (q, *((k.reshape(B, L, *k.shape[2:]), v.reshape(B, L, *v.shape[2:])) if n == "contiguous"
+                             else (k, v)), metas[n]) for n in LAYOUTS}
+            for name in LAYOUTS:
+                kvx.attend(name, *args[name], **kw)  # warm-up
+            for _ in range(reps):
+                for name in LAYOUTS:
                     t0 = time.perf_counter()
-                    kvx.attend(name, q, kk, vv, metas[name], **kw)
-                    ts.append(time.perf_counter() - t0)
-                t = statistics.median(ts)
+                    kvx.attend(name, *args[name], **kw)
+                    ts[name].append(time.perf_counter() - t0)
+            for name in LAYOUTS:
+                t = statistics.median(ts[name])
                 got[name] = Row(L, B, name, t, nbytes / t / 1e9)
                 rows.append(got[name])
-            out(f"{L:>7} {B:>5} " + " ".join(f"{got[n].gbps:>16.1f}" for n in ("contiguous", "paged", "spans"))
-                + f" {got['spans'].gbps / got['paged'].gbps:>11.2f} {got['spans'].gbps * 1e9 / copy_bw:>10.0%}")
+            out(f"{L:>7} {B:>5} " + " ".join(f"{got[n].gbps:>16.1f}" for n in LAYOUTS)
+                + f" {got['spans'].gbps / got['paged'].gbps:>11.2f} {got['spans'].gbps * 1e9 / copy0:>10.0%}")
+            del q, k, v, metas, args
+    copy1 = kvx.copy_bandwidth(512 << 20, 5, threads)
+    copy_bw = max(copy0, copy1)
     sp = [r for r in rows if r.layout == "spans"]
     pg = {(r.context, r.batch): r for r in rows if r.layout == "paged"}
-    ratio = statistics.median(r.gbps / pg[(r.context, r.batch)].gbps for r in sp)
-    best = max(r.gbps for r in sp)
-    out(f"ratio: spans/paged median {ratio:.2f}; best spans bandwidth {best:.1f} GB/s = "
-        f"{best * 1e9 / copy_bw:.0%} of measured copy bandwidth ({copy_bw / 1e9:.1f} GB/s)")
+    sp_pg = [r.gbps / pg[(r.context, r.batch)].gbps for r in sp]
+    big = [r for r in sp if r.context >= 8192 and r.batch >= 8]
+    out(f"copy bandwidth again after the grid: {copy1 / 1e9:.1f} GB/s; reference = the higher, {copy_bw / 1e9:.1f} GB/s")
+    out(f"spans/paged: median {statistics.median(sp_pg):.2f}, min {min(sp_pg):.2f} over {len(sp_pg)} shapes")
+    best = max(sp, key=lambda r: r.gbps)
+    out(f"best spans bandwidth {best.gbps:.1f} GB/s ({best.context} x {best.batch}) = "
+        f"{best.gbps * 1e9 / copy_bw:.0%} of copy (shapes that fit in the last-level cache can pass 100%)")
+    if big:  # the goal's shapes, printed last
+        lo, hi = min(big, key=lambda r: r.gbps), max(big, key=lambda r: r.gbps)
+        out(f"ratio: spans at 8k/32k x batch >= 8: {lo.gbps * 1e9 / copy_bw:.0%}-{hi.gbps * 1e9 / copy_bw:.0%} of "
+            f"measured copy bandwidth ({lo.gbps:.1f}-{hi.gbps:.1f} of {copy_bw / 1e9:.1f} GB/s; lowest at "
+            f"{lo.context} x {lo.batch})")
     return rows
 
 
