@@ -41,7 +41,8 @@ def test_cuda_oracle_catches_broken_span_end(kvx_cuda):
 def wide_cases():
     """bf16 head_dim-128 GQA cases with 4+ kv heads: the named and random cases have none with 8 kv
     heads, so these reach the tensor-core kernels that take several kv heads per CTA (wide_kernel),
-    long sequences (many splits: the fused combine) and block sizes that break its per-tile lookup."""
+    long sequences (many splits: the fused combine), block sizes that break the per-tile lookup, and
+    batches with more items than resident CTAs (mma_multi_kernel)."""
     from kvlab.scenario import Case
     base = dict(q_heads=32, kv_heads=8, head_dim=128, block_size=16, dtype="bf16", fp8_scale="tensor", alibi=False,
                 window=0, lens=(301, 77), shared_prefix=0, decode_steps=0, fork=(), churn=0, warm_prefix=False,
@@ -56,11 +57,15 @@ def wide_cases():
         ("wide-h4-bs4", {"q_heads": 16, "kv_heads": 4, "block_size": 4, "lens": (700, 5)}),
         ("wide-h8-batch-decode", {"lens": (64, 100, 150, 200, 250, 300, 33, 17, 90, 128, 129, 255),
                                   "decode_steps": 3, "window": 200}),
+        # more (sequence, kv head) items than the H200 holds CTAs (264): several items per CTA
+        ("multi-h8-batch40-churn", {"lens": tuple(17 + 23 * i % 290 for i in range(40)), "churn": 10}),
+        ("multi-h8-batch36-bs8-alibi-window", {"block_size": 8, "alibi": True, "window": 50, "decode_steps": 2,
+                                               "lens": tuple(5 + 37 * i % 200 for i in range(36))}),
     ]
     return [Case(name=name, **{**base, **kw}, seed=5000 + i) for i, (name, kw) in enumerate(specs)]
 
 
-@pytest.mark.parametrize("variant", ["0", "4", "8", "9", "10"])
+@pytest.mark.parametrize("variant", ["0", "4", "8", "10", "11"])
 def test_cuda_oracle_wide_bf16_cases(kvx_cuda, monkeypatch, variant):
     from kvlab import ext, oracle
     monkeypatch.setenv("KVX_CUDA_VARIANT", variant)  # the kernel choice of the bf16 GQA-4 d128 path

@@ -757,6 +757,207 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   if (warp < rows.n) combine_row(a, size_t(rows.seq[warp]) * a.p.q_heads + rows.head[warp], vs, L, smem + warp * a.nslots);
 }
 
+// ---- several (unit, kv head) items per CTA, one after another ----------------------------------
+// When one split per item already makes more CTAs than the GPU holds at once (large batch), each
+// CTA takes items u, u + gridDim.z, ... of its kv head through one cp.async pipeline: the next
+// item's first tiles load while this one's last tiles compute, so there is no CTA start (metadata
+// chain, first-tile latency) and no wave boundary between them. Decode, one split, direct output;
+// the warps' merge buffer lies past the stages, which stay in flight across items.
+template <int STG>
+__global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
+  extern __shared__ __align__(16) float smem[];
+  constexpr int stage_bytes = 2 * MMA_TT * MMA_RBP, CPR = MMA_RB / 16, NG = MMA_WARPS, D = MMA_D, RMAX = MMA_R;
+  const int H = a.p.kv_heads, G = a.p.q_heads / H, warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4;
+  const int kvh = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
+  const int nrows = min(RMAX, G - chunk * RMAX);
+  const int nitems = (a.p.num_seqs - int(blockIdx.z) + int(gridDim.z) - 1) / int(gridDim.z);
+  if (nitems <= 0 || nrows <= 0) return;
+  auto unit_of = [&](int i) { return int(blockIdx.z) + i * int(gridDim.z); };
+  const int bs = a.p.block_size, bs_shift = (bs & (bs - 1)) ? -1 : __ffs(bs) - 1, W = a.p.window;
+  const uint16_t* K = static_cast<const uint16_t*>(a.k);
+  const uint16_t* V = static_cast<const uint16_t*>(a.v);
+  char* stage_base = reinterpret_cast<char*>(smem);
+  float* s_acc = reinterpret_cast<float*>(stage_base + STG * stage_bytes);  // [NG][RMAX][D]
+  float* s_m = s_acc + NG * RMAX * D;                                        // [NG][RMAX]
+  float* s_l = s_m + NG * RMAX;
+
+  // issue side: the item whose tiles are being requested, and the next item's metadata (prefetched)
+  int i_item = 0, i_unit = 0, i_step = 0, i_t1 = 0, i_t0 = 0, i_nsteps = 0, issued = 0;
+  int si = 0, sstart = 0, send = 0, nsp = 0, cur = 0;
+  const int32_t* sblk = nullptr;
+  const int32_t* slen = nullptr;
+  const int32_t* table = nullptr;
+  int n_len = 0, n_sp0 = 0, n_sp1 = 0;
+  auto fetch_meta = [&](int unit, int& len, int& sp0, int& sp1) {
+    len = a.seq_lens[unit];
+    if (a.kind == SPANS) sp0 = a.sptr[unit], sp1 = a.sptr[unit + 1];
+  };
+  auto begin_issue = [&](int unit, int len, int sp0, int sp1) {
+    i_unit = unit, i_step = 0;
+    i_t0 = W > 0 ? max(0, len - W) : 0, i_t1 = len;  // decode: the query sits at len - 1
+    i_nsteps = (i_t1 - i_t0 + MMA_TT - 1) / MMA_TT;
+    table = a.table + size_t(unit) * a.max_blocks;
+    si = 0, sstart = 0, send = 0, nsp = 0, cur = 0;
+    if (a.kind == SPANS) {
+      sblk = a.sblk + sp0, slen = a.slen + sp0, nsp = sp1 - sp0;
+      if (nsp) send = slen[0], cur = sblk[0];
+    }
+  };
+  auto slot_of = [&](int tok) -> int64_t {
+    if (a.kind == CONTIG) return int64_t(i_unit) * a.stride + tok;
+    if (a.kind == PAGED)
+      return bs_shift >= 0 ? int64_t(table[tok >> bs_shift]) * bs + (tok & (bs - 1))
+                           : int64_t(table[tok / bs]) * bs + tok % bs;
+    while (tok >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si], cur = sblk[si];
+    return int64_t(cur) * bs + (tok - sstart);
+  };
+  auto issue_next = [&]() {  // the next tile in (item, tile) order, or an empty group past the end
+    if (i_step == i_nsteps && i_item + 1 < nitems) {
+      ++i_item;
+      begin_issue(unit_of(i_item), n_len, n_sp0, n_sp1);
+      if (i_item + 1 < nitems) fetch_meta(unit_of(i_item + 1), n_len, n_sp0, n_sp1);
+    }
+    if (i_step < i_nsteps) {
+      char* st = stage_base + (issued % STG) * stage_bytes;
+      const int tb = i_t0 + i_step * MMA_TT, t1 = i_t1;
+      int64_t base = -1;  // as in mma_kernel: one lookup per tile where the tile is contiguous
+      if (a.kind != PAGED) {
+        const int64_t s0 = slot_of(tb);
+        if (a.kind == CONTIG || min(t1, tb + MMA_TT) <= send) base = s0;
+      }
+      const int part = threadIdx.x % CPR, j0 = (threadIdx.x / CPR) * 8;
+      int64_t run = -1, run2 = -1;
+      int n1 = 8;
+      if (base < 0 && tb + j0 < t1) {
+        const int first = tb + j0;
+        const int64_t s0 = slot_of(first);
+        if (a.kind == PAGED && bs >= 8) {
+          n1 = min(8, bs - (bs_shift >= 0 ? (first & (bs - 1)) : first % bs));
+          run = s0;
+          if (n1 < 8 && first + n1 < t1) run2 = slot_of(first + n1);
+        } else if (a.kind == SPANS && first + 8 <= send) {
+          run = s0;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int j = j0 + i, tok = tb + j;
+        const bool ok = tok < t1;
+        const int64_t slot = !ok ? 0
+                             : base >= 0 ? base + j
+                             : run >= 0  ? (i < n1 ? run + i : run2 + (i - n1))
+                                         : slot_of(tok);
+        const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
+        char* dk = st + j * MMA_RBP + part * 16;
+        cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
+        cp_async16(dk + MMA_TT * MMA_RBP, reinterpret_cast<const char*>(V) + off, ok);
+      }
+      ++i_step;
+    }
+    ++issued;
+    cp_async_commit();
+  };
+
+  {
+    int len0, sp0 = 0, sp1 = 0;
+    fetch_meta(unit_of(0), len0, sp0, sp1);
+    begin_issue(unit_of(0), len0, sp0, sp1);
+  }
+  if (nitems > 1) fetch_meta(unit_of(1), n_len, n_sp0, n_sp1);
+#pragma unroll
+  for (int i = 0; i < STG - 1; ++i) issue_next();
+
+  // compute side: this lane's row rr (hi half in rows 0-3, lo half in rows 4-7, as mma_kernel)
+  const int rr = g & 3;
+  const bool rreal = rr < nrows, lo_half = g >= 4;
+  const int head = kvh * G + chunk * RMAX + (rreal ? rr : 0);
+  const float kscale = a.p.k_scale ? a.p.k_scale[kvh] : 1.f;
+  const float qs = rreal ? a.p.sm_scale * kscale * LOG2E : 0.f;
+  const float my_slope = rreal && a.p.alibi ? a.p.alibi[head] * LOG2E : 0.f;
+  const float vs = a.p.v_scale ? a.p.v_scale[kvh] : 1.f;
+  float qn[32];  // the next item's Q (raw), loaded an item ahead
+  int n_clen = 0;
+  auto fetch_q = [&](int unit) {
+    const float* qr = a.q + (size_t(unit) * a.p.q_heads + head) * D;
+#pragma unroll
+    for (int kc = 0; kc < 8; ++kc) {
+      qn[kc * 4 + 0] = qr[kc * 16 + 2 * t], qn[kc * 4 + 1] = qr[kc * 16 + 2 * t + 1];
+      qn[kc * 4 + 2] = qr[kc * 16 + 2 * t + 8], qn[kc * 4 + 3] = qr[kc * 16 + 2 * t + 9];
+    }
+    n_clen = a.seq_lens[unit];
+  };
+  uint32_t qa[8][2];
+  float acc[16][4];
+  float m_run = -INFINITY, l_run = 0.f, c_qp = 0.f;
+  int c_item = 0, c_unit = 0, c_step = 0, c_nsteps = 0, c_t0 = 0, c_t1 = 0;
+  auto begin_compute = [&](int item) {
+    c_item = item, c_unit = unit_of(item), c_step = 0;
+    const int len = n_clen;
+    c_t0 = W > 0 ? max(0, len - W) : 0, c_t1 = len, c_qp = float(len - 1);
+    c_nsteps = (c_t1 - c_t0 + MMA_TT - 1) / MMA_TT;
+    uint32_t hi, lo;
+#pragma unroll
+    for (int kc = 0; kc < 8; ++kc) {
+      split_bf16(qn[kc * 4] * qs, qn[kc * 4 + 1] * qs, hi, lo);
+      qa[kc][0] = lo_half ? lo : hi;
+      split_bf16(qn[kc * 4 + 2] * qs, qn[kc * 4 + 3] * qs, hi, lo);
+      qa[kc][1] = lo_half ? lo : hi;
+    }
+#pragma unroll
+    for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+    m_run = -INFINITY, l_run = 0.f;
+    if (item + 1 < nitems) fetch_q(unit_of(item + 1));
+  };
+  fetch_q(unit_of(0));
+  begin_compute(0);
+
+  for (int gs = 0;; ++gs) {
+    cp_async_wait<STG - 2>();
+    __syncthreads();
+    issue_next();
+    const char* kt = stage_base + (gs % STG) * stage_bytes + warp * 16 * MMA_RBP;
+    mma_tile16(kt, kt + MMA_TT * MMA_RBP, c_t0 + c_step * MMA_TT + warp * 16, c_t1, 0, c_qp, my_slope, W, qa, acc,
+               m_run, l_run, L, t);
+    if (++c_step < c_nsteps) continue;
+    // this item is done: merge the warps' token groups and write its rows
+    fold_halves(acc);
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+    if (g < RMAX) {
+#pragma unroll
+      for (int n = 0; n < 16; ++n) {
+        s_acc[(warp * RMAX + g) * D + n * 8 + 2 * t] = acc[n][0];
+        s_acc[(warp * RMAX + g) * D + n * 8 + 2 * t + 1] = acc[n][1];
+      }
+      if (t == 0) s_m[warp * RMAX + g] = m_run, s_l[warp * RMAX + g] = l_run;
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < nrows * D; idx += THREADS) {
+      const int r = idx / D, d = idx % D;
+      float M = -INFINITY;
+      for (int w = 0; w < NG; ++w) M = fmaxf(M, s_m[w * RMAX + r]);
+      float Lsum = 0.f, A = 0.f;
+      bool nan = false;
+      for (int w = 0; w < NG; ++w) {
+        const float mg = s_m[w * RMAX + r], lg = s_l[w * RMAX + r];
+        nan |= isnan(lg);
+        if (mg == -INFINITY) continue;
+        const float c = exp2f(mg - M);
+        Lsum += lg * c;
+        A += s_acc[(w * RMAX + r) * D + d] * c;
+      }
+      const size_t o = size_t(c_unit) * a.p.q_heads + kvh * G + chunk * RMAX + r;
+      const float Lt = nan ? NAN : Lsum;
+      a.out[o * D + d] = fin_out(M == -INFINITY ? 0.f : A, Lt, vs);
+      if (d == 0 && a.lse) a.lse[o] = fin_lse(M, Lt);
+    }
+    if (c_item + 1 == nitems) break;
+    // the next item's merge writes come after at least one more barrier at the loop head
+    begin_compute(c_item + 1);
+  }
+  cp_async_wait<0>();
+}
+
 // ---- wide tensor-core path: HPC kv heads per CTA, one warp each, 16-token tiles ----------------
 // vLLM's cache is [blocks, block_size, Hkv, d]: a token's kv heads sit next to each other, so a CTA
 // that takes HPC heads of a token range reads HPC x 256 contiguous bytes per token (a whole 32 KB
@@ -1190,6 +1391,7 @@ struct Choice {
   size_t smem;
   int threads = THREADS;
   int hpc = 1;        // kv heads per CTA (grid.y = kv_heads / hpc x row chunks)
+  bool multi = false;  // decode, one split, more CTAs than fit at once: mma_multi_kernel instead
   int fuse = 0;  // decode: 0 combine_kernel merges the splits; 1 a single split writes the output
                 // itself (else combine_kernel); 2 also several splits merge in the last CTA
 };
@@ -1218,17 +1420,30 @@ Choice choice_wide(const kvx_params& p) {
 }
 
 // Variants (KVX_CUDA_VARIANT, for benchmarks) of the GQA-4 head_dim-128 path. Tensor cores: 0 the
-// default (below); one kv head per CTA, 3-stage pipeline (mma_kernel) with 8: combine_kernel always
+// default: 11, and where one split per item gives more CTAs than fit at once, mma_multi_kernel
+// (several items per CTA); one kv head per CTA, 3-stage pipeline (mma_kernel) with 8: combine_kernel always
 // (v11), 11: a single split writes the output itself, 4: several splits also merge in their last
 // CTA; 12: as 11 with an L2::256B prefetch hint on the K/V copies; 9 / 10: 4 / 8 kv heads per CTA
 // (wide_kernel), merging in the last CTA; 5: 2 stages and 3 CTAs/SM, 6: 4 stages. CUDA cores: 7
 // (the default for f32/fp8), 1-3 other trade-offs.
+int resident_per_sm(const Choice& c);
+
 template <typename T>
 Choice choice_fast(const kvx_params& p, int units) {
   const int v = fast_variant();
   const int D = p.head_dim;
   if constexpr (sizeof(T) == 2) {
-    if (v == 0) return choice_mma<3>();
+    if (v == 0) {
+      Choice c = choice_mma<3>();
+      c.multi = true;
+      // long contexts with (sequence, kv head) items for two or more waves: 8 kv heads per CTA, whose
+      // one table lookup per 32 KB block held the paged layout steady there (v12-v16: 4.10-4.19
+      // TB/s at 32k x 64 where one head per CTA read 3.6-4.2 from run to run)
+      const long items = long(units) * p.kv_heads * ((p.q_heads / p.kv_heads) / MMA_R);
+      if (p.kv_heads % 8 == 0 && p.max_seq_len >= 16384 && items > long(resident_per_sm(c)) * num_sms())
+        return choice_wide<8>(p);
+      return c;
+    }
     if (v == 4) return choice_mma<3>(2);
     if (v == 8) return choice_mma<3>(0);
     if (v == 11) return choice_mma<3>(1);
@@ -1355,7 +1570,20 @@ int run_decode(Args a, int units, float* out, float* lse) {
     a.counters = g_cnt.get(size_t(units) * pl.gy(p.kv_heads), stream_of(p));
     if (!a.counters) return fail("cudaMalloc of the split counters failed");
   }
-  cudaError_t e = launch(a, pl.c, dim3(pl.splits, pl.gy(p.kv_heads), units));
+  dim3 grid(pl.splits, pl.gy(p.kv_heads), units);
+  Choice c = pl.c;
+  if (c.multi && a.fuse && pl.splits == 1) {
+    // more (unit, kv head) items than resident CTAs: each CTA streams ipc of them back to back
+    const Choice cm{reinterpret_cast<const void*>(mma_multi_kernel<3>),
+                    size_t(3) * 2 * MMA_TT * MMA_RBP + (MMA_WARPS * MMA_R * MMA_D + 2 * MMA_WARPS * MMA_R) * sizeof(float)};
+    const long resident = long(resident_per_sm(cm)) * num_sms(), items = long(units) * grid.y;
+    if (items > resident) {
+      const long ipc = (items + resident - 1) / resident;
+      grid.z = unsigned((units + ipc - 1) / ipc);
+      c = cm;
+    }
+  }
+  cudaError_t e = launch(a, c, grid);
   if (e == cudaSuccess && !a.fuse) {
     combine_kernel<<<unsigned(NQ), 128, pl.splits * sizeof(float), stream_of(p)>>>(p, pl.splits, a.ws_m, a.ws_l, a.ws_acc, out, lse);
     e = cudaGetLastError();
