@@ -57,6 +57,9 @@ def wide_cases():
         ("wide-h4-bs4", {"q_heads": 16, "kv_heads": 4, "block_size": 4, "lens": (700, 5)}),
         ("wide-h8-batch-decode", {"lens": (64, 100, 150, 200, 250, 300, 33, 17, 90, 128, 129, 255),
                                   "decode_steps": 3, "window": 200}),
+        # sequences of <= 64 tokens: one split, so the paged first-tile lookup is speculated
+        ("short-h8-bs16", {"lens": (64, 17, 33, 50, 1)}),
+        ("short-h8-bs32-fork", {"block_size": 32, "lens": (40, 47, 20), "fork": (0, 6)}),
         # more (sequence, kv head) items than the H200 holds CTAs (264): several items per CTA
         ("multi-h8-batch40-churn", {"lens": tuple(17 + 23 * i % 290 for i in range(40)), "churn": 10}),
         ("multi-h8-batch36-bs8-alibi-window", {"block_size": 8, "alibi": True, "window": 50, "decode_steps": 2,

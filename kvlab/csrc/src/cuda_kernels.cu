@@ -1,8 +1,10 @@
 // CUDA decode attention with the CPU library's entry points (kvx_cuda_*), flash-decoding style:
 // each CTA takes (a split of the KV length) × (one kv head) × (up to RMAX query rows sharing it),
 // so batch 1 with a long context still fills the GPU; a second kernel merges the splits by
-// log-sum-exp. A hybrid call runs the shared prefix once per group (all members' rows in one CTA),
-// the suffixes per sequence, and merges both in the same combine kernel.
+// log-sum-exp (the bf16 tensor-core decode path writes a single split's output itself, and at
+// large batch streams several items per CTA: mma_multi_kernel, wide_kernel). A hybrid call runs the
+// shared prefix once per group (all members' rows in one CTA), the suffixes per sequence, and
+// merges both in the same combine kernel.
 //
 // Threads: TPT = head_dim / 8 lanes own one token (8 elements each, one 8/16/32-byte load), a CTA
 // of 128 threads streams 128 / TPT tokens at a time; head_dim must be 8 × a power of two (<= 256).
@@ -394,9 +396,10 @@ __global__ void __launch_bounds__(THREADS, MINB) partial_kernel(Args a) {
 
 // ---- tensor-core path: bf16 K/V, head_dim 128, four query rows per CTA (GQA-4) -----------------
 // S = Q K^T and O += P V on mma.sync m16n8k16 (bf16 in, f32 accumulate). Q and P are split into
-// bf16 hi + lo parts (two MMAs each), so results keep ~16 mantissa bits: the oracle's float32
-// tolerance holds. Rows 4..15 of the A operand are zero (4 real query rows). Each warp owns 16
-// tokens of a 64-token tile that a STG-deep cp.async pipeline streams into padded shared rows.
+// bf16 hi + lo parts, so results keep ~16 mantissa bits: the oracle's float32 tolerance holds; the
+// hi parts fill A-operand rows 0..3 and the lo parts rows 4..7 (rows 8..15 are zero), so one MMA
+// covers both (mma_tile16). Each warp owns 16 tokens of a 64-token tile that a STG-deep cp.async
+// pipeline streams into padded shared rows.
 __device__ __forceinline__ uint32_t pack_bf16(float lo_k, float hi_k) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo_k, hi_k);
   return *reinterpret_cast<uint32_t*>(&v);
@@ -601,6 +604,14 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   // the span CSR offsets do not depend on the lengths: load them alongside, not after
   int sp0 = 0, sp1 = 0;
   if (a.kind == SPANS) sp0 = a.sptr[unit], sp1 = a.sptr[unit + 1];
+  // paged, one split, no window: the first tile starts at token 0 whatever the length, so this
+  // thread's first table entry (its 8 tokens sit in one block) loads alongside the length too
+  int spec_e = -1;
+  if (a.kind == PAGED && gridDim.x == 1 && a.p.window <= 0 && a.mode == DECODE) {
+    const int bsz = a.p.block_size, first = (threadIdx.x / (MMA_RB / 16)) * 8;
+    if (bsz >= 8 && (bsz & (bsz - 1)) == 0 && first / bsz < a.max_blocks)
+      spec_e = a.table[size_t(unit) * a.max_blocks + first / bsz];
+  }
   Rows rows;
   int src_len, loffset;
   unit_rows(a, unit, kvh, chunk, MMA_R, rows, src_len, loffset);
@@ -653,7 +664,7 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
       int n1 = 8;  // tokens of the 8 in the first run; the rest continue in run2 (paged, bs >= 8)
       if (base < 0 && tb + j0 < t1) {
         const int first = tb + j0;
-        const int64_t s0 = slot_of(first);
+        const int64_t s0 = tb == 0 && spec_e >= 0 ? int64_t(spec_e) * bs + (first & (bs - 1)) : slot_of(first);
         if (a.kind == PAGED && bs >= 8) {
           n1 = min(8, bs - (bs_shift >= 0 ? (first & (bs - 1)) : first % bs));
           run = s0;
@@ -788,6 +799,7 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
   const int32_t* slen = nullptr;
   const int32_t* table = nullptr;
   int n_len = 0, n_sp0 = 0, n_sp1 = 0;
+  int spec_e = -1;  // as in mma_kernel: item 0's first table entry, loaded alongside its length
   auto fetch_meta = [&](int unit, int& len, int& sp0, int& sp1) {
     len = a.seq_lens[unit];
     if (a.kind == SPANS) sp0 = a.sptr[unit], sp1 = a.sptr[unit + 1];
@@ -830,7 +842,8 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
       int n1 = 8;
       if (base < 0 && tb + j0 < t1) {
         const int first = tb + j0;
-        const int64_t s0 = slot_of(first);
+        const int64_t s0 = i_item == 0 && tb == 0 && spec_e >= 0 ? int64_t(spec_e) * bs + (first & (bs - 1))
+                                                                 : slot_of(first);
         if (a.kind == PAGED && bs >= 8) {
           n1 = min(8, bs - (bs_shift >= 0 ? (first & (bs - 1)) : first % bs));
           run = s0;
@@ -858,6 +871,8 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
     cp_async_commit();
   };
 
+  if (a.kind == PAGED && W <= 0 && bs_shift >= 3 && ((threadIdx.x / CPR) * 8 >> bs_shift) < a.max_blocks)
+    spec_e = a.table[size_t(unit_of(0)) * a.max_blocks + ((threadIdx.x / CPR) * 8 >> bs_shift)];
   {
     int len0, sp0 = 0, sp1 = 0;
     fetch_meta(unit_of(0), len0, sp0, sp1);
