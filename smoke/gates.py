@@ -66,6 +66,6 @@ def evaluate(summary: Summary, mix: Mix) -> Verdict:
         passed = ratio is None or ratio <= bound
         shown = "n/a (no overlap)" if ratio is None else f"{ratio:.2f}"
         checks.append(Check("slow_reader", "isolation", bound, ratio, passed,
-                            f"slow_reader: others' ITL p50 with/without slow streams {shown} "
+                            f"slow_reader: others' time per token with/without slow streams {shown} "
                             f"{'<=' if passed else '>'} {bound:.2f}"))
     return Verdict(all(c.passed for c in checks), tuple(checks))

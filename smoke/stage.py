@@ -82,7 +82,7 @@ def evidence(summary: metrics.Summary, verdict: gates.Verdict) -> tuple[str, ...
         lines.append(f"{c.cls}: {c.ok}/{c.requests} ok, TTFT p50 {f(c.ttft_ms['p50'])} ms p90 {f(c.ttft_ms['p90'])} ms,"
                      f" ITL p50 {c.itl_ms['p50'] or 0:.1f} ms, {c.tokens_per_s:.1f} tok/s")
     iso = summary.isolation.get("itl_ratio")
-    lines.append(f"slow-reader isolation: others' ITL p50 with/without slow streams = "
+    lines.append(f"slow-reader isolation: others' time per token with/without slow streams = "
                  f"{'n/a' if iso is None else f'{iso:.2f}'}")
     return tuple(lines)
 

@@ -10,7 +10,6 @@ The source is smoke.bench.sse_source in its own process on 127.0.0.1, so this pr
 
 from __future__ import annotations
 
-import asyncio
 import os
 import resource
 import subprocess

@@ -29,9 +29,12 @@ def render(summary: Summary, verdict: Verdict, meta: dict[str, Any]) -> str:
     lines += [_row(c) for c in summary.classes.values()] + [_row(summary.overall), ""]
     iso = summary.isolation
     lines += ["## Slow-reader isolation", "",
-              f"Other classes' ITL p50 while a slow reader streamed: {_f(iso.get('itl_p50_ms_during_slow'), 1)} ms "
-              f"({iso.get('itl_gaps_during_slow')} gaps); without: {_f(iso.get('itl_p50_ms_without_slow'), 1)} ms "
-              f"({iso.get('itl_gaps_without_slow')} gaps); ratio {_f(iso.get('itl_ratio'), 2)}.", ""]
+              f"Other classes' E2E per output token, p50, of requests that overlapped one of {iso.get('slow_streams')} "
+              f"slow streams vs of those that did not; ratio (median over classes) {_f(iso.get('itl_ratio'), 2)}.", "",
+              "| class | requests during / without | ms/token during | without | ratio |", "|---|---|---|---|---|"]
+    lines += [f"| {c} | {v['during']} / {v['without']} | {_f(v['ms_per_token_p50_during'], 1)} | "
+              f"{_f(v['ms_per_token_p50_without'], 1)} | {_f(v['ratio'], 2)} |" for c, v in (iso.get("classes") or {}).items()]
+    lines += [""]
     if summary.slow_readers:
         lines += ["## Read rate per throttle", "",
                   "| throttle B/s | requests | E2E p50 ms | streaming p50 ms | bytes p50 | read B/s p50 | ms/token p50 |",

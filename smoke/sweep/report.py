@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from smoke.metrics import isolation, tpot_ms  # noqa: E402
 from smoke.records import read as read_records  # noqa: E402
 from smoke.sweep import knobs as knobmod, score as scoremod  # noqa: E402
 
@@ -51,6 +52,12 @@ def describe_machine(client) -> dict[str, Any]:
 def _load_phase(d: dict[str, Any]) -> tuple[dict[str, Any], list]:
     summary = json.loads(Path(d["summary"]).read_text())
     return summary, read_records(Path(d["artifacts"]["records"]))
+
+
+def _others_tpot(records) -> float | None:
+    """The non-slow classes' median per-request inter-token time, in ms."""
+    ts = [t for r in records if not r.read_bytes_per_s and (t := tpot_ms(r)) is not None]
+    return float(np.median(ts)) if ts else None
 
 
 def _f(v, digits=0, unit=""):
@@ -188,14 +195,14 @@ def _claims(phases: dict[str, dict[str, Any]], ranking: list[dict[str, Any]], ca
                         f"{_f(hp and hp * 100, 0, '%')} vs {_f(hb and hb * 100, 0, '%')} (lane {'helped' if helped else 'not helped'}); "
                         f"rank {_rank(ranking, 'prefix-cache')}")
         if "slow-isolation" in ph:
-            ib = scoremod.tpot_isolation(bal["records"])
-            is_ = scoremod.tpot_isolation(ph["slow-isolation"]["records"])
-            ob, os_ = ib["others_tpot_p50_ms"], is_["others_tpot_p50_ms"]
+            ib = isolation(bal["records"])
+            is_ = isolation(ph["slow-isolation"]["records"])
+            ob, os_ = _others_tpot(bal["records"]), _others_tpot(ph["slow-isolation"]["records"])
             helped = (ob is not None and os_ is not None and os_ < ob)
             lane_ok.append(helped)
             whole_not_best.append(best != "slow-isolation")
             bits.append(f"slow-isolation vs balanced: other classes' per-request inter-token time p50 {_f(os_, 1)} vs "
-                        f"{_f(ob, 1)} ms, while-slow/without-slow ratio {_f(is_['ratio'], 2)} vs {_f(ib['ratio'], 2)} "
+                        f"{_f(ob, 1)} ms, while-slow/without-slow ratio {_f(is_['itl_ratio'], 2)} vs {_f(ib['itl_ratio'], 2)} "
                         f"(lane {'helped' if helped else 'not helped'}); rank {_rank(ranking, 'slow-isolation')}")
         if not bits:
             out.append("3. **Prefix-only and slow-only routing help their own lanes only** — not testable here.")
@@ -317,7 +324,7 @@ def write(notes_dir: Path, plan, opts, outcomes, machine: dict[str, Any], store)
             att = per_phase[ph][p].attainment
             o = s["overall"]
             itl_lat = _itl_pct(e["records"], itl_classes)
-            tp = [t for r in e["records"] if r.cls in itl_classes and (t := scoremod.tpot_ms(r)) is not None]
+            tp = [t for r in e["records"] if r.cls in itl_classes and (t := tpot_ms(r)) is not None]
             tpp = (float(np.percentile(tp, 50)), float(np.percentile(tp, 99))) if tp else (None, None)
             L.append(f"| {p} | {'pass' if e['phase']['passed'] else 'FAIL'} | "
                      + " | ".join(f"{att.get(c, 0):.2f}" for c in classes)

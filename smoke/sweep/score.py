@@ -6,8 +6,9 @@ Per phase, each profile gets four parts in [0, 1]:
   itl        (weight 0.2): best p90 of the phase / this profile's p90 of per-request mean
                            inter-token time ((E2E - TTFT) / (output tokens - 1)) over the classes
                            whose SLO bounds ITL (token cadence of the latency-sensitive lanes);
-  isolation  (weight 0.2): 1 / max(1, the other classes' median per-request inter-token time while
-                           a slow reader streamed / while none did); 1 when there is no contrast;
+  isolation  (weight 0.2): 1 / max(1, smoke.metrics.isolation's ratio: per class, E2E per output
+                           token of requests that overlapped a slow reader over those that did not);
+                           1 when there is no contrast;
   goodput    (weight 0.2): this profile's goodput (SLO-meeting requests/s) / the phase's best.
 score = the weighted sum; with several phases the profile's score is their mean. ITL and goodput
 are relative to the best profile of the same phase, so a score ranks within one sweep only.
@@ -24,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from smoke.metrics import isolation, tpot_ms
+
 WEIGHTS = {"attainment": 0.4, "itl": 0.2, "isolation": 0.2, "goodput": 0.2}
 
 
@@ -36,37 +39,13 @@ class PhaseFigures:
     goodput_rps: float
 
 
-def tpot_ms(r) -> float | None:
-    """A request's mean inter-token time: (E2E - TTFT) / (output tokens - 1), in ms."""
-    n = r.output_tokens or r.streamed_tokens
-    if not r.ok or r.e2e_s is None or r.ttft_s is None or not n or n < 2:
-        return None
-    return (r.e2e_s - r.ttft_s) * 1000 / (n - 1)
-
-
-def tpot_isolation(records) -> dict[str, Any]:
-    """Other classes' median TPOT while a slow reader streamed vs while none did."""
-    slow = [(r.sent_s, r.end_s) for r in records if r.read_bytes_per_s]
-    during, apart = [], []
-    for r in records:
-        t = None if r.read_bytes_per_s else tpot_ms(r)
-        if t is None:
-            continue
-        a, b = r.sent_s + r.ttft_s, r.end_s
-        (during if any(x < b and a < y for x, y in slow) else apart).append(t)
-    md, ma = (median(during) if during else None), (median(apart) if apart else None)
-    return {"n_during": len(during), "n_apart": len(apart), "tpot_p50_ms_during": md, "tpot_p50_ms_apart": ma,
-            "ratio": (md / ma) if (md is not None and ma) else None,
-            "others_tpot_p50_ms": median(during + apart) if (during or apart) else None}
-
-
 def figures(summary: dict[str, Any], records: list, itl_classes: set[str]) -> PhaseFigures:
     att = {}
     for name, c in summary["classes"].items():
         att[name] = (c["good"] / c["requests"]) if c["requests"] else 0.0
     tp = [t for r in records if r.cls in itl_classes and (t := tpot_ms(r)) is not None]
     itl = float(np.percentile(tp, 90)) if tp else None
-    return PhaseFigures(att, itl, tpot_isolation(records)["ratio"], summary["overall"]["goodput_rps"])
+    return PhaseFigures(att, itl, isolation(records)["itl_ratio"], summary["overall"]["goodput_rps"])
 
 
 def parts(f: PhaseFigures, best_itl: float | None, best_goodput: float) -> dict[str, float]:

