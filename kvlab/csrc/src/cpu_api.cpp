@@ -71,7 +71,9 @@ void add_items(Work& w, const Source& src, int lo, int hi, const std::vector<Row
 
 int choose_splits(const kvx_params* p, int base_items, int tokens) {
   if (p->num_splits > 0) return p->num_splits;
-  const int want = (2 * threads_of(p) + base_items - 1) / base_items;  // enough items for every thread
+  // >= 4 items per thread: whole items are scheduled dynamically, so finer ones even out a thread
+  // that runs slower (a busy core); the extra partials cost one merge of [rows, head_dim] each
+  const int want = (4 * threads_of(p) + base_items - 1) / base_items;
   return std::max(1, std::min(want, (tokens + 255) / 256));           // but chunks of >= 256 tokens
 }
 
