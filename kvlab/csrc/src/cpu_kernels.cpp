@@ -426,9 +426,10 @@ struct Ctx {  // one item's state for the vector path
   size_t stride;        // elements between consecutive tokens of one kv head (kv_heads * D)
   const float* qs;      // [R, D] prescaled queries (PAIR: permuted)
   float* sc;            // [R, W] scores of the current tile, then its probabilities
-  float* mv;            // [R, W] running max m (all lanes equal)
+  float* mv;            // [Rp] running max m per row (Rp: R rounded up to W, padding rows dead)
+  float* tm;            // [Rp] this tile's max per row
+  float* cv;            // [Rp] this tile's rescale of the accumulator per row
   float* lv;            // [R, W] running sum l, lane-wise (summed once at the end)
-  float* cv;            // [R, W] this tile's rescale of the accumulator (all lanes equal)
   float* red;           // [4, W, W] per-token lane vectors, slot order
   const float* slope;
   const float* qpos;
@@ -492,29 +493,38 @@ inline void qk_rows(const Ctx& c, int r0, int nt, const T* Kt) {
   for (int r = 0; r < NR; ++r) Simd::store(c.sc + (r0 + r) * W, Simd::sum16(c.red + r * W * W));
 }
 
-// Online softmax of one row over the tile, all in vectors (no scalar round trip per tile).
-inline void softmax_row(const Ctx& c, int row, int nt, float pos0) {
+// Online softmax of all R rows over the tile, in vectors: per row the masks and the max; then the
+// new running max and the accumulator rescale W rows at a time (one exp per W rows, not per row);
+// then per row the probabilities and the lane-wise running sum.
+inline void softmax_tile(const Ctx& c, int R, int nt, float pos0) {
   const V ninf = Simd::set1(-INFINITY);
   const V lane = Simd::iota();
   const int window = c.p->window;
-  V s = Simd::load(c.sc + row * W);
-  if (c.p->alibi || window > 0) {
-    const V rel = Simd::sub(Simd::add(Simd::set1(pos0), lane), Simd::set1(c.qpos[row]));  // <= 0
-    s = Simd::fma(Simd::set1(c.slope[row]), rel, s);
-    if (window > 0) s = Simd::select(Simd::le(rel, Simd::set1(float(-window))), ninf, s);
+  const auto beyond = Simd::le(Simd::set1(float(nt)), lane);  // lanes >= nt hold no token
+  for (int row = 0; row < R; ++row) {
+    V s = Simd::load(c.sc + row * W);
+    if (c.p->alibi || window > 0) {
+      const V rel = Simd::sub(Simd::add(Simd::set1(pos0), lane), Simd::set1(c.qpos[row]));  // <= 0
+      s = Simd::fma(Simd::set1(c.slope[row]), rel, s);
+      if (window > 0) s = Simd::select(Simd::le(rel, Simd::set1(float(-window))), ninf, s);
+    }
+    s = Simd::select(beyond, ninf, s);
+    Simd::store(c.sc + row * W, s);
+    c.tm[row] = Simd::first(Simd::allmax(Simd::select(Simd::isnan(s), ninf, s)));  // NaN never wins
   }
-  s = Simd::select(Simd::le(Simd::set1(float(nt)), lane), ninf, s);  // lanes >= nt hold no token
-  const V tmax = Simd::allmax(Simd::select(Simd::isnan(s), ninf, s));  // NaN never wins the max
-  const V mold = Simd::load(c.mv + row * W);
-  const V mnew = Simd::max(tmax, mold);
-  // every key of the tile masked for this row: p = 0 (NaN stays), state unchanged
-  const auto dead = Simd::eq(tmax, ninf);
-  const V e = Simd::select(dead, Simd::select(Simd::isnan(s), s, Simd::zero()), vexp(Simd::sub(s, mnew)));
-  const V corr = Simd::select(dead, Simd::set1(1.f), vexp(Simd::sub(mold, mnew)));
-  Simd::store(c.sc + row * W, e);
-  Simd::store(c.mv + row * W, mnew);
-  Simd::store(c.cv + row * W, corr);
-  Simd::store(c.lv + row * W, Simd::fma(Simd::load(c.lv + row * W), corr, e));
+  for (int r = 0; r < R; r += W) {
+    const V tmax = Simd::load(c.tm + r), mold = Simd::load(c.mv + r), mnew = Simd::max(tmax, mold);
+    // a row whose keys in this tile are all masked keeps its state (rescale 1)
+    Simd::store(c.cv + r, Simd::select(Simd::eq(tmax, ninf), Simd::set1(1.f), vexp(Simd::sub(mold, mnew))));
+    Simd::store(c.mv + r, mnew);
+  }
+  for (int row = 0; row < R; ++row) {
+    const V s = Simd::load(c.sc + row * W);
+    const V e = c.tm[row] == -INFINITY ? Simd::select(Simd::isnan(s), s, Simd::zero())  // p = 0, NaN stays
+                                       : vexp(Simd::sub(s, Simd::set1(c.mv[row])));
+    Simd::store(c.sc + row * W, e);
+    Simd::store(c.lv + row * W, Simd::fma(Simd::load(c.lv + row * W), Simd::set1(c.cv[row]), e));
+  }
 }
 
 // acc[rows r0.., dims d0..d0+CV*W) = acc * corr + sum_j p_j V_j, the block in registers.
@@ -522,7 +532,7 @@ template <bool PAIR, int NR, int CV, typename T>
 inline void pv_block(const Ctx& c, int r0, int d0, int nt, const T* Vt) {
   V a[NR][CV];
   for (int r = 0; r < NR; ++r) {
-    const V cr = Simd::set1(c.cv[(r0 + r) * W]);
+    const V cr = Simd::set1(c.cv[r0 + r]);
     for (int v = 0; v < CV; ++v) a[r][v] = Simd::mul(Simd::load(c.acc + size_t(r0 + r) * c.D + d0 + v * W), cr);
   }
   for (int j = 0; j < nt; ++j) {
@@ -591,7 +601,8 @@ void run_item_simd(Work& w, const Item& it, std::vector<float>& scratch) {
   const int D = p.head_dim, H = p.kv_heads, R = it.nrows, RH = R / H, bs = p.block_size;
   const T* K = static_cast<const T*>(w.k);
   const T* Vp = static_cast<const T*>(w.v);
-  scratch.resize(size_t(R) * D + 4 * size_t(R) * W + size_t(4) * W * W + 2 * size_t(R));
+  const size_t Rp = size_t(R + W - 1) / W * W;
+  scratch.resize(size_t(R) * D + 2 * size_t(R) * W + 3 * Rp + size_t(4) * W * W + 2 * size_t(R));
   Ctx c;
   c.p = &p;
   c.D = D;
@@ -600,10 +611,13 @@ void run_item_simd(Work& w, const Item& it, std::vector<float>& scratch) {
   float* qs = scratch.data();
   c.qs = qs;
   c.sc = qs + size_t(R) * D;
-  c.mv = c.sc + size_t(R) * W;
-  c.lv = c.mv + size_t(R) * W;
-  c.cv = c.lv + size_t(R) * W;
-  c.red = c.cv + size_t(R) * W;
+  c.lv = c.sc + size_t(R) * W;
+  c.mv = c.lv + size_t(R) * W;
+  c.tm = c.mv + Rp;
+  c.cv = c.tm + Rp;
+  c.red = c.cv + Rp;
+  std::fill_n(c.mv, Rp, -INFINITY);
+  std::fill_n(c.tm, Rp, -INFINITY);
   float* slope = c.red + size_t(4) * W * W;
   float* qpos = slope + R;
   c.slope = slope;
@@ -620,7 +634,6 @@ void run_item_simd(Work& w, const Item& it, std::vector<float>& scratch) {
     }
     slope[r] = p.alibi ? p.alibi[row.qhead] : 0.f;
     qpos[r] = float(row.qpos);
-    std::fill_n(c.mv + size_t(r) * W, W, -INFINITY);
     std::fill_n(c.lv + size_t(r) * W, W, 0.f);
     std::fill_n(c.acc + size_t(r) * D, D, 0.f);
   }
@@ -644,7 +657,7 @@ void run_item_simd(Work& w, const Item& it, std::vector<float>& scratch) {
 #undef KVX_QK
     }
     const float pos0 = float(it.src.loffset + tl.t0);
-    for (int r = 0; r < R; ++r) softmax_row(c, r, tl.n, pos0);
+    softmax_tile(c, R, tl.n, pos0);
     for (int h = 0; h < H; ++h) {
       if (nx) prefetch_rows(Vp + nbase + size_t(h) * D, c.stride, nx->n, nlines);
       const T* Vt = Vp + base + size_t(h) * D;
@@ -654,7 +667,7 @@ void run_item_simd(Work& w, const Item& it, std::vector<float>& scratch) {
     }
   }
   for (int r = 0; r < R; ++r)
-    w.parts[it.row0 + r] = {c.mv[size_t(r) * W], Simd::hsum(Simd::load(c.lv + size_t(r) * W))};
+    w.parts[it.row0 + r] = {c.mv[r], Simd::hsum(Simd::load(c.lv + size_t(r) * W))};
   if constexpr (PAIR) {  // accumulators back to dim order
     for (int r = 0; r < R; ++r) unpermute_row(c.acc + size_t(r) * D, D, c.red);
   }
