@@ -224,7 +224,7 @@ def stage_runtime(ctx: Context, cell: Cell) -> StageOutcome:
 
 def stage_smoke(ctx: Context, cell: Cell) -> StageOutcome:
     from smoke.stage import run_smoke
-    return run_smoke(cell, ctx.store, image=cell.runtime_tag)
+    return run_smoke(cell, ctx.store, image=cell.runtime_tag, record=False)
 
 
 def stage_oracle(ctx: Context, cell: Cell) -> StageOutcome:

@@ -89,8 +89,12 @@ def evidence(summary: metrics.Summary, verdict: gates.Verdict) -> tuple[str, ...
 
 def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str | Path = "default", seed: int = 0,
               duration_s: float | None = None, rate_rps: float | None = None, trace_path: Path | None = None,
-              progress: bool = False, startup_timeout_s: float = 300.0) -> StageOutcome:
-    """Smoke one cell (a matrix Cell, started from `image`) or one URL; write and return the outcome."""
+              progress: bool = False, startup_timeout_s: float = 300.0, record: bool = True) -> StageOutcome:
+    """Smoke one cell (a matrix Cell, started from `image`) or one URL; write and return the outcome.
+
+    record=False: return it only (the matrix pipeline writes its stages' events and outcomes itself).
+    """
+    write = store.write if record else (lambda o: o)
     from smoke.image import DEFAULT_TAG
     m = mixmod.load(mix)
     if duration_s is not None or rate_rps is not None:
@@ -105,7 +109,8 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
     t0 = time.monotonic()
     meta: dict[str, Any] = {"target": target if is_url else cell, "mix": m.name, "seed": seed,
                             "requests": len(trace.requests)}
-    store.event("stage-start", cell=cell, stage="smoke")
+    if record:
+        store.event("stage-start", cell=cell, stage="smoke")
     versions: dict[str, str] = {}
     if is_url:
         model = served_model(target)
@@ -128,7 +133,7 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
                 verdict, summary, arts = replay_and_report(trace, eng.url, eng.model, m, out_dir, meta, progress)
         except ServerFailed as exc:
             tail = [ln for ln in str(exc).splitlines() if ln.strip()][-8:]
-            return store.write(StageOutcome(cell, "smoke", "fail", category="server-start", evidence=tuple(tail),
+            return write(StageOutcome(cell, "smoke", "fail", category="server-start", evidence=tuple(tail),
                                             remediation="see server.log; the engine never answered /v1/models",
                                             started=started, seconds=time.monotonic() - t0,
                                             artifacts={"server_log": str(out_dir / "server.log")}))
@@ -136,7 +141,7 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
     if (out_dir / "server.log").exists():
         arts["server_log"] = str(out_dir / "server.log")
     status = "pass" if verdict.passed else "fail"
-    return store.write(StageOutcome(
+    return write(StageOutcome(
         cell, "smoke", status, category="" if verdict.passed else "slo", evidence=evidence(summary, verdict),
         remediation="" if verdict.passed else "a class missed its SLO bound: see report.md",
         started=started, seconds=time.monotonic() - t0, versions=versions, artifacts=arts,
