@@ -243,6 +243,7 @@ struct Simd {
   static constexpr int W = 16;  // lanes = tokens per tile
   static constexpr int CV = 4;  // vectors per PV register block (4 rows x 4 = 16 accumulators)
   static constexpr int TJ = 4;  // tokens per QK step (4 rows x 4 = 16 accumulators)
+  static constexpr int G = 4;   // token groups per tile (W / TJ)
   static V zero() { return _mm512_setzero_ps(); }
   static V set1(float x) { return _mm512_set1_ps(x); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
@@ -288,19 +289,20 @@ struct Simd {
     const V f = mul(_mm512_castsi512_ps(bits), set1(0x1p120f));
     return select(_mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f)), set1(std::numeric_limits<float>::quiet_NaN()), f);
   }
-  // Token j's lane vector goes to slot(j) of a W x W block so that sum16 returns scores in token order.
-  static int slot(int j) { return 4 * (j & 3) + (j >> 2); }
-  // out[j] = sum of the 16 lanes of the vector in slot(j): 45 shuffle/add ops for 16 sums.
-  static V sum16(const float* b) {
-    V w[8], x[4];
-    for (int i = 0; i < 8; ++i) {  // 512 -> 2 x 256: quarters (0+2, 1+3) of each of a pair
-      const V a = load(b + 32 * i), c = load(b + 32 * i + 16);
-      w[i] = add(_mm512_shuffle_f32x4(a, c, 0x44), _mm512_shuffle_f32x4(a, c, 0xEE));
-    }
-    for (int i = 0; i < 4; ++i)  // quarter k of x[i]: 4 partial sums of slot 4i+k
-      x[i] = add(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88), _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
-    const V y0 = add(_mm512_unpacklo_ps(x[0], x[1]), _mm512_unpackhi_ps(x[0], x[1]));
-    const V y1 = add(_mm512_unpacklo_ps(x[2], x[3]), _mm512_unpackhi_ps(x[2], x[3]));
+  // Scores of a tile come out of a transpose-and-add tree over the 16 tokens' lane vectors (45
+  // shuffle/add ops for 16 sums). Its first two levels only combine tokens g, g+4, g+8, g+12 (a
+  // group), so they run in registers right after a group's QK (fold); the last two combine the 4
+  // groups (finish) into lane j = the sum of token j.
+  static V fold(const V* a) {  // a[t]: token g + 4t
+    const V w0 = add(_mm512_shuffle_f32x4(a[0], a[1], 0x44), _mm512_shuffle_f32x4(a[0], a[1], 0xEE));
+    const V w1 = add(_mm512_shuffle_f32x4(a[2], a[3], 0x44), _mm512_shuffle_f32x4(a[2], a[3], 0xEE));
+    // quarter k: 4 partial sums of token g + 4k
+    return add(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xDD));
+  }
+  static V finish(const float* x) {  // x: the 4 groups' folded vectors
+    const V x0 = load(x), x1 = load(x + 16), x2 = load(x + 32), x3 = load(x + 48);
+    const V y0 = add(_mm512_unpacklo_ps(x0, x1), _mm512_unpackhi_ps(x0, x1));
+    const V y1 = add(_mm512_unpacklo_ps(x2, x3), _mm512_unpackhi_ps(x2, x3));
     const __m512d a = _mm512_castps_pd(y0), c = _mm512_castps_pd(y1);
     return add(_mm512_castpd_ps(_mm512_unpacklo_pd(a, c)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, c)));
   }
@@ -312,6 +314,7 @@ struct Simd {
   static constexpr int W = 8;
   static constexpr int CV = 2;  // 16 ymm registers: 4 rows x 2 accumulators + V + broadcasts
   static constexpr int TJ = 2;
+  static constexpr int G = 4;
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
@@ -361,15 +364,13 @@ struct Simd {
     const V nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f)));
     return select(nan, set1(std::numeric_limits<float>::quiet_NaN()), f);
   }
-  static int slot(int j) { return 2 * (j & 3) + (j >> 2); }
-  static V sum16(const float* b) {  // out[j] = lane sum of slot(j)'s vector (8 x 8)
-    V w[4];
-    for (int i = 0; i < 4; ++i) {
-      const V a = load(b + 16 * i), c = load(b + 16 * i + 8);
-      w[i] = add(_mm256_permute2f128_ps(a, c, 0x20), _mm256_permute2f128_ps(a, c, 0x31));
-    }
-    const V y0 = add(_mm256_unpacklo_ps(w[0], w[1]), _mm256_unpackhi_ps(w[0], w[1]));
-    const V y1 = add(_mm256_unpacklo_ps(w[2], w[3]), _mm256_unpackhi_ps(w[2], w[3]));
+  static V fold(const V* a) {  // a[t]: token g + 4t; half k: 4 partial sums of token g + 4k
+    return add(_mm256_permute2f128_ps(a[0], a[1], 0x20), _mm256_permute2f128_ps(a[0], a[1], 0x31));
+  }
+  static V finish(const float* x) {  // lane j = the sum of token j
+    const V x0 = load(x), x1 = load(x + 8), x2 = load(x + 16), x3 = load(x + 24);
+    const V y0 = add(_mm256_unpacklo_ps(x0, x1), _mm256_unpackhi_ps(x0, x1));
+    const V y1 = add(_mm256_unpacklo_ps(x2, x3), _mm256_unpackhi_ps(x2, x3));
     const __m256d a = _mm256_castps_pd(y0), c = _mm256_castps_pd(y1);
     return add(_mm256_castpd_ps(_mm256_unpacklo_pd(a, c)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, c)));
   }
@@ -430,7 +431,7 @@ struct Ctx {  // one item's state for the vector path
   float* tm;            // [Rp] this tile's max per row
   float* cv;            // [Rp] this tile's rescale of the accumulator per row
   float* lv;            // [R, W] running sum l, lane-wise (summed once at the end)
-  float* red;           // [4, W, W] per-token lane vectors, slot order
+  float* red;           // [4, G, W] folded lane vectors of the current rows' token groups
   const float* slope;
   const float* qpos;
   float* acc;           // this item's accumulators [R, D] (PAIR: permuted)
@@ -449,48 +450,58 @@ inline void load2(const T* s, V& a, V& b) {
   }
 }
 
-// Lane vectors of tokens [j, j+TJ) x rows [r0, r0+NR) -> c.red. TJ tokens per step so that each q
-// load feeds TJ FMAs: with one token per step the q loads (one per FMA) bound the loop, not the FMAs.
-template <bool PAIR, int NR, int TJ, typename T>
-inline void qk_tokens(const Ctx& c, int r0, int j, const T* Kt) {
+// QK of rows [r0, r0+NR) x the TJ tokens of group g (tokens g, g+G, g+2G, ...; the first TV of them
+// exist), folded by the first levels of the transpose-and-add tree in registers -> c.red. TJ tokens
+// per step so that each q load feeds TJ FMAs (one token per step: the q loads bound the loop).
+template <bool PAIR, int NR, int TV, typename T>
+inline void qk_group(const Ctx& c, int r0, int g, const T* Kt) {
+  constexpr int TJ = Simd::TJ, G = Simd::G;
   V a[NR][TJ];
   for (int r = 0; r < NR; ++r)
     for (int t = 0; t < TJ; ++t) a[r][t] = Simd::zero();
-  const T* kj = Kt + j * c.stride;
+  const T* kg = Kt + g * c.stride;
   const float* q0 = c.qs + size_t(r0) * c.D;
   if constexpr (PAIR) {
     for (int v = 0; v < c.ND; v += 2) {
-      V x0[TJ], x1[TJ];
-      for (int t = 0; t < TJ; ++t) load2<PAIR>(kj + t * c.stride + v * W, x0[t], x1[t]);
+      V x0[TV], x1[TV];
+      for (int t = 0; t < TV; ++t) load2<PAIR>(kg + t * G * c.stride + v * W, x0[t], x1[t]);
       for (int r = 0; r < NR; ++r) {
         const V qa = Simd::load(q0 + size_t(r) * c.D + v * W), qb = Simd::load(q0 + size_t(r) * c.D + v * W + W);
-        for (int t = 0; t < TJ; ++t) a[r][t] = Simd::fma(qb, x1[t], Simd::fma(qa, x0[t], a[r][t]));
+        for (int t = 0; t < TV; ++t) a[r][t] = Simd::fma(qb, x1[t], Simd::fma(qa, x0[t], a[r][t]));
       }
     }
   } else {
     for (int v = 0; v < c.ND; ++v) {
-      V x[TJ];
-      for (int t = 0; t < TJ; ++t) x[t] = Simd::cvt(kj + t * c.stride + v * W);
+      V x[TV];
+      for (int t = 0; t < TV; ++t) x[t] = Simd::cvt(kg + t * G * c.stride + v * W);
       for (int r = 0; r < NR; ++r) {
         const V qa = Simd::load(q0 + size_t(r) * c.D + v * W);
-        for (int t = 0; t < TJ; ++t) a[r][t] = Simd::fma(qa, x[t], a[r][t]);
+        for (int t = 0; t < TV; ++t) a[r][t] = Simd::fma(qa, x[t], a[r][t]);
       }
     }
   }
-  for (int r = 0; r < NR; ++r)
-    for (int t = 0; t < TJ; ++t) Simd::store(c.red + (r * W + Simd::slot(j + t)) * W, a[r][t]);
+  for (int r = 0; r < NR; ++r) Simd::store(c.red + (r * G + g) * W, Simd::fold(a[r]));
 }
 
 // Scores of rows [r0, r0+NR) (one kv head) for a tile of nt <= W tokens -> c.sc.
 template <bool PAIR, int NR, typename T>
 inline void qk_rows(const Ctx& c, int r0, int nt, const T* Kt) {
-  constexpr int TJ = Simd::TJ;
-  int j = 0;
-  for (; j + TJ <= nt; j += TJ) qk_tokens<PAIR, NR, TJ>(c, r0, j, Kt);
-  for (; j < nt; ++j) qk_tokens<PAIR, NR, 1>(c, r0, j, Kt);
-  for (; j < W; ++j)
-    for (int r = 0; r < NR; ++r) Simd::store(c.red + (r * W + Simd::slot(j)) * W, Simd::zero());
-  for (int r = 0; r < NR; ++r) Simd::store(c.sc + (r0 + r) * W, Simd::sum16(c.red + r * W * W));
+  constexpr int TJ = Simd::TJ, G = Simd::G;
+  for (int g = 0; g < G; ++g) {
+    const int tv = nt > g ? (nt - g + G - 1) / G : 0;  // tokens of group g inside the tile
+    if (tv >= TJ) {
+      qk_group<PAIR, NR, TJ>(c, r0, g, Kt);
+    } else if (tv == 0) {
+      for (int r = 0; r < NR; ++r) Simd::store(c.red + (r * G + g) * W, Simd::zero());
+    } else if constexpr (TJ > 1) {
+      if (tv == 1) qk_group<PAIR, NR, 1>(c, r0, g, Kt);
+      if constexpr (TJ > 2) {
+        if (tv == 2) qk_group<PAIR, NR, 2>(c, r0, g, Kt);
+        if (tv == 3) qk_group<PAIR, NR, 3>(c, r0, g, Kt);
+      }
+    }
+  }
+  for (int r = 0; r < NR; ++r) Simd::store(c.sc + (r0 + r) * W, Simd::finish(c.red + r * G * W));
 }
 
 // Online softmax of all R rows over the tile, in vectors: per row the masks and the max; then the
