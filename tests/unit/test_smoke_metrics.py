@@ -156,3 +156,16 @@ def test_server_histogram_median_between_snapshots():
     assert histogram_median_ms(after, after) is None
     line = 'vllm:time_to_first_token_seconds_bucket{engine="0",le="0.05",model_name="tiny-llama"} 12.0'
     assert _BUCKET.match(line).groups() == ("0.05", "12.0")
+
+
+def test_runtime_warnings_are_distinct_and_unprefixed():
+    # Lines captured from the real sid-cpu smoke run's server.log (vLLM 0.33.0, 2026-11-28).
+    log = """(APIServer pid=1) WARNING 11-28 08:23:45 [cpu.py:242] Triton is not installed. triton-cpu is expected on x86 CPUs.
+(APIServer pid=1) INFO 11-28 08:23:45 [api_server.py:1] vLLM API server version 0.33.0
+(EngineCore pid=32) WARNING 11-28 08:24:02 [cpu.py:242] Triton is not installed. triton-cpu is expected on x86 CPUs.
+/opt/venv/lib/python3.14/site-packages/vllm/triton_utils/dispatcher.py:138: FutureWarning: `torch.distributed.reduce_op` is deprecated, please use `torch.distributed.ReduceOp` instead
+"""
+    from smoke.stage import runtime_warnings
+    assert runtime_warnings(log) == ["Triton is not installed. triton-cpu is expected on x86 CPUs.",
+                                     "FutureWarning: `torch.distributed.reduce_op` is deprecated, please use "
+                                     "`torch.distributed.ReduceOp` instead"]
