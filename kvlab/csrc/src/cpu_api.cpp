@@ -8,6 +8,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "cpu_core.h"
 
 using namespace kvx;
@@ -224,8 +228,16 @@ int kvx_hybrid(const kvx_params* p, const float* q, const void* k, const void* v
 
 double kvx_copy_bandwidth(size_t bytes, int32_t reps, int32_t threads) {
   const int T = threads > 0 ? threads : omp_default_threads();
-  char* src = static_cast<char*>(std::malloc(bytes));
-  char* dst = static_cast<char*>(std::malloc(bytes));
+  // On transparent huge pages where the kernel offers them (madvise), as numpy's large arrays are
+  // (it madvises them), so the baseline copies on the same page size the K/V caches are read from:
+  // measured on a 2-core Zen 4 VM, 4 KiB pages copy at ~35 GB/s, huge pages at ~41 GB/s.
+  const size_t huge = size_t(2) << 20, alloc = (bytes + huge - 1) / huge * huge;
+  char* src = static_cast<char*>(std::aligned_alloc(huge, alloc));
+  char* dst = static_cast<char*>(std::aligned_alloc(huge, alloc));
+#ifdef MADV_HUGEPAGE
+  if (src) madvise(src, alloc, MADV_HUGEPAGE);
+  if (dst) madvise(dst, alloc, MADV_HUGEPAGE);
+#endif
   if (!src || !dst) {
     std::free(src);
     std::free(dst);
