@@ -116,7 +116,8 @@ def _tail(wrapped, n: int = 30) -> str:
 
 @contextmanager
 def vllm_server(image: str = DEFAULT_TAG, model_dir: Path | None = None, extra_args: Sequence[str] = (),
-                timeout_s: float = 300.0, cpus: str | None = None, log_path: Path | None = None) -> Iterator[Engine]:
+                timeout_s: float = 300.0, cpus: str | None = None, log_path: Path | None = None,
+                env: dict[str, str] | None = None) -> Iterator[Engine]:
     """Start vLLM from `image` serving the tiny model on 127.0.0.1:<random port>; always removed after."""
     from images.engine import client as docker_client
     from docker.errors import DockerException
@@ -127,7 +128,7 @@ def vllm_server(image: str = DEFAULT_TAG, model_dir: Path | None = None, extra_a
          .with_command(serve_command("/model", extra_args))
          .with_volume_mapping(str(model_dir.resolve()), "/model", "ro")
          .with_envs(VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                    VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+                    VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", **(env or {}))
          .with_kwargs(shm_size="1g", labels={"org.deploylab.role": "smoke-engine"},
                       **({"cpuset_cpus": cpus} if cpus else {})))
     c.ports[f"{PORT}/tcp"] = ("127.0.0.1",)  # loopback only, a free port chosen by Docker

@@ -21,9 +21,11 @@ from pathlib import Path
 import httpx
 
 from smoke import replay
+from smoke.records import read as read_records
 from smoke.workload import Trace, TraceRequest, words
 
 PEER_TAG = "deploylab/smoke-peer:guidellm-0.8.1"
+ROOT = Path(__file__).resolve().parents[2]
 GUIDELLM = "0.8.1"
 
 
@@ -99,14 +101,33 @@ def bench_prompts(seed: int, n: int, prompt_tokens: int) -> list[str]:
     return [" ".join(rng.choice(vocab) for _ in range(prompt_tokens)) for _ in range(n)]
 
 
+def _bench_trace(seed: int, requests: int, prompt_tokens: int, output_tokens: int) -> Trace:
+    # All at t=0 behind a cap of `concurrency`: a closed loop at that concurrency, like the peer's.
+    return Trace({}, tuple(TraceRequest(id=f"b{i:04d}", t=0.0, cls="bench", endpoint="completions",
+                                        max_tokens=output_tokens, prompt=p)
+                           for i, p in enumerate(bench_prompts(seed, requests, prompt_tokens))))
+
+
 def run_ours(url: str, model: str, concurrency: int, prompt_tokens: int, output_tokens: int, requests: int,
-             seed: int) -> RunResult:
-    reqs = tuple(TraceRequest(id=f"b{i:04d}", t=0.0, cls="bench", endpoint="completions", max_tokens=output_tokens,
-                              prompt=p) for i, p in enumerate(bench_prompts(seed, requests, prompt_tokens)))
+             seed: int, dc=None, out_dir: Path | None = None) -> RunResult:
+    """Our replay; with `dc`, from a container on the host network, placed as the peer is.
+
+    Placement matters on this 2-core host: with the client on the host (root cgroup), the engine
+    handed most streams out in one piece at the end; from a container, some runs streamed (seen with
+    our client and with a plain aiohttp one alike), so the A/B compares clients placed the same way.
+    """
     before = ttft_buckets(url)
     t0 = time.perf_counter()
-    # All at t=0 behind a cap of `concurrency`: a closed loop at that concurrency, like the peer's.
-    recs = replay.run(Trace({}, reqs), url, model, None, replay.ReplayOptions(max_concurrency=concurrency))
+    if dc is None:
+        recs = replay.run(_bench_trace(seed, requests, prompt_tokens, output_tokens), url, model, None,
+                          replay.ReplayOptions(max_concurrency=concurrency))
+    else:
+        name = f"ours-{seed}.jsonl"
+        (out_dir / name).unlink(missing_ok=True)
+        _run_container(dc, PEER_TAG, ["python", "-m", "smoke.bench.peer", url, model, str(concurrency),
+                                      str(prompt_tokens), str(output_tokens), str(requests), str(seed), f"/out/{name}"],
+                       None, out_dir, out_dir / f"ours-{seed}.log", src=True)
+        recs = read_records(out_dir / name)
     wall = time.perf_counter() - t0
     ok = [r for r in recs if r.ok]
     return RunResult("deploylab", statistics.median(r.ttft_s for r in ok) * 1000 if ok else float("nan"),
@@ -177,14 +198,19 @@ def run_vllm_bench(dc, image: str, url: str, model: str, model_dir: Path, concur
                      histogram_median_ms(before, ttft_buckets(url)), wall)
 
 
-def _run_container(dc, image: str, cmd: list[str], model_dir: Path, out_dir: Path, log: Path) -> None:
+def _run_container(dc, image: str, cmd: list[str], model_dir: Path | None, out_dir: Path, log: Path,
+                   src: bool = False) -> None:
     # Host network so the peer reaches the engine's loopback-only port, as our client does.
-    c = dc.containers.run(image, cmd, detach=True, network_mode="host",
+    vols = {str(out_dir.resolve()): {"bind": "/out", "mode": "rw"}}
+    if model_dir is not None:
+        vols[str(model_dir.resolve())] = {"bind": "/model", "mode": "ro"}
+    if src:  # our replay client, from this checkout
+        vols[str(ROOT)] = {"bind": "/deploylab-src", "mode": "ro"}
+    c = dc.containers.run(image, cmd, detach=True, network_mode="host", working_dir="/deploylab-src" if src else None,
                           environment={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                                        # one worker process: its client CPU stays small, as ours does
                                        "GUIDELLM__MAX_WORKER_PROCESSES": "1"},
-                          volumes={str(model_dir.resolve()): {"bind": "/model", "mode": "ro"},
-                                   str(out_dir.resolve()): {"bind": "/out", "mode": "rw"}})
+                          volumes=vols)
     try:
         rc = c.wait(timeout=900)["StatusCode"]
         log.write_bytes(c.logs())
@@ -199,7 +225,7 @@ def _run_container(dc, image: str, cmd: list[str], model_dir: Path, out_dir: Pat
 
 def run_bench(url: str | None = None, image: str | None = None, pairs: int = 4, concurrency: int = 4,
               peer: str = "guidellm", prompt_tokens: int = 128, output_tokens: int = 64, requests: int = 40,
-              out: str = "results/bench/replay", echo=print) -> dict:
+              out: str = "results/bench/replay", echo=print, contained: bool = True, settle_s: float = 10.0) -> dict:
     from images.engine import client
     from matrix.errors import UsageError
     from smoke.image import DEFAULT_TAG, ensure_runtime_image
@@ -221,11 +247,18 @@ def run_bench(url: str | None = None, image: str | None = None, pairs: int = 4, 
 
     def bench(u: str, model: str) -> dict:
         echo(f"server {u}; concurrency {concurrency}, {prompt_tokens} prompt / {output_tokens} output tokens, "
-             f"{requests} requests per run, {pairs} A/B pairs (A = deploylab replay, B = {peer})")
+             f"{requests} requests per run, {pairs} A/B pairs (A = deploylab replay, B = {peer}); both clients "
+             f"{'in containers on the host network' if contained else 'A on the host, B in a container'}")
         run_ours(u, model, concurrency, prompt_tokens, output_tokens, max(8, concurrency * 2), seed=-1)  # warm-up
         rows = []
         for i in range(pairs):
-            a = run_ours(u, model, concurrency, prompt_tokens, output_tokens, requests, seed=i)
+            # The same idle time before each run: the peer's container spends ~10 s importing vLLM
+            # before its first request, and this engine streamed after a pause but, under back-to-back
+            # load, often handed a request's tokens out in one piece at its end.
+            time.sleep(settle_s)
+            a = run_ours(u, model, concurrency, prompt_tokens, output_tokens, requests, seed=i,
+                         dc=dc if contained else None, out_dir=out_dir)
+            time.sleep(settle_s)
             if peer == "guidellm":
                 b = run_guidellm(dc, u, model, model_dir, concurrency, prompt_tokens, output_tokens, requests, out_dir, i)
             else:
@@ -270,3 +303,10 @@ def run_bench(url: str | None = None, image: str | None = None, pairs: int = 4, 
 
 def _f(v: float | None, digits: int = 0) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+if __name__ == "__main__":  # our side of the A/B inside a container: python -m smoke.bench.peer URL MODEL C P O N SEED OUT
+    import sys
+    url_, model_, c_, p_, o_, n_, seed_, out_ = sys.argv[1:9]
+    replay.run(_bench_trace(int(seed_), int(n_), int(p_), int(o_)), url_, model_, Path(out_),
+               replay.ReplayOptions(max_concurrency=int(c_)))
