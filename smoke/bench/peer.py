@@ -1,9 +1,11 @@
 """`invoke bench replay`: our replay side by side with a peer client against the same vLLM server.
 
 Same server, same fixed concurrency, same prompt/output token counts, same number of requests.
-The peer is GuideLLM 0.8.1 (`guidellm run`) or `vllm bench serve`, each in a container on the host
-network (it targets 127.0.0.1 only): GuideLLM depends on torch, and a container from our runtime
-image already has the CPU build, where pip on the host would pull the CUDA one (GBs).
+The peer is GuideLLM 0.8.1 (`guidellm run`) or `vllm bench serve`, in a container on the host
+network (the engine listens on 127.0.0.1 only): GuideLLM depends on torch, and a container from
+our runtime image already has the CPU build, where pip on the host would pull the CUDA one (GBs).
+Our replay runs from the same image, from this checkout, so both clients are placed alike, and
+every run starts after the same idle time (see run_ours and run_bench for why that matters).
 On 2 cores the server's speed drifts between runs, so the tools are interleaved A B A B (>= 4
 pairs) and the figure printed last is the median of the per-pair TTFT-median ratios. The server's
 own /metrics TTFT histogram over each run is a second witness, independent of either client.
