@@ -453,8 +453,9 @@ inline void load2(const T* s, V& a, V& b) {
 // Rows [j0, n) of the next tile's K (or V) rows of one kv head, every line, into L2 (T1). Measured
 // on a 2-core Zen 4 at 8k x 8, 2 threads: no prefetch 14 GB/s, into L1 (T0) 14 GB/s (a tile's K
 // alone is 32 KB, the size of L1, so it evicts the rows in use), into L2 21-23 GB/s; one or two
-// lines per row instead of all four: 16 GB/s; two tiles ahead: no better. Issued in shares spread
-// over the QK groups and PV blocks rather than in one burst per head: +8-12 % (24 -> 26-27 GB/s).
+// lines per row instead of all four: 16 GB/s; two tiles ahead: no better. Spread over the steps
+// (a share of K rows before each QK token group, a V row with each PV token) rather than one burst
+// per head: +10-20 % in DRAM, and -8 % time with K/V in L3.
 template <typename T>
 inline void prefetch_rows(const T* p, size_t stride, int j0, int n, int nlines) {
   for (int j = j0; j < n; ++j)
@@ -553,13 +554,15 @@ inline void softmax_tile(const Ctx& c, int R, int nt, float pos0) {
 
 // acc[rows r0.., dims d0..d0+CV*W) = acc * corr + sum_j p_j V_j, the block in registers.
 template <bool PAIR, int NR, int CV, typename T>
-inline void pv_block(const Ctx& c, int r0, int d0, int nt, const T* Vt) {
+inline void pv_block(const Ctx& c, int r0, int d0, int nt, const T* Vt, const T* pf = nullptr, int pn = 0) {
   V a[NR][CV];
   for (int r = 0; r < NR; ++r) {
     const V cr = Simd::set1(c.cv[r0 + r]);
     for (int v = 0; v < CV; ++v) a[r][v] = Simd::mul(Simd::load(c.acc + size_t(r0 + r) * c.D + d0 + v * W), cr);
   }
+  const int nl = int((size_t(c.D) * sizeof(T) + 63) / 64);
   for (int j = 0; j < nt; ++j) {
+    if (pf && j < pn) prefetch_rows(pf, c.stride, j, j + 1, nl);  // the next tile's row j
     const T* vj = Vt + j * c.stride + d0;
     if constexpr (CV % 2 == 0) {
       for (int v = 0; v < CV; v += 2) {
@@ -588,13 +591,10 @@ inline void pv_rows(const Ctx& c, int r0, int nt, const T* Vt, const T* pf, int 
   const int nl = int((size_t(c.D) * sizeof(T) + 63) / 64);
   int d0 = 0;
   for (; d0 + Simd::CV * W <= c.D; d0 += Simd::CV * W) {
-    if (pf) {  // a share of the next tile's rows before each block
-      const int nb = c.D / (Simd::CV * W), b = d0 / (Simd::CV * W);
-      prefetch_rows(pf, c.stride, pn * b / nb, pn * (b + 1) / nb, nl);
-    }
-    pv_block<PAIR, NR, Simd::CV>(c, r0, d0, nt, Vt);
+    pv_block<PAIR, NR, Simd::CV>(c, r0, d0, nt, Vt, d0 == 0 ? pf : nullptr, pn);
+    if (d0 == 0 && pf && nt < pn) prefetch_rows(pf, c.stride, nt, pn, nl);
   }
-  if (pf && c.D % (Simd::CV * W)) prefetch_rows(pf, c.stride, 0, pn, nl);
+  if (pf && c.D < Simd::CV * W) prefetch_rows(pf, c.stride, 0, pn, nl);  // no full block ran
   if constexpr (PAIR) {
     for (; d0 < c.D; d0 += 2 * W) pv_block<PAIR, NR, 2>(c, r0, d0, nt, Vt);
   } else {
