@@ -556,9 +556,14 @@ inline void softmax_tile(const Ctx& c, int R, int nt, float pos0) {
 template <bool PAIR, int NR, int CV, typename T>
 inline void pv_block(const Ctx& c, int r0, int d0, int nt, const T* Vt, const T* pf = nullptr, int pn = 0) {
   V a[NR][CV];
+  bool rescale = false;  // once the running max settles, a tile rarely moves it: skip the multiply
+  for (int r = 0; r < NR; ++r) rescale |= c.cv[r0 + r] != 1.f;
   for (int r = 0; r < NR; ++r) {
     const V cr = Simd::set1(c.cv[r0 + r]);
-    for (int v = 0; v < CV; ++v) a[r][v] = Simd::mul(Simd::load(c.acc + size_t(r0 + r) * c.D + d0 + v * W), cr);
+    for (int v = 0; v < CV; ++v) {
+      a[r][v] = Simd::load(c.acc + size_t(r0 + r) * c.D + d0 + v * W);
+      if (rescale) a[r][v] = Simd::mul(a[r][v], cr);
+    }
   }
   const int nl = int((size_t(c.D) * sizeof(T) + 63) / 64);
   for (int j = 0; j < nt; ++j) {
