@@ -229,13 +229,16 @@ void run_item(Work& w, const Item& it, std::vector<float>& scratch) {
 #if (defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)) || (defined(__AVX2__) && defined(__FMA__))
 #define KVX_SIMD 1
 
-// The vectorized path. Per (tile of W tokens) x (kv head) x (group of <= 4 query rows of that head):
-//  - QK: token by token, each row's dot product accumulates W lanes wide (no reduction per dot);
-//    the W tokens' lane vectors of a row are then summed by one transpose-and-add tree into a single
-//    vector of W scores (~3 shuffle/add ops per score instead of a full horizontal sum each);
-//  - softmax on that score vector (vector exp, one max and one sum per row per tile);
-//  - PV with a block of accumulators (rows x CV vectors) held in registers across the tile's tokens.
-// bf16 -> f32 is a zero-extend + shift (exact), fp8 e4m3 the same bit trick as the scalar path.
+// The vectorized path (AVX-512: tiles of 16 tokens, AVX2: 8). Per tile, for every kv head and
+// group of <= 4 query rows of that head (the GQA group):
+//  - QK: each row's dot product accumulates W lanes wide (no reduction per dot); a row's W
+//    per-token lane vectors are then summed by one transpose-and-add tree into a single vector of
+//    W scores (~3 shuffle/add ops per score instead of a full horizontal sum each);
+//  - softmax on those score vectors (vector exp, one max per row per tile);
+//  - PV with a block of accumulators (rows x CV vectors) held in registers across the tile.
+// bf16 -> f32 is a shift or an and (exact), fp8 e4m3 the same bit trick as the scalar path.
+// Single thread, K/V in L3, bf16, Hq 32 / Hkv 8 / d 128 on a Zen 4: 415 -> 109 cycles per token
+// and kv head (the scalar loop above vs this; the 64 FMAs alone take 64).
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 struct Simd {
   using V = __m512;
