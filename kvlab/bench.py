@@ -7,8 +7,9 @@ reports that byte count over the median time, against the machine's measured cop
 cost of the indirection alone; contiguous is the baseline with no metadata at all.
 
 Honest by construction: the copy bandwidth is measured in the same run with the same thread count,
-before and after the grid, and the higher of the two is the reference (a disturbed measurement can
-only lower the reported ratio); each layout gets a warm-up call, then the layouts' timed calls are
+on transparent huge pages as numpy's large K/V arrays are (4 KiB pages copy ~15 % slower), before
+and after the grid, and the higher of the two is the reference (a disturbed measurement can only
+lower the reported ratio); each layout gets a warm-up call, then the layouts' timed calls are
 interleaved rep by rep (a disturbance hits all three alike) and the median is reported. Shapes
 whose K/V fit in the last-level cache (1k × 1 and 1k × 4 are 4 and 16 MiB) read from cache, not
 from memory, so their ratio to the copy bandwidth can exceed 1; the goal is judged on 8k/32k at
