@@ -117,6 +117,7 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
     is_url = isinstance(target, str)
     cell = url_cell_id(target) if is_url else target.id
     out_dir = store.artifact_dir(cell, "smoke")
+    server_log = out_dir / "server.log"
     workload.write(trace, out_dir / "trace.jsonl")
     started = time.time()
     t0 = time.monotonic()
@@ -140,7 +141,7 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
             dc = client(timeout=3600)
             ensure_runtime_image(dc, log_path=out_dir / "runtime-image.log")
             with vllm_server(image, model_dir=ensure_model(dc), timeout_s=startup_timeout_s,
-                             log_path=out_dir / "server.log") as eng:
+                             log_path=server_log) as eng:
                 versions = {"vllm": eng.version, "image": image}
                 meta.update({"engine_url": eng.url, "vllm": eng.version, "startup_s": round(eng.startup_s, 1)})
                 verdict, summary, arts = replay_and_report(trace, eng.url, eng.model, m, out_dir, meta, progress)
@@ -149,13 +150,13 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
             return write(StageOutcome(cell, "smoke", "fail", category="server-start", evidence=tuple(tail),
                                             remediation="see server.log; the engine never answered /v1/models",
                                             started=started, seconds=time.monotonic() - t0,
-                                            artifacts={"server_log": str(out_dir / "server.log")}))
+                                            artifacts={"server_log": str(server_log)}))
     arts["trace"] = str(out_dir / "trace.jsonl")
-    if (out_dir / "server.log").exists():
-        arts["server_log"] = str(out_dir / "server.log")
+    warns: list[str] = []
+    if server_log.exists():  # a --url target has no server log of ours
+        arts["server_log"] = str(server_log)
+        warns = runtime_warnings(server_log.read_text(errors="replace"))
     status = "pass" if verdict.passed else "fail"
-    log = out_dir / "server.log"
-    warns = runtime_warnings(log.read_text(errors="replace")) if log.exists() else []
     return write(StageOutcome(
         cell, "smoke", status, category="" if verdict.passed else "slo", evidence=evidence(summary, verdict),
         remediation="" if verdict.passed else "a class missed its SLO bound: see report.md",

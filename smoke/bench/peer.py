@@ -174,7 +174,7 @@ def _prompt_file(out_dir: Path, n: int, requests: int, prompt_tokens: int, outpu
     return data
 
 
-def run_vllm_bench(dc, image: str, url: str, model: str, model_dir: Path, concurrency: int, prompt_tokens: int,
+def run_vllm_bench(dc, url: str, model: str, model_dir: Path, concurrency: int, prompt_tokens: int,
                    output_tokens: int, requests: int, out_dir: Path, n: int) -> RunResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"vllm-bench-{n}.json"
@@ -192,7 +192,7 @@ def run_vllm_bench(dc, image: str, url: str, model: str, model_dir: Path, concur
            "--save-result", "--result-dir", "/out", "--result-filename", name]
     before = ttft_buckets(url)
     t0 = time.perf_counter()
-    _run_container(dc, image, cmd, model_dir, out_dir, out_dir / f"vllm-bench-{n}.log")
+    _run_container(dc, PEER_TAG, cmd, model_dir, out_dir, out_dir / f"vllm-bench-{n}.log")
     wall = time.perf_counter() - t0
     d = json.loads((out_dir / name).read_text())
     return RunResult("vllm-bench", float(d["median_ttft_ms"]), float(d.get("median_itl_ms") or 0) or None,
@@ -264,7 +264,7 @@ def run_bench(url: str | None = None, image: str | None = None, pairs: int = 4, 
             if peer == "guidellm":
                 b = run_guidellm(dc, u, model, model_dir, concurrency, prompt_tokens, output_tokens, requests, out_dir, i)
             else:
-                b = run_vllm_bench(dc, PEER_TAG, u, model, model_dir, concurrency, prompt_tokens, output_tokens,
+                b = run_vllm_bench(dc, u, model, model_dir, concurrency, prompt_tokens, output_tokens,
                                    requests, out_dir, i)
             ratio = a.ttft_p50_ms / b.ttft_p50_ms
             rows.append((a, b, ratio))
