@@ -153,6 +153,71 @@ __device__ __forceinline__ void unit_rows(const Args& a, int unit, int kvh, int 
   }
 }
 
+// Where one unit's (sequence's, or PREFIX group's) tokens live in the pool: of(t) is token t's slot
+// through the unit's contiguous row, paged block-table row, or spans. The spans cursor only moves
+// forward, so each thread asks for its tokens in non-decreasing order (tiles are issued in order);
+// `send` (the current span's end token) tells whether a tile lies in one physically contiguous run.
+// reset() points it at a unit (the tensor-core kernels load the span CSR offsets early and pass
+// them in). CUR: keep the current span's first block in a register, loaded alongside its length
+// (the tensor-core kernels), or read it at each lookup (partial_kernel, mma16_kernel: fewer live
+// registers where those are short).
+template <bool CUR>
+struct SlotCursor {
+  const Args& a;
+  int bs, bs_shift, unit;
+  int si, sstart, send, nsp, cur;  // spans: current span, its first token, its end, count, its first block
+  const int32_t* sblk;             // SPANS: the unit's spans (first block, length in tokens)
+  const int32_t* slen;
+  const int32_t* table;            // PAGED: the unit's block-table row
+
+  __device__ __forceinline__ explicit SlotCursor(const Args& args) : a(args) {
+    bs = a.p.block_size, bs_shift = (bs & (bs - 1)) ? -1 : __ffs(bs) - 1;
+    table = sblk = slen = nullptr;
+    si = 0, sstart = 0, send = 0, nsp = 0, cur = 0;
+  }
+  __device__ __forceinline__ void reset(int u, int sp0, int sp1) {  // sp0, sp1: a.sptr[u], a.sptr[u + 1]
+    begin(u);
+    if (a.kind == SPANS) begin_spans(sp0, sp1);
+  }
+  __device__ __forceinline__ void reset(int u) {
+    begin(u);
+    if (a.kind == SPANS) begin_spans(a.sptr[u], a.sptr[u + 1]);
+  }
+  __device__ __forceinline__ void reset_spans(int u) {  // whatever a.kind says (the hybrid prefix)
+    begin(u);
+    begin_spans(a.sptr[u], a.sptr[u + 1]);
+  }
+  __device__ __forceinline__ void begin(int u) {
+    unit = u;
+    table = a.table + size_t(u) * a.max_blocks;
+    si = 0, sstart = 0, send = 0, nsp = 0, cur = 0;
+  }
+  __device__ __forceinline__ void begin_spans(int sp0, int sp1) {
+    sblk = a.sblk + sp0, slen = a.slen + sp0, nsp = sp1 - sp0;
+    if constexpr (CUR) {
+      if (nsp) send = slen[0], cur = sblk[0];  // two independent loads
+    } else {
+      send = nsp ? slen[0] : 0;
+    }
+  }
+  __device__ __forceinline__ int64_t spans(int tok) {
+    if constexpr (CUR) {
+      while (tok >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si], cur = sblk[si];
+      return int64_t(cur) * bs + (tok - sstart);
+    } else {
+      while (tok >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si];
+      return int64_t(sblk[si]) * bs + (tok - sstart);
+    }
+  }
+  __device__ __forceinline__ int64_t of(int tok) {
+    if (a.kind == CONTIG) return int64_t(unit) * a.stride + tok;
+    if (a.kind == PAGED)  // block sizes are powers of two in practice: shift, not divide
+      return bs_shift >= 0 ? int64_t(table[tok >> bs_shift]) * bs + (tok & (bs - 1))
+                           : int64_t(table[tok / bs]) * bs + tok % bs;
+    return spans(tok);
+  }
+};
+
 // STG: cp.async pipeline depth; MINB: CTAs per SM the register budget must allow.
 template <typename T, int RMAX, bool FAST, int STG = STAGES, int MINB = (RMAX <= 4 ? 4 : 2)>
 __global__ void __launch_bounds__(THREADS, MINB) partial_kernel(Args a) {
@@ -200,26 +265,8 @@ __global__ void __launch_bounds__(THREADS, MINB) partial_kernel(Args a) {
 
   const T* K = static_cast<const T*>(a.k);
   const T* V = static_cast<const T*>(a.v);
-  const int bs = a.p.block_size, bs_shift = (bs & (bs - 1)) ? -1 : __ffs(bs) - 1;
-  const int32_t* table = a.table + size_t(unit) * a.max_blocks;
-  // spans: a cursor per thread; its tokens only move forward
-  int si = 0, sstart = 0, send = 0;
-  const int32_t* sblk = nullptr;
-  const int32_t* slen = nullptr;
-  int nsp = 0;
-  if (a.kind == SPANS) {
-    sblk = a.sblk + a.sptr[unit];
-    slen = a.slen + a.sptr[unit];
-    nsp = a.sptr[unit + 1] - a.sptr[unit];
-    send = nsp ? slen[0] : 0;
-  }
-  auto slot_of = [&](int t) -> int64_t {
-    if (a.kind == CONTIG) return int64_t(unit) * a.stride + t;
-    if (a.kind == PAGED)  // block sizes are powers of two in practice: shift, not divide
-      return bs_shift >= 0 ? int64_t(table[t >> bs_shift]) * bs + (t & (bs - 1)) : int64_t(table[t / bs]) * bs + t % bs;
-    while (t >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si];
-    return int64_t(sblk[si]) * bs + (t - sstart);
-  };
+  SlotCursor<false> slots(a);  // a cursor per thread; its tokens only move forward
+  slots.reset(unit);
   // Loads go through a STAGES-deep cp.async pipeline into shared memory: the copy engine keeps
   // (STAGES-1) tiles of K and V in flight per CTA while the lanes compute on the oldest one.
   // A tile is the TT = U × NG tokens the CTA consumes per step; rows of RB bytes, copied in CB-byte
@@ -236,7 +283,7 @@ __global__ void __launch_bounds__(THREADS, MINB) partial_kernel(Args a) {
       for (int c = threadIdx.x; c < TT * CPR; c += THREADS) {
         const int j = c >> cpr_shift, part = c & (CPR - 1), t = tb + j;  // CPR is a power of two
         const bool ok = t < t1;
-        const int64_t slot = ok ? slot_of(t) : 0;
+        const int64_t slot = ok ? slots.of(t) : 0;
         const size_t off = size_t(slot * H + kvh) * D * sizeof(T) + size_t(part) * CB;
         char* dk = st + j * RB + part * CB;
         if (CB == 16) {
@@ -624,25 +671,9 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
 
   const uint16_t* K = static_cast<const uint16_t*>(a.k);
   const uint16_t* V = static_cast<const uint16_t*>(a.v);
-  const int bs = a.p.block_size, bs_shift = (bs & (bs - 1)) ? -1 : __ffs(bs) - 1;
-  const int32_t* table = a.table + size_t(unit) * a.max_blocks;
-  int si = 0, sstart = 0, send = 0, nsp = 0, cur = 0;  // spans cursor; cur: its span's first block
-  const int32_t* sblk = nullptr;
-  const int32_t* slen = nullptr;
-  if (a.kind == SPANS) {
-    sblk = a.sblk + sp0;
-    slen = a.slen + sp0;
-    nsp = sp1 - sp0;
-    if (nsp) send = slen[0], cur = sblk[0];  // two independent loads
-  }
-  auto slot_of = [&](int tok) -> int64_t {
-    if (a.kind == CONTIG) return int64_t(unit) * a.stride + tok;
-    if (a.kind == PAGED)
-      return bs_shift >= 0 ? int64_t(table[tok >> bs_shift]) * bs + (tok & (bs - 1))
-                           : int64_t(table[tok / bs]) * bs + tok % bs;
-    while (tok >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si], cur = sblk[si];
-    return int64_t(cur) * bs + (tok - sstart);
-  };
+  SlotCursor<true> slots(a);
+  slots.reset(unit, sp0, sp1);
+  const int bs = slots.bs, bs_shift = slots.bs_shift;
   char* stage_base = reinterpret_cast<char*>(smem);
   constexpr int stage_bytes = 2 * MMA_TT * MMA_RBP, CPR = MMA_RB / 16;
   const int nsteps = t1 > t0 ? (t1 - t0 + MMA_TT - 1) / MMA_TT : 0;
@@ -656,20 +687,20 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
       // layout's per-block table read), per token only where a block or span ends inside them.
       int64_t base = -1;
       if (a.kind != PAGED) {
-        const int64_t s0 = slot_of(tb);
-        if (a.kind == CONTIG || min(t1, tb + MMA_TT) <= send) base = s0;
+        const int64_t s0 = slots.of(tb);
+        if (a.kind == CONTIG || min(t1, tb + MMA_TT) <= slots.send) base = s0;
       }
       const int part = threadIdx.x % CPR, j0 = (threadIdx.x / CPR) * 8;
       int64_t run = -1, run2 = -1;
       int n1 = 8;  // tokens of the 8 in the first run; the rest continue in run2 (paged, bs >= 8)
       if (base < 0 && tb + j0 < t1) {
         const int first = tb + j0;
-        const int64_t s0 = tb == 0 && spec_e >= 0 ? int64_t(spec_e) * bs + (first & (bs - 1)) : slot_of(first);
+        const int64_t s0 = tb == 0 && spec_e >= 0 ? int64_t(spec_e) * bs + (first & (bs - 1)) : slots.of(first);
         if (a.kind == PAGED && bs >= 8) {
           n1 = min(8, bs - (bs_shift >= 0 ? (first & (bs - 1)) : first % bs));
           run = s0;
-          if (n1 < 8 && first + n1 < t1) run2 = slot_of(first + n1);
-        } else if (a.kind == SPANS && first + 8 <= send) {
+          if (n1 < 8 && first + n1 < t1) run2 = slots.of(first + n1);
+        } else if (a.kind == SPANS && first + 8 <= slots.send) {
           run = s0;
         }
       }
@@ -680,7 +711,7 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
         const int64_t slot = !ok ? 0
                              : base >= 0 ? base + j
                              : run >= 0  ? (i < n1 ? run + i : run2 + (i - n1))
-                                         : slot_of(tok);
+                                         : slots.of(tok);
         const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
         char* dk = st + j * MMA_RBP + part * 16;
         if constexpr (PF) {
@@ -784,7 +815,8 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
   const int nitems = (a.p.num_seqs - int(blockIdx.z) + int(gridDim.z) - 1) / int(gridDim.z);
   if (nitems <= 0 || nrows <= 0) return;
   auto unit_of = [&](int i) { return int(blockIdx.z) + i * int(gridDim.z); };
-  const int bs = a.p.block_size, bs_shift = (bs & (bs - 1)) ? -1 : __ffs(bs) - 1, W = a.p.window;
+  SlotCursor<true> slots(a);  // the issuing item's
+  const int bs = slots.bs, bs_shift = slots.bs_shift, W = a.p.window;
   const uint16_t* K = static_cast<const uint16_t*>(a.k);
   const uint16_t* V = static_cast<const uint16_t*>(a.v);
   char* stage_base = reinterpret_cast<char*>(smem);
@@ -793,11 +825,7 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
   float* s_l = s_m + NG * RMAX;
 
   // issue side: the item whose tiles are being requested, and the next item's metadata (prefetched)
-  int i_item = 0, i_unit = 0, i_step = 0, i_t1 = 0, i_t0 = 0, i_nsteps = 0, issued = 0;
-  int si = 0, sstart = 0, send = 0, nsp = 0, cur = 0;
-  const int32_t* sblk = nullptr;
-  const int32_t* slen = nullptr;
-  const int32_t* table = nullptr;
+  int i_item = 0, i_step = 0, i_t1 = 0, i_t0 = 0, i_nsteps = 0, issued = 0;
   int n_len = 0, n_sp0 = 0, n_sp1 = 0;
   int spec_e = -1;  // as in mma_kernel: item 0's first table entry, loaded alongside its length
   auto fetch_meta = [&](int unit, int& len, int& sp0, int& sp1) {
@@ -805,23 +833,10 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
     if (a.kind == SPANS) sp0 = a.sptr[unit], sp1 = a.sptr[unit + 1];
   };
   auto begin_issue = [&](int unit, int len, int sp0, int sp1) {
-    i_unit = unit, i_step = 0;
+    i_step = 0;
     i_t0 = W > 0 ? max(0, len - W) : 0, i_t1 = len;  // decode: the query sits at len - 1
     i_nsteps = (i_t1 - i_t0 + MMA_TT - 1) / MMA_TT;
-    table = a.table + size_t(unit) * a.max_blocks;
-    si = 0, sstart = 0, send = 0, nsp = 0, cur = 0;
-    if (a.kind == SPANS) {
-      sblk = a.sblk + sp0, slen = a.slen + sp0, nsp = sp1 - sp0;
-      if (nsp) send = slen[0], cur = sblk[0];
-    }
-  };
-  auto slot_of = [&](int tok) -> int64_t {
-    if (a.kind == CONTIG) return int64_t(i_unit) * a.stride + tok;
-    if (a.kind == PAGED)
-      return bs_shift >= 0 ? int64_t(table[tok >> bs_shift]) * bs + (tok & (bs - 1))
-                           : int64_t(table[tok / bs]) * bs + tok % bs;
-    while (tok >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si], cur = sblk[si];
-    return int64_t(cur) * bs + (tok - sstart);
+    slots.reset(unit, sp0, sp1);
   };
   auto issue_next = [&]() {  // the next tile in (item, tile) order, or an empty group past the end
     if (i_step == i_nsteps && i_item + 1 < nitems) {
@@ -834,8 +849,8 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
       const int tb = i_t0 + i_step * MMA_TT, t1 = i_t1;
       int64_t base = -1;  // as in mma_kernel: one lookup per tile where the tile is contiguous
       if (a.kind != PAGED) {
-        const int64_t s0 = slot_of(tb);
-        if (a.kind == CONTIG || min(t1, tb + MMA_TT) <= send) base = s0;
+        const int64_t s0 = slots.of(tb);
+        if (a.kind == CONTIG || min(t1, tb + MMA_TT) <= slots.send) base = s0;
       }
       const int part = threadIdx.x % CPR, j0 = (threadIdx.x / CPR) * 8;
       int64_t run = -1, run2 = -1;
@@ -843,12 +858,12 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
       if (base < 0 && tb + j0 < t1) {
         const int first = tb + j0;
         const int64_t s0 = i_item == 0 && tb == 0 && spec_e >= 0 ? int64_t(spec_e) * bs + (first & (bs - 1))
-                                                                 : slot_of(first);
+                                                                 : slots.of(first);
         if (a.kind == PAGED && bs >= 8) {
           n1 = min(8, bs - (bs_shift >= 0 ? (first & (bs - 1)) : first % bs));
           run = s0;
-          if (n1 < 8 && first + n1 < t1) run2 = slot_of(first + n1);
-        } else if (a.kind == SPANS && first + 8 <= send) {
+          if (n1 < 8 && first + n1 < t1) run2 = slots.of(first + n1);
+        } else if (a.kind == SPANS && first + 8 <= slots.send) {
           run = s0;
         }
       }
@@ -859,7 +874,7 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
         const int64_t slot = !ok ? 0
                              : base >= 0 ? base + j
                              : run >= 0  ? (i < n1 ? run + i : run2 + (i - n1))
-                                         : slot_of(tok);
+                                         : slots.of(tok);
         const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
         char* dk = st + j * MMA_RBP + part * 16;
         cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
@@ -1002,25 +1017,9 @@ __global__ void __launch_bounds__(32 * HPC, 1) wide_kernel(Args a) {
 
   const uint16_t* K = static_cast<const uint16_t*>(a.k);
   const uint16_t* V = static_cast<const uint16_t*>(a.v);
-  const int bs = a.p.block_size, bs_shift = (bs & (bs - 1)) ? -1 : __ffs(bs) - 1;
-  const int32_t* table = a.table + size_t(unit) * a.max_blocks;
-  int si = 0, sstart = 0, send = 0, nsp = 0, cur = 0;  // spans cursor; cur: its span's first block
-  const int32_t* sblk = nullptr;
-  const int32_t* slen = nullptr;
-  if (a.kind == SPANS) {
-    sblk = a.sblk + sp0;
-    slen = a.slen + sp0;
-    nsp = sp1 - sp0;
-    if (nsp) send = slen[0], cur = sblk[0];  // two independent loads
-  }
-  auto slot_of = [&](int tok) -> int64_t {
-    if (a.kind == CONTIG) return int64_t(unit) * a.stride + tok;
-    if (a.kind == PAGED)
-      return bs_shift >= 0 ? int64_t(table[tok >> bs_shift]) * bs + (tok & (bs - 1))
-                           : int64_t(table[tok / bs]) * bs + tok % bs;
-    while (tok >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si], cur = sblk[si];
-    return int64_t(cur) * bs + (tok - sstart);
-  };
+  SlotCursor<true> slots(a);
+  slots.reset(unit, sp0, sp1);
+  const int bs = slots.bs, bs_shift = slots.bs_shift;
   // stage: K then V, each [HPC heads][16 tokens][MMA_RBP]; a thread copies 16 bytes (part) of one
   // head's row for 8 of the 16 tokens (j = 2i + tsub): consecutive threads, consecutive addresses
   constexpr int KB = HPC * WT * MMA_RBP, stage_bytes = 2 * KB;
@@ -1034,13 +1033,13 @@ __global__ void __launch_bounds__(32 * HPC, 1) wide_kernel(Args a) {
       const int tb = t0 + step * WT;
       int64_t base = -1;  // the tile's 16 tokens in consecutive slots: one lookup (uniform per CTA)
       if (a.kind == CONTIG) base = int64_t(unit) * a.stride + tb;
-      else if (a.kind == PAGED) { if (bs_shift >= 0 && (tb & (bs - 1)) + WT <= bs) base = slot_of(tb); }
-      else { const int64_t s0 = slot_of(tb); if (min(t1, tb + WT) <= send) base = s0; }
+      else if (a.kind == PAGED) { if (bs_shift >= 0 && (tb & (bs - 1)) + WT <= bs) base = slots.of(tb); }
+      else { const int64_t s0 = slots.of(tb); if (min(t1, tb + WT) <= slots.send) base = s0; }
 #pragma unroll
       for (int i = 0; i < WT / 2; ++i) {
         const int j = 2 * i + tsub, tok = tb + j;
         const bool ok = tok < t1;
-        const int64_t slot = !ok ? 0 : base >= 0 ? base + j : slot_of(tok);
+        const int64_t slot = !ok ? 0 : base >= 0 ? base + j : slots.of(tok);
         const size_t off = ok ? size_t(slot) * H * MMA_RB + head_off : 0;
         char* dk = st + (hh * WT + j) * MMA_RBP + part * 16;
         cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
@@ -1150,29 +1149,21 @@ __global__ void __launch_bounds__(THREADS) mma16_kernel(Args a) {
 
   const uint16_t* K = static_cast<const uint16_t*>(a.k);
   const uint16_t* V = static_cast<const uint16_t*>(a.v);
-  const int bs = a.p.block_size;
-  int si = 0, sstart = 0, send = 0;
-  const int32_t* sblk = a.sblk + a.sptr[unit];
-  const int32_t* slen = a.slen + a.sptr[unit];
-  const int nsp = a.sptr[unit + 1] - a.sptr[unit];
-  send = nsp ? slen[0] : 0;
-  auto slot_of = [&](int tok) -> int64_t {  // the prefix is always spans
-    while (tok >= send && si + 1 < nsp) sstart = send, ++si, send += slen[si];
-    return int64_t(sblk[si]) * bs + (tok - sstart);
-  };
+  SlotCursor<false> slots(a);  // the prefix is always spans
+  slots.reset_spans(unit);
   const int nsteps = t1 > t0 ? (t1 - t0 + MMA_TT - 1) / MMA_TT : 0;
   auto issue = [&](int step) {
     if (step < nsteps) {
       char* st = stage_base + (step % STG) * stage_bytes;
       const int tb = t0 + step * MMA_TT;
-      const int64_t s0 = slot_of(tb);
-      const int64_t base = min(t1, tb + MMA_TT) <= send ? s0 : -1;
+      const int64_t s0 = slots.spans(tb);
+      const int64_t base = min(t1, tb + MMA_TT) <= slots.send ? s0 : -1;
       const int part = threadIdx.x % CPR, j0 = (threadIdx.x / CPR) * 8;
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const int j = j0 + i, tok = tb + j;
         const bool ok = tok < t1;
-        const int64_t slot = !ok ? 0 : base >= 0 ? base + j : slot_of(tok);
+        const int64_t slot = !ok ? 0 : base >= 0 ? base + j : slots.spans(tok);
         const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
         char* dk = st + j * MMA_RBP + part * 16;
         cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
