@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
-from smoke import records as recmod
+from smoke import records as recmod, transport
 from smoke.records import RequestRecord
 from smoke.workload import Trace, TraceRequest
 
@@ -35,7 +35,7 @@ CLASS_HEADER = "X-Request-Class"
 @dataclass(frozen=True)
 class ReplayOptions:
     max_concurrency: int = 16
-    request_timeout_s: float = 600.0
+    request_timeout_s: float = 600.0     # the whole request, first byte to [DONE]
     ignore_eos: bool = True          # fixed output lengths: a random-weight model stops anywhere otherwise
     temperature: float | None = None  # None: the server's default
     # vLLM's extension: each chunk lists its token ids, so a chunk that carries several tokens (the
@@ -70,14 +70,11 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[tuple[str, int, dict | None, bool]]:
         """Events as (text, tokens in it, usage, done); tokens from token_ids where sent, else 1 per text."""
-        self.buf += chunk
+        # Runs once per socket read, the replay's hottest path: one split per chunk, orjson for the data.
+        *events, self.buf = (self.buf + chunk if self.buf else chunk).split(b"\n\n")
         out = []
-        while True:
-            i = self.buf.find(b"\n\n")
-            if i < 0:
-                return out
-            event, self.buf = self.buf[:i], self.buf[i + 2:]
-            for line in event.split(b"\n"):
+        for event in events:
+            for line in event.split(b"\n") if b"\n" in event else (event,):
                 if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
@@ -85,8 +82,8 @@ class SSEParser:
                     out.append(("", 0, None, True))
                     continue
                 try:
-                    obj = json.loads(data)
-                except ValueError:
+                    obj = orjson.loads(data)
+                except orjson.JSONDecodeError:
                     continue
                 if "error" in obj and not obj.get("choices"):
                     err = obj["error"]
@@ -102,6 +99,7 @@ class SSEParser:
                 if self.lag_sink is not None and "ts" in obj:
                     self.lag_sink.append(time.time() - obj["ts"])
                 out.append((text, ntok, obj.get("usage"), False))
+        return out
 
 
 class StreamError(Exception):
@@ -122,8 +120,11 @@ async def stream_one(client: httpx.AsyncClient, base_url: str, req: TraceRequest
     error = ""
     bps = req.read_bytes_per_s
     try:
-        async with client.stream("POST", base_url + PATHS[req.endpoint], json=body, headers={CLASS_HEADER: req.cls},
-                                 timeout=httpx.Timeout(timeout_s, connect=10.0)) as resp:
+        # One deadline for the whole request, not one per socket read: a per-read timeout costs a timer
+        # (anyio: a cancel scope) on every token.
+        async with asyncio.timeout(timeout_s), client.stream(
+                "POST", base_url + PATHS[req.endpoint], json=body, headers={CLASS_HEADER: req.cls},
+                timeout=httpx.Timeout(None, connect=10.0, write=30.0)) as resp:
             status = resp.status_code
             if status != 200:
                 text = (await resp.aread()).decode(errors="replace")
@@ -150,6 +151,8 @@ async def stream_one(client: httpx.AsyncClient, base_url: str, req: TraceRequest
         error = f"error event in stream after {len(times)} tokens: {exc}"
     except httpx.ConnectError as exc:
         error = f"connect failed (server down?): {_why(exc)}"
+    except TimeoutError:
+        error = f"timeout after {time.perf_counter() - sent:.1f}s (request deadline {timeout_s:g}s) after {len(times)} tokens"
     except httpx.TimeoutException as exc:
         error = f"timeout after {time.perf_counter() - sent:.1f}s ({exc.__class__.__name__}) after {len(times)} tokens"
     except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
@@ -215,9 +218,7 @@ class ClientPool:
     def _client(limit: int, recv_buffer: int) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
         # A small receive buffer (slow readers) so unread bytes back up into the server, not into our memory.
-        opts = [(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)] if recv_buffer else None
-        return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(verify=_ssl_context(), limits=limits,
-                                                                        socket_options=opts))
+        return httpx.AsyncClient(transport=transport.transport(limits, _ssl_context(), recv_buffer))
 
     @contextlib.asynccontextmanager
     async def client(self):

@@ -5,11 +5,13 @@ The source is smoke.bench.sse_source in its own process on 127.0.0.1, so this pr
 - streams: N streams at once, one token every `interval` s each; sustained when every stream
   completes and the client keeps pace (ITL p99 within interval + slack). Largest N is reported.
 - per-token overhead: the client's CPU seconds / tokens received, at one token per socket read
-  (paced streams, the worst case) and in bursts (interval 0, many tokens per read).
+  (paced streams, the worst case) and in bursts (interval 0, many tokens per read); beside the
+  paced figure, in the same run, the floor: bare asyncio socket reads of the same streams.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import subprocess
@@ -110,6 +112,33 @@ def measure(url: str, streams: int, tokens: int, interval: float, ramp_s: float 
                           peak_open(recs))
 
 
+def bare_cpu_s(url: str, streams: int, tokens: int, ramp_s: float) -> float:
+    """CPU seconds to read the same streams with bare asyncio sockets: no HTTP or SSE parsing.
+
+    The floor of any Python client on this machine (event-loop wake + read per token), so the
+    client's figure can be read as a ratio measured in the same run.
+    """
+    host, port = url.rsplit("/", 1)[1].split(":")
+    body = b'{"max_tokens": %d, "messages": []}' % tokens
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+
+    async def one(delay: float) -> None:
+        await asyncio.sleep(delay)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head + body)
+        while (data := await reader.read(65536)) and not data.endswith(b"0\r\n\r\n"):  # till the last chunk
+            pass
+        writer.close()
+
+    async def all_() -> None:
+        await asyncio.gather(*(one(ramp_s * i / streams) for i in range(streams)))
+
+    cpu0 = time.process_time()
+    with asyncio.Runner(loop_factory=replay.loop_factory()) as runner:
+        runner.run(all_())
+    return time.process_time() - cpu0
+
+
 def peak_open(recs) -> int:
     """Most requests in flight at once: a sweep over send (+1) and end (-1) times, ends first on ties."""
     edges = sorted([(r.sent_s, 1) for r in recs] + [(r.end_s, -1) for r in recs], key=lambda e: (e[0], e[1]))
@@ -140,13 +169,17 @@ def run_capacity(levels: tuple[int, ...] = (500, 1000, 2000, 3000), interval: fl
                 break  # streams failing: more of them says nothing new
     # Per-token cost apart from per-request cost (connect, request, headers): the same streams with
     # fewer tokens; the CPU difference over the token difference is the client's cost of one token.
+    # Beside it, in the same run, the floor: bare asyncio socket reads of the same streams.
     with Source(interval) as src:
         few = measure(src.url, per_token_streams, 2, interval, ramp_s=2.0)
         many = measure(src.url, per_token_streams, tokens, interval, ramp_s=2.0)
+        bare = (bare_cpu_s(src.url, per_token_streams, tokens, 2.0) - bare_cpu_s(src.url, per_token_streams, 2, 2.0))
     per_token = 1000 * (many.client_cpu_s - few.client_cpu_s) / max(many.tokens - few.tokens, 1)
     per_request = 1000 * few.client_cpu_s / per_token_streams - 2 * per_token
+    floor = 1000 * bare / (per_token_streams * (tokens - 2))
     echo(f"paced, one token per read: {per_token:.3f} ms client CPU per token, {per_request:.2f} ms per request "
-         f"({per_token_streams} streams, 2 vs {tokens} tokens)")
+         f"({per_token_streams} streams, 2 vs {tokens} tokens); bare socket reads of the same streams "
+         f"{floor:.3f} ms per token: the client costs {per_token / floor:.1f}x the floor")
     with Source(0.0) as src:
         b = measure(src.url, burst_streams, burst_tokens, 0.0, ramp_s=0.0)
         echo(f"burst: {burst_streams} streams x {burst_tokens} tokens as fast as possible: {b.tokens_per_s:.0f} tok/s, "
@@ -156,6 +189,7 @@ def run_capacity(levels: tuple[int, ...] = (500, 1000, 2000, 3000), interval: fl
     summary = {"max_sustained_streams": best.streams if best else 0,
                "max_completed_streams": done.streams if done else 0,
                "paced_cpu_ms_per_token": per_token, "cpu_ms_per_request": per_request,
+               "paced_floor_cpu_ms_per_token": floor,
                "burst_cpu_ms_per_token": b.cpu_ms_per_token,
                "burst_tokens_per_s": b.tokens_per_s, "levels": [r.__dict__ for r in results]}
     echo(f"client capacity: {summary['max_sustained_streams']} concurrent streams sustained (read lag p99 <= 100 ms), "
