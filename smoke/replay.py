@@ -20,7 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
+
+try:  # orjson where installed (the host: a dependency); the peer image's replay falls back to json
+    from orjson import JSONDecodeError, loads as json_loads
+except ImportError:
+    from json import JSONDecodeError, loads as json_loads
 
 from smoke import records as recmod, transport
 from smoke.records import RequestRecord
@@ -82,8 +86,8 @@ class SSEParser:
                     out.append(("", 0, None, True))
                     continue
                 try:
-                    obj = orjson.loads(data)
-                except orjson.JSONDecodeError:
+                    obj = json_loads(data)
+                except JSONDecodeError:
                     continue
                 if "error" in obj and not obj.get("choices"):
                     err = obj["error"]
