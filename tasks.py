@@ -308,8 +308,8 @@ BENCHES = {"replay": _bench_replay, "replay-capacity": _bench_replay_capacity}
 
 
 @task(help={"name": "replay, replay-capacity or kvext", "url": "replay: a vLLM server on loopback (else one is started)",
-            "image": "replay: engine image to start", "pairs": "replay: A/B pairs (>= 4)",
-            "concurrency": "replay: fixed concurrency", "peer": "replay: guidellm or vllm",
+            "image": "replay: engine image to start", "pairs": "replay: A/B pairs (>= 4; default 8)",
+            "concurrency": "replay: fixed concurrency", "peer": "replay: vllm (default) or guidellm",
             "streams": "replay-capacity: comma-separated stream counts", "interval": "replay-capacity: token pace (s)"})
 @one_line_errors
 def bench(c, name, url=None, image=None, pairs=None, concurrency=None, peer=None, streams=None, interval=None):

@@ -7,7 +7,9 @@ our runtime image already has the CPU build, where pip on the host would pull th
 Our replay runs from the same image, from this checkout, so both clients are placed alike, and
 every run starts after the same idle time (see run_ours and run_bench for why that matters).
 On 2 cores the server's speed drifts between runs, so the tools are interleaved A B A B (>= 4
-pairs) and the figure printed last is the median of the per-pair TTFT-median ratios. The server's
+pairs; 8 by default, since 4 were not enough here: notes/smoke.md) and the figure printed last is
+the median of the per-pair TTFT-median ratios. The default peer is `vllm bench serve`: GuideLLM
+adds latency of its own on 2 shared cores (notes/smoke.md). The server's
 own /metrics TTFT histogram over each run is a second witness, independent of either client.
 """
 
@@ -225,8 +227,8 @@ def _run_container(dc, image: str, cmd: list[str], model_dir: Path | None, out_d
 
 # --- the bench ---------------------------------------------------------------------------
 
-def run_bench(url: str | None = None, image: str | None = None, pairs: int = 4, concurrency: int = 4,
-              peer: str = "guidellm", prompt_tokens: int = 128, output_tokens: int = 64, requests: int = 40,
+def run_bench(url: str | None = None, image: str | None = None, pairs: int = 8, concurrency: int = 4,
+              peer: str = "vllm", prompt_tokens: int = 128, output_tokens: int = 64, requests: int = 40,
               out: str = "results/bench/replay", echo=print, contained: bool = True, settle_s: float = 10.0) -> dict:
     from images.engine import client
     from matrix.errors import UsageError
