@@ -310,9 +310,11 @@ BENCHES = {"replay": _bench_replay, "replay-capacity": _bench_replay_capacity}
 @task(help={"name": "replay, replay-capacity or kvext", "url": "replay: a vLLM server on loopback (else one is started)",
             "image": "replay: engine image to start", "pairs": "replay: A/B pairs (>= 4; default 8)",
             "concurrency": "replay: fixed concurrency", "peer": "replay: vllm (default) or guidellm",
+            "model": "replay: the served model: bench (default, ~94M parameters), small (~14M) or tiny",
             "streams": "replay-capacity: comma-separated stream counts", "interval": "replay-capacity: token pace (s)"})
 @one_line_errors
-def bench(c, name, url=None, image=None, pairs=None, concurrency=None, peer=None, streams=None, interval=None):
+def bench(c, name, url=None, image=None, pairs=None, concurrency=None, peer=None, streams=None, interval=None,
+          model=None):
     """Speed goals live here, never in timed tests: `replay` (vs a peer client), `replay-capacity`, `kvext`."""
     from matrix.errors import did_you_mean
     if name not in BENCHES:
@@ -320,7 +322,7 @@ def bench(c, name, url=None, image=None, pairs=None, concurrency=None, peer=None
     kw = {"url": url, "image": image, "pairs": int(pairs) if pairs else None,
           "concurrency": int(concurrency) if concurrency else None, "peer": peer,
           "levels": tuple(int(x) for x in streams.split(",")) if streams else None,
-          "interval": float(interval) if interval else None}
+          "interval": float(interval) if interval else None, "model": model}
     BENCHES[name](**{k: v for k, v in kw.items() if v is not None})
 
 

@@ -41,9 +41,9 @@ def model_key() -> str:
     return h[:12]
 
 
-def ensure_model(client, image: str = DEFAULT_TAG) -> Path:
-    """Build the tiny Llama into MODELS_DIR/tiny-llama-<key> (once) in a container from `image`."""
-    out = MODELS_DIR / f"{MODEL_NAME}-{model_key()}"
+def ensure_model(client, image: str = DEFAULT_TAG, size: str = "tiny") -> Path:
+    """Build the model of `size` (make_model.SIZES) into MODELS_DIR (once) in a container from `image`."""
+    out = MODELS_DIR / (f"{MODEL_NAME}-{model_key()}" if size == "tiny" else f"{size}-llama-{model_key()}")
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         # safetensors writes 0600 files; runtime images serve as a non-root user, so all must read.
         for f in out.iterdir():
@@ -55,7 +55,7 @@ def ensure_model(client, image: str = DEFAULT_TAG) -> Path:
     from docker.errors import DockerException
     try:
         logs = client.containers.run(
-            image, ["python", "/src/make_model.py", "/src/data/words.txt", "/out"], remove=True,
+            image, ["python", "/src/make_model.py", "/src/data/words.txt", "/out", size], remove=True,
             volumes={str(src.resolve()): {"bind": "/src", "mode": "ro"},
                      str(tmp.resolve()): {"bind": "/out", "mode": "rw"}},
             environment={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, network_mode="none")

