@@ -89,18 +89,6 @@ def _ms(d: dict[str, float | None]) -> dict[str, float | None]:
     return {k: (None if v is None else v * 1000.0) for k, v in d.items()}
 
 
-def token_times(r: RequestRecord) -> list[float]:
-    """Run-relative arrival time of each content token."""
-    if r.ttft_s is None:
-        return []
-    t = r.sent_s + r.ttft_s
-    out = [t]
-    for g in r.itl_s:
-        t += g
-        out.append(t)
-    return out
-
-
 def tpot_ms(r: RequestRecord) -> float | None:
     """A request's mean inter-token time: (E2E - TTFT) / (output tokens - 1), in ms."""
     n = r.output_tokens or r.streamed_tokens

@@ -43,7 +43,7 @@ def model_key() -> str:
 
 def ensure_model(client, image: str = DEFAULT_TAG, size: str = "tiny") -> Path:
     """Build the model of `size` (make_model.SIZES) into MODELS_DIR (once) in a container from `image`."""
-    out = MODELS_DIR / (f"{MODEL_NAME}-{model_key()}" if size == "tiny" else f"{size}-llama-{model_key()}")
+    out = MODELS_DIR / f"{size}-llama-{model_key()}"  # tiny: tiny-llama-<key>, as before sizes existed
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         # safetensors writes 0600 files; runtime images serve as a non-root user, so all must read.
         for f in out.iterdir():

@@ -148,9 +148,9 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
         except ServerFailed as exc:
             tail = [ln for ln in str(exc).splitlines() if ln.strip()][-8:]
             return write(StageOutcome(cell, "smoke", "fail", category="server-start", evidence=tuple(tail),
-                                            remediation="see server.log; the engine never answered /v1/models",
-                                            started=started, seconds=time.monotonic() - t0,
-                                            artifacts={"server_log": str(server_log)}))
+                                      remediation="see server.log; the engine never answered /v1/models",
+                                      started=started, seconds=time.monotonic() - t0,
+                                      artifacts={"server_log": str(server_log)}))
     arts["trace"] = str(out_dir / "trace.jsonl")
     warns: list[str] = []
     if server_log.exists():  # a --url target has no server log of ours

@@ -82,29 +82,29 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options: Iterable[tuple] | None = None) -> httpcore.AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                sock = await _connect_socket(host, port, local_address, socket_options or ())
-                reader, writer = await asyncio.open_connection(sock=sock, limit=self.limit)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(str(exc) or "connect timed out") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or exc.__class__.__name__) from exc
-        return AsyncioStream(reader, writer)
+        async def connect():
+            sock = await _connect_socket(host, port, local_address, socket_options or ())
+            return await asyncio.open_connection(sock=sock, limit=self.limit)
+        return await _connected(connect(), timeout)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[tuple] | None = None) -> httpcore.AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(path, limit=self.limit)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(str(exc) or "connect timed out") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or exc.__class__.__name__) from exc
-        return AsyncioStream(reader, writer)
+        return await _connected(asyncio.open_unix_connection(path, limit=self.limit), timeout)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def _connected(opening, timeout: float | None) -> AsyncioStream:
+    """Await an asyncio (reader, writer) opening under `timeout`, with httpcore's connect errors."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await opening
+    except TimeoutError as exc:
+        raise httpcore.ConnectTimeout(str(exc) or "connect timed out") from exc
+    except OSError as exc:
+        raise httpcore.ConnectError(str(exc) or exc.__class__.__name__) from exc
+    return AsyncioStream(reader, writer)
 
 
 async def _connect_socket(host: str, port: int, local_address: str | None, options: Iterable[tuple]) -> socket.socket:
@@ -134,8 +134,9 @@ async def _connect_socket(host: str, port: int, local_address: str | None, optio
 def transport(limits: httpx.Limits, ssl_context: ssl.SSLContext, recv_buffer: int = 0) -> httpx.AsyncHTTPTransport:
     """An httpx transport whose connections run on AsyncioBackend (small buffers when recv_buffer is set)."""
     opts = [(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)] if recv_buffer else None
-    t = httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits, socket_options=opts)
-    # httpx takes no network backend; its pool does. Same arguments as httpx's own, plus the backend.
+    t = httpx.AsyncHTTPTransport(verify=ssl_context)
+    # httpx takes no network backend; its pool does. The pool httpx built is replaced by one with the
+    # same arguments plus the backend (limits and socket options go to this one only).
     t._pool = httpcore.AsyncConnectionPool(
         ssl_context=ssl_context, max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
