@@ -174,8 +174,8 @@ def hybrid(kvx, threads: int = 0, reps: int = 5, out=print) -> list[tuple]:
                 ts.append(time.perf_counter() - t0)
             t[name] = statistics.median(ts)
         rows.append((L, B, P, t["spans"], t["hybrid"]))
-        out(f"hybrid vs spans, {B} sequences sharing {P} of {L} tokens: spans {t['spans'] * 1e3:.1f} ms, "
-            f"hybrid {t['hybrid'] * 1e3:.1f} ms ({t['spans'] / t['hybrid']:.1f}x)")
+        out(f"hybrid vs spans, {B} sequences sharing {P} of {L} tokens: spans {t['spans'] * 1e3:.2f} ms, "
+            f"hybrid {t['hybrid'] * 1e3:.2f} ms ({t['spans'] / t['hybrid']:.2f}x)")
     return rows
 
 

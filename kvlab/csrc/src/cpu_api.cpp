@@ -1,4 +1,4 @@
-// CPU entry points: turn each layout's metadata into work items (rows × kv head × token range),
+// CPU entry points: turn each layout's metadata into work items (rows × kv-head range × token range),
 // run them in parallel through the best vector build, then merge split partials by log-sum-exp.
 #include <algorithm>
 #include <chrono>
@@ -62,23 +62,44 @@ int check(const kvx_params* p) {
 
 int threads_of(const kvx_params* p) { return p->num_threads > 0 ? p->num_threads : omp_default_threads(); }
 
-// Add items for `rows_per_split` rows over source tokens [lo, hi), split into chunks.
-void add_items(Work& w, const Source& src, int lo, int hi, const std::vector<Row>& rows, int splits) {
-  if (lo >= hi) return;
-  const int n = hi - lo, chunk = (n + splits - 1) / splits;
-  for (int a = lo; a < hi; a += chunk) {
-    Item it{src, a, std::min(hi, a + chunk), int32_t(w.rows.size()), int32_t(rows.size())};
-    w.rows.insert(w.rows.end(), rows.begin(), rows.end());
-    w.items.push_back(it);
-  }
-}
-
 int choose_splits(const kvx_params* p, int base_items, int tokens) {
   if (p->num_splits > 0) return p->num_splits;
   // >= 4 items per thread: whole items are scheduled dynamically, so finer ones even out a thread
   // that runs slower (a busy core); the extra partials cost one merge of [rows, head_dim] each
   const int want = (4 * threads_of(p) + base_items - 1) / base_items;
   return std::max(1, std::min(want, (tokens + 255) / 256));           // but chunks of >= 256 tokens
+}
+
+// kv heads per item: as many as keep an item's fp32 accumulators within 64 KB (its prescaled
+// queries take as much again; every tile sweeps both), a divisor of kv_heads so every item has the
+// same rows per head. Decode (a GQA group's few rows per head: 16 KB for 32 query heads, d 128)
+// keeps every head in one item, K/V read in address order. A hybrid prefix carries every member's
+// rows (16 members x 32 query heads: 256 KB) and is cut by heads, which reads nothing twice and
+// gives a group more items with fewer token splits, so fewer partials to merge. One head per item
+// measured slower on a 2-core Zen 4 (8 members sharing 32k tokens: 44-51 vs 33-36 ms with 4 heads).
+// KVX_ITEM_ACC_KB replaces the 64 (a benchmark knob: compare cuts on another host without a rebuild).
+int heads_per_item(const kvx_params* p, int rows_per_head) {
+  static const int64_t budget = (std::getenv("KVX_ITEM_ACC_KB") ? std::atoll(std::getenv("KVX_ITEM_ACC_KB")) : 64) << 10;
+  const int64_t per_head = int64_t(rows_per_head) * p->head_dim * int64_t(sizeof(float));
+  int n = int(std::clamp<int64_t>(budget / per_head, 1, p->kv_heads));
+  while (p->kv_heads % n) --n;
+  return n;
+}
+
+// Add items for `rows` (every kv head's, head-major, an equal count per head) over source tokens
+// [lo, hi), one of `sources` such sources: token chunks, each cut into kv-head ranges (chunk-major,
+// so items that run at the same time read the same tokens).
+void add_items(Work& w, const Source& src, int lo, int hi, const std::vector<Row>& rows, int sources) {
+  if (lo >= hi) return;
+  const kvx_params* p = w.p;
+  const int rh = int(rows.size()) / p->kv_heads, nh = heads_per_item(p, rh);
+  const int splits = choose_splits(p, sources * (p->kv_heads / nh), hi - lo);
+  const int n = hi - lo, chunk = (n + splits - 1) / splits;
+  for (int a = lo; a < hi; a += chunk)
+    for (int h0 = 0; h0 < p->kv_heads; h0 += nh) {
+      w.items.push_back({src, a, std::min(hi, a + chunk), int32_t(w.rows.size()), nh * rh, h0, nh});
+      w.rows.insert(w.rows.end(), rows.begin() + h0 * rh, rows.begin() + (h0 + nh) * rh);
+    }
 }
 
 std::vector<Row> seq_rows(const kvx_params* p, int b, int qpos) {  // q heads are head-major already
@@ -93,12 +114,16 @@ int window_lo(const kvx_params* p, int qpos, int loffset) {  // first unmasked s
 
 int finish(Work& w, float* out, float* lse) {
   const kvx_params* p = w.p;
-  w.parts.assign(w.rows.size(), Partial{-INFINITY, 0.f});
-  w.acc.assign(w.rows.size() * size_t(p->head_dim), 0.f);
+  // Left uninitialized: each row's item sets its partial and accumulator. Split partials add up
+  // (a hybrid at 16 threads: 16k rows, 8 MB), and zeroing them and merging them on one thread took
+  // 3.3 ms against 19.6 ms of kernel time over all threads (2-core box, 16 threads oversubscribed).
+  w.parts.reset(new Partial[w.rows.size()]);
+  w.acc.reset(new float[w.rows.size() * size_t(p->head_dim)]);
   run_items()(w);
   const int D = p->head_dim, NQ = p->num_seqs * p->q_heads;
   std::vector<std::vector<int>> by(NQ);
   for (size_t i = 0; i < w.rows.size(); ++i) by[size_t(w.rows[i].seq) * p->q_heads + w.rows[i].qhead].push_back(int(i));
+#pragma omp parallel for num_threads(threads_of(p))
   for (int o = 0; o < NQ; ++o) {
     float M = -INFINITY;
     bool nan = false;
@@ -145,7 +170,7 @@ int kvx_paged(const kvx_params* p, const float* q, const void* k, const void* v,
     s.kind = PAGED;
     s.table = block_table + size_t(b) * max_blocks;
     const int lo = window_lo(p, L - 1, 0);
-    add_items(w, s, lo, L, seq_rows(p, b, L - 1), choose_splits(p, p->num_seqs, L - lo));
+    add_items(w, s, lo, L, seq_rows(p, b, L - 1), p->num_seqs);
   }
   return finish(w, out, lse);
 }
@@ -163,7 +188,7 @@ int kvx_spans(const kvx_params* p, const float* q, const void* k, const void* v,
     s.slen = span_len + span_ptr[b];
     s.nspans = span_ptr[b + 1] - span_ptr[b];
     const int lo = window_lo(p, L - 1, 0);
-    add_items(w, s, lo, L, seq_rows(p, b, L - 1), choose_splits(p, p->num_seqs, L - lo));
+    add_items(w, s, lo, L, seq_rows(p, b, L - 1), p->num_seqs);
   }
   return finish(w, out, lse);
 }
@@ -179,7 +204,7 @@ int kvx_contiguous(const kvx_params* p, const float* q, const void* k, const voi
     s.kind = CONTIG;
     s.base = int64_t(b) * stride_tokens;
     const int lo = window_lo(p, L - 1, 0);
-    add_items(w, s, lo, L, seq_rows(p, b, L - 1), choose_splits(p, p->num_seqs, L - lo));
+    add_items(w, s, lo, L, seq_rows(p, b, L - 1), p->num_seqs);
   }
   return finish(w, out, lse);
 }
@@ -209,7 +234,7 @@ int kvx_hybrid(const kvx_params* p, const float* q, const void* k, const void* v
         const int b = group_members[i];
         for (int j = 0; j < G; ++j) rows.push_back({b, h * G + j, seq_lens[b] - 1});
       }
-    add_items(w, s, lo, P, rows, choose_splits(p, num_groups, P - lo));
+    add_items(w, s, lo, P, rows, num_groups);
   }
   for (int b = 0; b < p->num_seqs; ++b) {
     const int L = seq_lens[b], P = prefix_len[group_of_seq[b]];
@@ -221,7 +246,7 @@ int kvx_hybrid(const kvx_params* p, const float* q, const void* k, const void* v
     s.nspans = suf_ptr[b + 1] - suf_ptr[b];
     s.loffset = P;
     const int lo = window_lo(p, L - 1, P);
-    add_items(w, s, lo, L - P, seq_rows(p, b, L - 1), choose_splits(p, p->num_seqs, L - P - lo));
+    add_items(w, s, lo, L - P, seq_rows(p, b, L - 1), p->num_seqs);
   }
   return finish(w, out, lse);
 }

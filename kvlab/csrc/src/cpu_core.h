@@ -1,6 +1,7 @@
 // Work description shared by the CPU entry points and the per-ISA kernel builds.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "kvx.h"
@@ -37,10 +38,11 @@ struct Row {      // one query head of one sequence
   int32_t seq, qhead, qpos;
 };
 
-struct Item {     // rows of every kv head (head-major, equal count per head), over source tokens [lo, hi)
+struct Item {     // rows of kv heads [h0, h0+nh) (head-major, equal count per head), over source tokens [lo, hi)
   Source src;
   int32_t lo, hi;
   int32_t row0, nrows;  // rows[row0 .. row0+nrows), partials at the same indices
+  int32_t h0, nh;
 };
 
 struct Partial {  // unnormalized: out = acc / l, lse = m + log l
@@ -54,8 +56,8 @@ struct Work {
   const void* v;
   std::vector<Item> items;
   std::vector<Row> rows;
-  std::vector<Partial> parts;   // one per row entry
-  std::vector<float> acc;       // [rows.size(), head_dim]
+  std::unique_ptr<Partial[]> parts;  // one per row entry
+  std::unique_ptr<float[]> acc;      // [rows.size(), head_dim]
 };
 
 using RunItemsFn = void (*)(Work&);

@@ -107,23 +107,25 @@ inline void for_runs(const Source& s, int bs, int lo, int hi, F&& fn) {
   }
 }
 
-// One item: all kv heads of one source over a token range, so K and V stream through memory in
-// address order ([token][kv head][dim]); rows are ordered head-major, rows_per_head per kv head.
+// One item: kv heads [h0, h0+nh) of one source over a token range (all heads in decode, so K and V
+// stream through memory in address order: [token][kv head][dim]); rows are ordered head-major,
+// rows_per_head per kv head. K and V below point at head h0, so item-local head h is at
+// (slot * H + h) * D.
 template <typename T>
 void run_item(Work& w, const Item& it, std::vector<float>& scratch) {
   const kvx_params& p = *w.p;
-  const int D = p.head_dim, H = p.kv_heads, R = it.nrows, RH = R / H, bs = p.block_size;
-  const T* K = static_cast<const T*>(w.k);
-  const T* V = static_cast<const T*>(w.v);
-  scratch.resize(size_t(R) * D + size_t(R) * TILE + size_t(H > TILE ? H : TILE) * D + 2 * R);
+  const int D = p.head_dim, H = p.kv_heads, NH = it.nh, R = it.nrows, RH = R / NH, bs = p.block_size;
+  const T* K = static_cast<const T*>(w.k) + size_t(it.h0) * D;
+  const T* V = static_cast<const T*>(w.v) + size_t(it.h0) * D;
+  scratch.resize(size_t(R) * D + size_t(R) * TILE + size_t(NH > TILE ? NH : TILE) * D + 2 * R);
   float* qs = scratch.data();            // [R, D] queries prescaled by sm_scale * k_scale
   float* sc = qs + size_t(R) * D;        // [R, TILE] scores, then probabilities
-  float* cb = sc + size_t(R) * TILE;     // [max(H, TILE), D] K rows of a token / V rows of a tile
-  float* slope = cb + size_t(H > TILE ? H : TILE) * D;  // [R]
+  float* cb = sc + size_t(R) * TILE;     // [max(NH, TILE), D] K rows of a token / V rows of a tile
+  float* slope = cb + size_t(NH > TILE ? NH : TILE) * D;  // [R]
   float* qpos = slope + R;               // [R]
   for (int r = 0; r < R; ++r) {
     const Row& row = w.rows[it.row0 + r];
-    const float ks = p.k_scale ? p.k_scale[r / RH] : 1.f;
+    const float ks = p.k_scale ? p.k_scale[it.h0 + r / RH] : 1.f;
     const float* qr = w.q + (size_t(row.seq) * p.q_heads + row.qhead) * D;
     for (int d = 0; d < D; ++d) qs[size_t(r) * D + d] = qr[d] * p.sm_scale * ks;
     slope[r] = p.alibi ? p.alibi[row.qhead] : 0.f;
@@ -137,7 +139,7 @@ void run_item(Work& w, const Item& it, std::vector<float>& scratch) {
       const int nt = n - j0 < TILE ? n - j0 : TILE;
       for (int j = 0; j < nt; ++j) {
         const T* krow = K + (slot0 + j0 + j) * H * D;
-        for (int h = 0; h < H; ++h) {
+        for (int h = 0; h < NH; ++h) {
           const float* kr = to_float(krow + size_t(h) * D, cb + size_t(h) * D, D);
           for (int r = h * RH; r < (h + 1) * RH; ++r) sc[r * TILE + j] = dot(qs + size_t(r) * D, kr, D);
         }
@@ -178,7 +180,7 @@ void run_item(Work& w, const Item& it, std::vector<float>& scratch) {
         // f32), then each 16-dim slice of an accumulator stays in registers across the tile's
         // tokens (a per-token read-modify-write of acc chained every token through memory)
         float* vb = sc + size_t(R) * TILE;  // reuses the converted-K buffer: [TILE, D]
-        for (int h = 0; h < H; ++h) {
+        for (int h = 0; h < NH; ++h) {
           const float* vt;
           size_t vstride;
           if constexpr (sizeof(T) == 4) {
@@ -211,7 +213,7 @@ void run_item(Work& w, const Item& it, std::vector<float>& scratch) {
       }
       for (int j = 0; j < nt; ++j) {
         const T* vrow = V + (slot0 + j0 + j) * H * D;
-        for (int h = 0; h < H; ++h) {
+        for (int h = 0; h < NH; ++h) {
           const float* vr = to_float(vrow + size_t(h) * D, cb + size_t(h) * D, D);
           for (int r = h * RH; r < (h + 1) * RH; ++r) {
             const float pj = sc[r * TILE + j];
@@ -629,9 +631,9 @@ inline void pv_rows(const Ctx& c, int r0, int nt, const T* Vt, const T* pf, int 
 template <bool PAIR, typename T>
 void run_item_simd(Work& w, const Item& it, std::vector<float>& scratch) {
   const kvx_params& p = *w.p;
-  const int D = p.head_dim, H = p.kv_heads, R = it.nrows, RH = R / H, bs = p.block_size;
-  const T* K = static_cast<const T*>(w.k);
-  const T* Vp = static_cast<const T*>(w.v);
+  const int D = p.head_dim, H = p.kv_heads, NH = it.nh, R = it.nrows, RH = R / NH, bs = p.block_size;
+  const T* K = static_cast<const T*>(w.k) + size_t(it.h0) * D;  // item-local heads, as in run_item
+  const T* Vp = static_cast<const T*>(w.v) + size_t(it.h0) * D;
   const size_t Rp = size_t(R + W - 1) / W * W;
   scratch.resize(size_t(R) * D + 2 * size_t(R) * W + 3 * Rp + size_t(4) * W * W + 2 * size_t(R));
   Ctx c;
@@ -656,7 +658,7 @@ void run_item_simd(Work& w, const Item& it, std::vector<float>& scratch) {
   c.acc = &w.acc[size_t(it.row0) * D];
   for (int r = 0; r < R; ++r) {
     const Row& row = w.rows[it.row0 + r];
-    const float ks = p.k_scale ? p.k_scale[r / RH] : 1.f;
+    const float ks = p.k_scale ? p.k_scale[it.h0 + r / RH] : 1.f;
     const float* qr = w.q + (size_t(row.seq) * p.q_heads + row.qhead) * D;
     if constexpr (PAIR) {
       permute_row(qr, qs + size_t(r) * D, D, p.sm_scale, ks);
@@ -680,7 +682,7 @@ void run_item_simd(Work& w, const Item& it, std::vector<float>& scratch) {
     const Tile* nx = ti + 1 < tiles.size() ? &tiles[ti + 1] : nullptr;
     const size_t base = size_t(tl.slot) * c.stride, nbase = nx ? size_t(nx->slot) * c.stride : 0;
     const int pn = nx ? nx->n : 0;
-    for (int h = 0; h < H; ++h) {
+    for (int h = 0; h < NH; ++h) {
       const T* Kt = K + base + size_t(h) * D;
       const T* pf = nx ? K + nbase + size_t(h) * D : nullptr;
 #define KVX_QK(N) qk_rows<PAIR, N>(c, r0, tl.n, Kt, r0 == h * RH ? pf : nullptr, pn)
@@ -689,7 +691,7 @@ void run_item_simd(Work& w, const Item& it, std::vector<float>& scratch) {
     }
     const float pos0 = float(it.src.loffset + tl.t0);
     softmax_tile(c, R, tl.n, pos0);
-    for (int h = 0; h < H; ++h) {
+    for (int h = 0; h < NH; ++h) {
       const T* Vt = Vp + base + size_t(h) * D;
       const T* pf = nx ? Vp + nbase + size_t(h) * D : nullptr;
 #define KVX_PV(N) pv_rows<PAIR, N>(c, r0, tl.n, Vt, r0 == h * RH ? pf : nullptr, pn)
