@@ -1,4 +1,5 @@
-"""One decode call per shape for `ncu` to profile (notes/kvlab_gpu_run.sh runs it under ncu)."""
+"""One decode call per shape for `ncu` to profile (notes/kvlab_gpu_run.sh runs it under ncu).
+    python3 notes/kvlab_gpu_probe.py SITE [BxL,BxL...]   (default 64x8192,1x8192)"""
 import sys
 
 import torch
@@ -7,7 +8,8 @@ sys.path.insert(0, sys.argv[1])
 import kvx  # noqa: E402
 
 HQ, HKV, D, BS = 32, 8, 128, 16
-for B, L in ((64, 8192), (1, 8192)):
+SHAPES = sys.argv[2] if len(sys.argv) > 2 else "64x8192,1x8192"
+for B, L in (tuple(map(int, x.split("x"))) for x in SHAPES.split(",")):
     nblk = L // BS
     k = torch.randn(B * nblk, BS, HKV, D, device="cuda").to(torch.bfloat16).view(torch.int16)
     v = torch.randn(B * nblk, BS, HKV, D, device="cuda").to(torch.bfloat16).view(torch.int16)

@@ -1528,18 +1528,14 @@ Plan plan(const kvx_params* p, int units, int rows_per_unit, int max_len, bool r
   pl.c = choose(*p, pl.rmax, units);
   const long ctas = long(units) * (p->kv_heads / pl.c.hpc) * pl.chunks;
   if (p->num_splits > 0) return pl.splits = p->num_splits, pl;
-  // split the KV length so the CTAs fill whole waves of what the GPU holds at once (flash-decoding);
-  // splits of >= 64 tokens; among equally full wave counts, the fewest splits
+  // split the KV length across CTAs (flash-decoding): the largest power-of-two split count whose
+  // CTAs fit in one wave of what the GPU holds at once, splits of >= 64 tokens. Filling whole waves
+  // instead (v19: up to two) took 33 splits at batch 2 x 8k and cost 25 % there, 11 % at 32k
+  // (H200, notes/kvlab_gpu/v19_split_sweep_b1-8.txt)
   const long resident = long(resident_per_sm(pl.c)) * num_sms();
-  const int cap = (max_len + 63) / 64 > 1 ? (max_len + 63) / 64 : 1;
-  const int smax = int(std::min<long>(cap, std::max<long>(1, (2 * resident + ctas - 1) / ctas)));
-  double best = -1.0;
+  const int cap = std::max(1, (max_len + 63) / 64);
   pl.splits = 1;
-  for (int sp = 1; sp <= smax; ++sp) {
-    const long n = ctas * sp, waves = (n + resident - 1) / resident;
-    const double eff = double(n) / double(waves * resident);
-    if (eff > best + 1e-3) best = eff, pl.splits = sp;
-  }
+  while (pl.splits * 2 <= cap && ctas * pl.splits * 2 <= resident) pl.splits *= 2;
   return pl;
 }
 

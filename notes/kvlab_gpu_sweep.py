@@ -1,0 +1,99 @@
+"""Batch-1 split sweep on the GPU: kvx spans at several forced split counts (hint num_splits) and
+kernel variants next to SDPA, graph replays timed interleaved with L2 flushed (as kvlab_gpu_bench.py).
+    python3 notes/kvlab_gpu_sweep.py --site /tmp/kvx-site [--contexts 8192,32768] [--batches 1]"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from kvlab_gpu_bench import HQ, HKV, D, BS, graphed, timed_set  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--site", required=True)
+    ap.add_argument("--contexts", default="8192,32768")
+    ap.add_argument("--batches", default="1")
+    ap.add_argument("--splits", default="0,8,16,24,33,48,66,99,132")
+    ap.add_argument("--variants", default="0,5,6")
+    ap.add_argument("--hnd", action="store_true", help="also kvx on the same K/V stored head-major")
+    args = ap.parse_args()
+    sys.path.insert(0, args.site)
+    import kvx
+    dev = torch.device("cuda")
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    scale = D ** -0.5
+    for L in map(int, args.contexts.split(",")):
+        for B in map(int, args.batches.split(",")):
+            nblk = -(-L // BS)
+            k = torch.randn(B * nblk, BS, HKV, D, device=dev).to(torch.bfloat16)
+            v = torch.randn(B * nblk, BS, HKV, D, device=dev).to(torch.bfloat16)
+            q = torch.randn(B, HQ, D, device=dev)
+            lens = torch.full((B,), L, dtype=torch.int32, device=dev)
+            table = torch.arange(B * nblk, dtype=torch.int32, device=dev).reshape(B, nblk)
+            meta = {"span_ptr": torch.arange(B + 1, dtype=torch.int32, device=dev),
+                    "span_block": table[:, 0].contiguous(), "span_len": lens.clone(), "seq_lens": lens}
+            kc, vc = k.view(B, nblk * BS, HKV, D)[:, :L], v.view(B, nblk * BS, HKV, D)[:, :L]
+            ks, vs = kc.transpose(1, 2).contiguous(), vc.transpose(1, 2).contiguous()
+            qs = q.to(torch.bfloat16).unsqueeze(2)
+            nbytes = 2 * B * L * HKV * D * 2
+            sdpa = lambda: F.scaled_dot_product_attention(qs, ks, vs, scale=scale, enable_gqa=True)  # noqa: E731
+            ref = sdpa().squeeze(2).float()
+            tiny = torch.zeros(1, device=dev)
+            cands = {"sdpa": graphed(sdpa), "_pad": graphed(lambda: tiny.add_(1.0))}
+            errs = {}
+            for var in map(int, args.variants.split(",")):
+                for sp in map(int, args.splits.split(",")):
+                    if var and sp:
+                        continue
+                    os.environ["KVX_CUDA_VARIANT"] = str(var)
+                    out = torch.empty(B, HQ, D, device=dev)
+                    hints = {"max_seq_len": L}
+                    fn = (lambda out=out, hints=hints, sp=sp: kvx.attend("spans", q, k.view(torch.int16), v.view(torch.int16), meta,
+                                                                        kv_dtype="bf16", sm_scale=scale, device="cuda",
+                                                                        hints=hints, splits=sp, out=out))
+                    fn()
+                    torch.cuda.synchronize()
+                    name = f"v{var}/s{sp}"
+                    errs[name] = float(((out - ref).norm() / ref.norm()).item())
+                    cands[name] = graphed(fn)
+            os.environ.pop("KVX_CUDA_VARIANT", None)
+            if args.hnd:  # the same bytes head-major (vLLM's HND): one kv head per "sequence", 4 query rows each
+                G = HQ // HKV
+                qh = q.view(B, HKV, G, D).reshape(B * HKV, G, D).contiguous()
+                kh = k.view(B * nblk, BS, HKV, D).permute(0, 2, 1, 3).contiguous().view(B * nblk * HKV, BS, 1, D)
+                vh = v.view(B * nblk, BS, HKV, D).permute(0, 2, 1, 3).contiguous().view(B * nblk * HKV, BS, 1, D)
+                tab = (torch.arange(B, device=dev).view(B, 1, 1) * nblk + torch.arange(nblk, device=dev).view(1, 1, nblk)) * HKV \
+                    + torch.arange(HKV, device=dev).view(1, HKV, 1)
+                lh = torch.full((B * HKV,), L, dtype=torch.int32, device=dev)
+                hmeta = {"paged": ({"block_table": tab.reshape(B * HKV, nblk).to(torch.int32).contiguous(), "seq_lens": lh}, kh, vh),
+                         "contiguous": ({"seq_lens": lh}, ks.reshape(B * HKV, L, 1, D), vs.reshape(B * HKV, L, 1, D))}
+                for lay, (m_, kk, vv) in hmeta.items():
+                    out = torch.empty(B * HKV, G, D, device=dev)
+                    fn = (lambda out=out, lay=lay, m_=m_, kk=kk, vv=vv: kvx.attend(
+                        lay, qh, kk.view(torch.int16), vv.view(torch.int16), m_, kv_dtype="bf16", sm_scale=scale,
+                        device="cuda", hints={"max_seq_len": L}, out=out))
+                    fn()
+                    torch.cuda.synchronize()
+                    name = f"hnd-{lay}"
+                    errs[name] = float(((out.view(B, HQ, D) - ref).norm() / ref.norm()).item())
+                    cands[name] = graphed(fn)
+            t = timed_set(cands, flush, reps=30)
+            base = t["sdpa"]
+            print(f"L={L} B={B}: sdpa {base * 1e6:.1f} us ({nbytes / base / 1e12:.2f} TB/s)", flush=True)
+            for key, s in t.items():
+                if key != "sdpa":
+                    print(f"  {key:>9}: {s * 1e6:7.1f} us {nbytes / s / 1e12:5.2f} TB/s  x{base / s:.2f} of sdpa  "
+                          f"err {errs[key]:.1e}", flush=True)
+            del k, v, ks, vs, cands
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
