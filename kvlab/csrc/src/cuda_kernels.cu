@@ -551,6 +551,61 @@ __device__ __forceinline__ void mma_tile16(const char* kt, const char* vt, int t
   }
 }
 
+// The cp.async copies of one MMA_TT-token tile [tb, min(tb + MMA_TT, t1)) of kv head kvh into stage
+// st (K rows, then V rows MMA_TT * MMA_RBP further), for mma_kernel and mma_multi_kernel. Spans /
+// contiguous: when the whole tile sits in one physically contiguous run, the slot of token tb + j
+// is base + j (one lookup per tile). Otherwise each thread copies 8 consecutive tokens (16 bytes of
+// each row): one lookup for the 8 when they share a block (the paged layout's per-block table
+// read), per token only where a block or span ends inside them. spec: this thread's first table
+// entry when the caller loaded it early (paged, first tile, power-of-two blocks >= 8), else -1.
+// (A version with one lookup and a 64-bit add per token, 36 % fewer instructions, was no faster
+// and cost paged 2-3 %: notes/kvlab.md, v20-v22.)
+template <bool PF = false>
+__device__ __forceinline__ void issue_tile(const Args& a, SlotCursor<true>& slots, char* st, int tb, int t1, int kvh,
+                                           int spec) {
+  constexpr int CPR = MMA_RB / 16;
+  const int H = a.p.kv_heads, bs = slots.bs, bs_shift = slots.bs_shift;
+  const char* K = static_cast<const char*>(a.k);
+  const char* V = static_cast<const char*>(a.v);
+  int64_t base = -1;
+  if (a.kind != PAGED) {
+    const int64_t s0 = slots.of(tb);
+    if (a.kind == CONTIG || min(t1, tb + MMA_TT) <= slots.send) base = s0;
+  }
+  const int part = threadIdx.x % CPR, j0 = (threadIdx.x / CPR) * 8;
+  int64_t run = -1, run2 = -1;
+  int n1 = 8;  // tokens of the 8 in the first run; the rest continue in run2 (paged, bs >= 8)
+  if (base < 0 && tb + j0 < t1) {
+    const int first = tb + j0;
+    const int64_t s0 = spec >= 0 ? int64_t(spec) * bs + (first & (bs - 1)) : slots.of(first);
+    if (a.kind == PAGED && bs >= 8) {
+      n1 = min(8, bs - (bs_shift >= 0 ? (first & (bs - 1)) : first % bs));
+      run = s0;
+      if (n1 < 8 && first + n1 < t1) run2 = slots.of(first + n1);
+    } else if (a.kind == SPANS && first + 8 <= slots.send) {
+      run = s0;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int j = j0 + i, tok = tb + j;
+    const bool ok = tok < t1;
+    const int64_t slot = !ok ? 0
+                         : base >= 0 ? base + j
+                         : run >= 0  ? (i < n1 ? run + i : run2 + (i - n1))
+                                     : slots.of(tok);
+    const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
+    char* dk = st + j * MMA_RBP + part * 16;
+    if constexpr (PF) {
+      cp_async16_pf(dk, K + off, ok);
+      cp_async16_pf(dk + MMA_TT * MMA_RBP, V + off, ok);
+    } else {
+      cp_async16(dk, K + off, ok);
+      cp_async16(dk + MMA_TT * MMA_RBP, V + off, ok);
+    }
+  }
+}
+
 // After the last tile: rows g and g ^ 4 of the accumulator hold the hi and lo parts of one row.
 __device__ __forceinline__ void fold_halves(float (&acc)[16][4]) {
 #pragma unroll
@@ -646,7 +701,7 @@ __device__ __forceinline__ void combine_row(const Args& a, size_t o, float vs, i
 template <int STG, int MINB = 1, bool PF = false>
 __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   extern __shared__ __align__(16) float smem[];
-  const int H = a.p.kv_heads, warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4;
+  const int warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4;
   const int unit = blockIdx.z, kvh = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
   // the span CSR offsets do not depend on the lengths: load them alongside, not after
   int sp0 = 0, sp1 = 0;
@@ -669,59 +724,15 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   const int span = max(0, src_len - lo), per = (span + gridDim.x - 1) / gridDim.x;
   const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
 
-  const uint16_t* K = static_cast<const uint16_t*>(a.k);
-  const uint16_t* V = static_cast<const uint16_t*>(a.v);
   SlotCursor<true> slots(a);
   slots.reset(unit, sp0, sp1);
-  const int bs = slots.bs, bs_shift = slots.bs_shift;
   char* stage_base = reinterpret_cast<char*>(smem);
-  constexpr int stage_bytes = 2 * MMA_TT * MMA_RBP, CPR = MMA_RB / 16;
+  constexpr int stage_bytes = 2 * MMA_TT * MMA_RBP;
   const int nsteps = t1 > t0 ? (t1 - t0 + MMA_TT - 1) / MMA_TT : 0;
   auto issue = [&](int step) {
     if (step < nsteps) {
-      char* st = stage_base + (step % STG) * stage_bytes;
       const int tb = t0 + step * MMA_TT;
-      // spans / contiguous: when the whole tile sits in one physically contiguous run, the slot of
-      // token tb + j is base + j (one lookup per tile). Otherwise each thread copies 8 consecutive
-      // tokens (16 bytes of each row): one lookup for the 8 when they share a block (the paged
-      // layout's per-block table read), per token only where a block or span ends inside them.
-      int64_t base = -1;
-      if (a.kind != PAGED) {
-        const int64_t s0 = slots.of(tb);
-        if (a.kind == CONTIG || min(t1, tb + MMA_TT) <= slots.send) base = s0;
-      }
-      const int part = threadIdx.x % CPR, j0 = (threadIdx.x / CPR) * 8;
-      int64_t run = -1, run2 = -1;
-      int n1 = 8;  // tokens of the 8 in the first run; the rest continue in run2 (paged, bs >= 8)
-      if (base < 0 && tb + j0 < t1) {
-        const int first = tb + j0;
-        const int64_t s0 = tb == 0 && spec_e >= 0 ? int64_t(spec_e) * bs + (first & (bs - 1)) : slots.of(first);
-        if (a.kind == PAGED && bs >= 8) {
-          n1 = min(8, bs - (bs_shift >= 0 ? (first & (bs - 1)) : first % bs));
-          run = s0;
-          if (n1 < 8 && first + n1 < t1) run2 = slots.of(first + n1);
-        } else if (a.kind == SPANS && first + 8 <= slots.send) {
-          run = s0;
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int j = j0 + i, tok = tb + j;
-        const bool ok = tok < t1;
-        const int64_t slot = !ok ? 0
-                             : base >= 0 ? base + j
-                             : run >= 0  ? (i < n1 ? run + i : run2 + (i - n1))
-                                         : slots.of(tok);
-        const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
-        char* dk = st + j * MMA_RBP + part * 16;
-        if constexpr (PF) {
-          cp_async16_pf(dk, reinterpret_cast<const char*>(K) + off, ok);
-          cp_async16_pf(dk + MMA_TT * MMA_RBP, reinterpret_cast<const char*>(V) + off, ok);
-        } else {
-          cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
-          cp_async16(dk + MMA_TT * MMA_RBP, reinterpret_cast<const char*>(V) + off, ok);
-        }
-      }
+      issue_tile<PF>(a, slots, stage_base + (step % STG) * stage_bytes, tb, t1, kvh, tb == 0 ? spec_e : -1);
     }
     cp_async_commit();
   };
@@ -816,9 +827,7 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
   if (nitems <= 0 || nrows <= 0) return;
   auto unit_of = [&](int i) { return int(blockIdx.z) + i * int(gridDim.z); };
   SlotCursor<true> slots(a);  // the issuing item's
-  const int bs = slots.bs, bs_shift = slots.bs_shift, W = a.p.window;
-  const uint16_t* K = static_cast<const uint16_t*>(a.k);
-  const uint16_t* V = static_cast<const uint16_t*>(a.v);
+  const int bs_shift = slots.bs_shift, W = a.p.window;
   char* stage_base = reinterpret_cast<char*>(smem);
   float* s_acc = reinterpret_cast<float*>(stage_base + STG * stage_bytes);  // [NG][RMAX][D]
   float* s_m = s_acc + NG * RMAX * D;                                        // [NG][RMAX]
@@ -845,41 +854,9 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
       if (i_item + 1 < nitems) fetch_meta(unit_of(i_item + 1), n_len, n_sp0, n_sp1);
     }
     if (i_step < i_nsteps) {
-      char* st = stage_base + (issued % STG) * stage_bytes;
-      const int tb = i_t0 + i_step * MMA_TT, t1 = i_t1;
-      int64_t base = -1;  // as in mma_kernel: one lookup per tile where the tile is contiguous
-      if (a.kind != PAGED) {
-        const int64_t s0 = slots.of(tb);
-        if (a.kind == CONTIG || min(t1, tb + MMA_TT) <= slots.send) base = s0;
-      }
-      const int part = threadIdx.x % CPR, j0 = (threadIdx.x / CPR) * 8;
-      int64_t run = -1, run2 = -1;
-      int n1 = 8;
-      if (base < 0 && tb + j0 < t1) {
-        const int first = tb + j0;
-        const int64_t s0 = i_item == 0 && tb == 0 && spec_e >= 0 ? int64_t(spec_e) * bs + (first & (bs - 1))
-                                                                 : slots.of(first);
-        if (a.kind == PAGED && bs >= 8) {
-          n1 = min(8, bs - (bs_shift >= 0 ? (first & (bs - 1)) : first % bs));
-          run = s0;
-          if (n1 < 8 && first + n1 < t1) run2 = slots.of(first + n1);
-        } else if (a.kind == SPANS && first + 8 <= slots.send) {
-          run = s0;
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int j = j0 + i, tok = tb + j;
-        const bool ok = tok < t1;
-        const int64_t slot = !ok ? 0
-                             : base >= 0 ? base + j
-                             : run >= 0  ? (i < n1 ? run + i : run2 + (i - n1))
-                                         : slots.of(tok);
-        const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
-        char* dk = st + j * MMA_RBP + part * 16;
-        cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
-        cp_async16(dk + MMA_TT * MMA_RBP, reinterpret_cast<const char*>(V) + off, ok);
-      }
+      const int tb = i_t0 + i_step * MMA_TT;
+      issue_tile(a, slots, stage_base + (issued % STG) * stage_bytes, tb, i_t1, kvh,
+                 i_item == 0 && tb == 0 ? spec_e : -1);
       ++i_step;
     }
     ++issued;
