@@ -218,6 +218,28 @@ struct SlotCursor {
   }
 };
 
+// The NG thread groups' (warps') partials of row r, dim d in shared memory (RMAX rows per group),
+// merged by log-sum-exp: max M, total weight L and accumulator A, both scaled to M; nan: a group's
+// weight was NaN (the poison propagates).
+struct Merged {
+  float M, L, A;
+  bool nan;
+};
+__device__ __forceinline__ Merged merge_groups(const float* s_acc, const float* s_m, const float* s_l, int NG, int RMAX,
+                                               int D, int r, int d) {
+  Merged x{-INFINITY, 0.f, 0.f, false};
+  for (int g = 0; g < NG; ++g) x.M = fmaxf(x.M, s_m[g * RMAX + r]);
+  for (int g = 0; g < NG; ++g) {
+    const float mg = s_m[g * RMAX + r], lg = s_l[g * RMAX + r];
+    x.nan |= isnan(lg);
+    if (mg == -INFINITY) continue;
+    const float c = exp2f(mg - x.M);
+    x.L += lg * c;
+    x.A += s_acc[(size_t(g) * RMAX + r) * D + d] * c;
+  }
+  return x;
+}
+
 // STG: cp.async pipeline depth; MINB: CTAs per SM the register budget must allow.
 template <typename T, int RMAX, bool FAST, int STG = STAGES, int MINB = (RMAX <= 4 ? 4 : 2)>
 __global__ void __launch_bounds__(THREADS, MINB) partial_kernel(Args a) {
@@ -423,21 +445,10 @@ __global__ void __launch_bounds__(THREADS, MINB) partial_kernel(Args a) {
   const int slot = a.slot0 + blockIdx.x;
   for (int idx = threadIdx.x; idx < rows.n * D; idx += THREADS) {
     const int r = idx / D, d = idx % D;
-    float M = -INFINITY;
-    for (int g = 0; g < NG; ++g) M = fmaxf(M, s_m[g * RMAX + r]);
-    float L = 0.f, A = 0.f;
-    bool nan = false;
-    for (int g = 0; g < NG; ++g) {
-      const float mg = s_m[g * RMAX + r], lg = s_l[g * RMAX + r];
-      nan |= isnan(lg);
-      if (mg == -INFINITY) continue;
-      const float c = exp2f(mg - M);
-      L += lg * c;
-      A += s_acc[(size_t(g) * RMAX + r) * D + d] * c;
-    }
+    const Merged x = merge_groups(s_acc, s_m, s_l, NG, RMAX, D, r, d);
     const size_t o = size_t(rows.seq[r]) * a.p.q_heads + rows.head[r];
-    a.ws_acc[(o * a.nslots + slot) * D + d] = nan ? NAN : A;
-    if (d == 0) a.ws_m[o * a.nslots + slot] = M, a.ws_l[o * a.nslots + slot] = nan ? NAN : L;
+    a.ws_acc[(o * a.nslots + slot) * D + d] = x.nan ? NAN : x.A;
+    if (d == 0) a.ws_m[o * a.nslots + slot] = x.M, a.ws_l[o * a.nslots + slot] = x.nan ? NAN : x.L;
   }
 }
 
@@ -783,18 +794,9 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   const int slot = a.slot0 + blockIdx.x;
   for (int idx = threadIdx.x; idx < rows.n * D; idx += THREADS) {
     const int r = idx / D, d = idx % D;
-    float M = -INFINITY;
-    for (int w = 0; w < NG; ++w) M = fmaxf(M, s_m[w * RMAX + r]);
-    float Lsum = 0.f, A = 0.f;
-    bool nan = false;
-    for (int w = 0; w < NG; ++w) {
-      const float mg = s_m[w * RMAX + r], lg = s_l[w * RMAX + r];
-      nan |= isnan(lg);
-      if (mg == -INFINITY) continue;
-      const float c = exp2f(mg - M);
-      Lsum += lg * c;
-      A += s_acc[(w * RMAX + r) * D + d] * c;
-    }
+    const Merged x = merge_groups(s_acc, s_m, s_l, NG, RMAX, D, r, d);
+    const float M = x.M, Lsum = x.L, A = x.A;
+    const bool nan = x.nan;
     const size_t o = size_t(rows.seq[r]) * a.p.q_heads + rows.head[r];
     if (direct) {
       const float Lt = nan ? NAN : Lsum;  // Lsum is 0 when the row saw no key (M = -inf)
@@ -941,18 +943,9 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
     __syncthreads();
     for (int idx = threadIdx.x; idx < nrows * D; idx += THREADS) {
       const int r = idx / D, d = idx % D;
-      float M = -INFINITY;
-      for (int w = 0; w < NG; ++w) M = fmaxf(M, s_m[w * RMAX + r]);
-      float Lsum = 0.f, A = 0.f;
-      bool nan = false;
-      for (int w = 0; w < NG; ++w) {
-        const float mg = s_m[w * RMAX + r], lg = s_l[w * RMAX + r];
-        nan |= isnan(lg);
-        if (mg == -INFINITY) continue;
-        const float c = exp2f(mg - M);
-        Lsum += lg * c;
-        A += s_acc[(w * RMAX + r) * D + d] * c;
-      }
+      const Merged x = merge_groups(s_acc, s_m, s_l, NG, RMAX, D, r, d);
+      const float M = x.M, Lsum = x.L, A = x.A;
+      const bool nan = x.nan;
       const size_t o = size_t(c_unit) * a.p.q_heads + kvh * G + chunk * RMAX + r;
       const float Lt = nan ? NAN : Lsum;
       a.out[o * D + d] = fin_out(M == -INFINITY ? 0.f : A, Lt, vs);
@@ -1255,18 +1248,9 @@ __global__ void __launch_bounds__(THREADS) mma16_kernel(Args a) {
   const int slot = a.slot0 + blockIdx.x;
   for (int idx = threadIdx.x; idx < rows.n * D; idx += THREADS) {
     const int r = idx / D, d = idx % D;
-    float M = -INFINITY;
-    for (int w = 0; w < NG; ++w) M = fmaxf(M, s_m[w * RMAX + r]);
-    float Lsum = 0.f, A = 0.f;
-    bool nan = false;
-    for (int w = 0; w < NG; ++w) {
-      const float mg = s_m[w * RMAX + r], lg = s_l[w * RMAX + r];
-      nan |= isnan(lg);
-      if (mg == -INFINITY) continue;
-      const float c = exp2f(mg - M);
-      Lsum += lg * c;
-      A += s_acc[(w * RMAX + r) * D + d] * c;
-    }
+    const Merged x = merge_groups(s_acc, s_m, s_l, NG, RMAX, D, r, d);
+    const float M = x.M, Lsum = x.L, A = x.A;
+    const bool nan = x.nan;
     const size_t o = size_t(rows.seq[r]) * a.p.q_heads + rows.head[r];
     a.ws_acc[(o * a.nslots + slot) * D + d] = nan ? NAN : A;
     if (d == 0) a.ws_m[o * a.nslots + slot] = M, a.ws_l[o * a.nslots + slot] = nan ? NAN : Lsum;
