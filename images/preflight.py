@@ -125,10 +125,15 @@ class Command:
     line: int
 
 
-def _commands(text: str) -> Iterator[Command]:
-    """CMake commands with their arguments; comments dropped, ( and ) kept as unquoted tokens."""
-    i, n, line = 0, len(text), 1
-    ident = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BRACKET = re.compile(r"#\[(=*)\[")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_UNQUOTED = re.compile(r'(?:\$\{[^}]*\}|\$ENV\{[^}]*\}|[^\s()"#])+')
+
+
+def _skip_blank(text: str, i: int, line: int) -> tuple[int, int]:
+    """Past whitespace and comments (# to the end of the line, or a #[[...]] bracket comment) from i:
+    the next index and its line number."""
+    n = len(text)
     while i < n:
         c = text[i]
         if c == "\n":
@@ -137,12 +142,25 @@ def _commands(text: str) -> Iterator[Command]:
         elif c.isspace():
             i += 1
         elif c == "#":
-            m = re.match(r"#\[(=*)\[", text[i:])
-            end = text.find(f"]{m.group(1)}]", i) if m else text.find("\n", i)
-            end = n if end < 0 else end
+            m = _BRACKET.match(text, i)
+            close = f"]{m.group(1)}]" if m else "\n"
+            end = text.find(close, i)
+            end = n if end < 0 else end + (len(close) if m else 0)
             line += text.count("\n", i, end)
             i = end
-        elif m := ident.match(text, i):
+        else:
+            break
+    return i, line
+
+
+def _commands(text: str) -> Iterator[Command]:
+    """CMake commands with their arguments; comments dropped, ( and ) kept as unquoted tokens."""
+    i, n, line = 0, len(text), 1
+    while True:
+        i, line = _skip_blank(text, i, line)
+        if i >= n:
+            return
+        if m := _IDENT.match(text, i):
             j = m.end()
             while j < n and text[j] in " \t":
                 j += 1
@@ -159,17 +177,12 @@ def _commands(text: str) -> Iterator[Command]:
 def _arguments(text: str, i: int, line: int) -> tuple[list[Tok], int, int]:
     args: list[Tok] = []
     depth, n = 0, len(text)
-    while i < n:
+    while True:
+        i, line = _skip_blank(text, i, line)
+        if i >= n:
+            break
         c = text[i]
-        if c == "\n":
-            line += 1
-            i += 1
-        elif c.isspace():
-            i += 1
-        elif c == "#":
-            end = text.find("\n", i)
-            i = n if end < 0 else end
-        elif c == '"':
+        if c == '"':
             j, buf = i + 1, []
             while j < n and text[j] != '"':
                 if text[j] == "\\" and j + 1 < n:
@@ -196,7 +209,7 @@ def _arguments(text: str, i: int, line: int) -> tuple[list[Tok], int, int]:
             args.append((")", False))
             i += 1
         else:
-            m = re.compile(r'(?:\$\{[^}]*\}|\$ENV\{[^}]*\}|[^\s()"#])+').match(text, i)
+            m = _UNQUOTED.match(text, i)
             if not m:
                 i += 1
                 continue

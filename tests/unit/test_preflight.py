@@ -208,6 +208,13 @@ def test_condition_evaluation(cond, facts, expected):
     assert pf.evaluate_condition(pf.parse_condition(toks), facts) is expected
 
 
+def test_comments_are_dropped_between_and_inside_commands():
+    text = ('# line comment (not a command)\n#[[ bracket comment\nfoo(x) ]]\n'
+            'set(A #[[ x ) y ]] b # to the end of the line )\n  c)\nfoo(#[==[ ]] ]==] "d")\n')
+    got = [(c.name, c.args, c.line) for c in pf._commands(text)]
+    assert got == [("set", (("A", False), ("b", False), ("c", False)), 4), ("foo", (("d", True),), 6)]
+
+
 def test_bad_inputs_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="no CMakeLists.txt"):
         pf.gates_from_tree(tmp_path)
