@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--splits", default="0,8,16,24,33,48,66,99,132")
     ap.add_argument("--variants", default="0,5,6")
     ap.add_argument("--hnd", action="store_true", help="also kvx on the same K/V stored head-major")
+    ap.add_argument("--hnd-variants", default="0", help="kernel variants for the head-major runs")
     args = ap.parse_args()
     sys.path.insert(0, args.site)
     import kvx
@@ -63,7 +64,6 @@ def main():
                     name = f"v{var}/s{sp}"
                     errs[name] = float(((out - ref).norm() / ref.norm()).item())
                     cands[name] = graphed(fn)
-            os.environ.pop("KVX_CUDA_VARIANT", None)
             if args.hnd:  # the same bytes head-major (vLLM's HND): one kv head per "sequence", 4 query rows each
                 G = HQ // HKV
                 qh = q.view(B, HKV, G, D).reshape(B * HKV, G, D).contiguous()
@@ -73,23 +73,28 @@ def main():
                     + torch.arange(HKV, device=dev).view(1, HKV, 1)
                 lh = torch.full((B * HKV,), L, dtype=torch.int32, device=dev)
                 hmeta = {"paged": ({"block_table": tab.reshape(B * HKV, nblk).to(torch.int32).contiguous(), "seq_lens": lh}, kh, vh),
-                         "contiguous": ({"seq_lens": lh}, ks.reshape(B * HKV, L, 1, D), vs.reshape(B * HKV, L, 1, D))}
-                for lay, (m_, kk, vv) in hmeta.items():
-                    out = torch.empty(B * HKV, G, D, device=dev)
-                    fn = (lambda out=out, lay=lay, m_=m_, kk=kk, vv=vv: kvx.attend(
-                        lay, qh, kk.view(torch.int16), vv.view(torch.int16), m_, kv_dtype="bf16", sm_scale=scale,
-                        device="cuda", hints={"max_seq_len": L}, out=out))
-                    fn()
-                    torch.cuda.synchronize()
-                    name = f"hnd-{lay}"
-                    errs[name] = float(((out.view(B, HQ, D) - ref).norm() / ref.norm()).item())
-                    cands[name] = graphed(fn)
+                         "contiguous": ({"seq_lens": lh}, ks.reshape(B * HKV, L, 1, D), vs.reshape(B * HKV, L, 1, D)),
+                         "tm-contiguous": ({"seq_lens": lens}, kc, vc)}  # token-major, as spans reads it
+                for var in map(int, args.hnd_variants.split(",")):
+                    os.environ["KVX_CUDA_VARIANT"] = str(var)
+                    for lay, (m_, kk, vv) in hmeta.items():
+                        tm = lay.startswith("tm-")
+                        out = torch.empty(B, HQ, D, device=dev) if tm else torch.empty(B * HKV, G, D, device=dev)
+                        fn = (lambda out=out, lay=lay.removeprefix("tm-"), m_=m_, kk=kk, vv=vv, qq=(q if tm else qh): kvx.attend(
+                            lay, qq, kk.view(torch.int16), vv.view(torch.int16), m_, kv_dtype="bf16", sm_scale=scale,
+                            device="cuda", hints={"max_seq_len": L}, out=out))
+                        fn()
+                        torch.cuda.synchronize()
+                        name = f"hnd-{lay}/v{var}"
+                        errs[name] = float(((out.view(B, HQ, D) - ref).norm() / ref.norm()).item())
+                        cands[name] = graphed(fn)
+            os.environ.pop("KVX_CUDA_VARIANT", None)
             t = timed_set(cands, flush, reps=30)
             base = t["sdpa"]
             print(f"L={L} B={B}: sdpa {base * 1e6:.1f} us ({nbytes / base / 1e12:.2f} TB/s)", flush=True)
             for key, s in t.items():
                 if key != "sdpa":
-                    print(f"  {key:>9}: {s * 1e6:7.1f} us {nbytes / s / 1e12:5.2f} TB/s  x{base / s:.2f} of sdpa  "
+                    print(f"  {key:>18}: {s * 1e6:7.1f} us {nbytes / s / 1e12:5.2f} TB/s  x{base / s:.2f} of sdpa  "
                           f"err {errs[key]:.1e}", flush=True)
             del k, v, ks, vs, cands
             torch.cuda.empty_cache()

@@ -31,10 +31,23 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
 }
-// The same with an L2 prefetch hint: L2 fetches the whole 256-byte row of which this is a piece.
-__device__ __forceinline__ void cp_async16_pf(void* dst, const void* src, bool valid) {
+// The same with an L2 prefetch-size hint: L2 fetches the whole B-byte line of which this is a piece.
+// The bf16 d128 kernels copy whole 256-byte rows, so 128 fetches nothing they do not read, and it
+// took the copies alone from 0.92-0.93 to 0.95 of SDPA at 8k/32k x 32 (notes/kvlab.md, v26);
+// cuDNN's SDPA kernel issues its copies with the same hint (LDGSTS.LTC128B).
+template <int B>
+__device__ __forceinline__ void cp_async16_l2(void* dst, const void* src, bool valid) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+  static_assert(B == 128 || B == 256, "L2 prefetch size");
+  if constexpr (B == 128)
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+  else
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+template <int B>
+__device__ __forceinline__ void cp_async16_hint(void* dst, const void* src, bool valid) {
+  if constexpr (B == 0) cp_async16(dst, src, valid);
+  else cp_async16_l2<B>(dst, src, valid);
 }
 __device__ __forceinline__ void cp_async8(void* dst, const void* src, bool valid) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
@@ -571,7 +584,7 @@ __device__ __forceinline__ void mma_tile16(const char* kt, const char* vt, int t
 // entry when the caller loaded it early (paged, first tile, power-of-two blocks >= 8), else -1.
 // (A version with one lookup and a 64-bit add per token, 36 % fewer instructions, was no faster
 // and cost paged 2-3 %: notes/kvlab.md, v20-v22.)
-template <bool PF = false>
+template <int L2B = 128>
 __device__ __forceinline__ void issue_tile(const Args& a, SlotCursor<true>& slots, char* st, int tb, int t1, int kvh,
                                            int spec) {
   constexpr int CPR = MMA_RB / 16;
@@ -607,13 +620,8 @@ __device__ __forceinline__ void issue_tile(const Args& a, SlotCursor<true>& slot
                                      : slots.of(tok);
     const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
     char* dk = st + j * MMA_RBP + part * 16;
-    if constexpr (PF) {
-      cp_async16_pf(dk, K + off, ok);
-      cp_async16_pf(dk + MMA_TT * MMA_RBP, V + off, ok);
-    } else {
-      cp_async16(dk, K + off, ok);
-      cp_async16(dk + MMA_TT * MMA_RBP, V + off, ok);
-    }
+    cp_async16_hint<L2B>(dk, K + off, ok);
+    cp_async16_hint<L2B>(dk + MMA_TT * MMA_RBP, V + off, ok);
   }
 }
 
@@ -709,7 +717,8 @@ __device__ __forceinline__ void combine_row(const Args& a, size_t o, float vs, i
   if (lane == 0 && a.lse) a.lse[o] = fin_lse(M, Lt);
 }
 
-template <int STG, int MINB = 1, bool PF = false>
+// L2B: the copies' L2 prefetch size (0: none, as before v26).
+template <int STG, int MINB = 1, int L2B = 128>
 __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   extern __shared__ __align__(16) float smem[];
   const int warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4;
@@ -743,7 +752,7 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   auto issue = [&](int step) {
     if (step < nsteps) {
       const int tb = t0 + step * MMA_TT;
-      issue_tile<PF>(a, slots, stage_base + (step % STG) * stage_bytes, tb, t1, kvh, tb == 0 ? spec_e : -1);
+      issue_tile<L2B>(a, slots, stage_base + (step % STG) * stage_bytes, tb, t1, kvh, tb == 0 ? spec_e : -1);
     }
     cp_async_commit();
   };
@@ -1012,8 +1021,8 @@ __global__ void __launch_bounds__(32 * HPC, 1) wide_kernel(Args a) {
         const int64_t slot = !ok ? 0 : base >= 0 ? base + j : slots.of(tok);
         const size_t off = ok ? size_t(slot) * H * MMA_RB + head_off : 0;
         char* dk = st + (hh * WT + j) * MMA_RBP + part * 16;
-        cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
-        cp_async16(dk + KB, reinterpret_cast<const char*>(V) + off, ok);
+        cp_async16_l2<128>(dk, reinterpret_cast<const char*>(K) + off, ok);
+        cp_async16_l2<128>(dk + KB, reinterpret_cast<const char*>(V) + off, ok);
       }
     }
     cp_async_commit();
@@ -1136,8 +1145,8 @@ __global__ void __launch_bounds__(THREADS) mma16_kernel(Args a) {
         const int64_t slot = !ok ? 0 : base >= 0 ? base + j : slots.spans(tok);
         const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
         char* dk = st + j * MMA_RBP + part * 16;
-        cp_async16(dk, reinterpret_cast<const char*>(K) + off, ok);
-        cp_async16(dk + MMA_TT * MMA_RBP, reinterpret_cast<const char*>(V) + off, ok);
+        cp_async16_l2<128>(dk, reinterpret_cast<const char*>(K) + off, ok);
+        cp_async16_l2<128>(dk + MMA_TT * MMA_RBP, reinterpret_cast<const char*>(V) + off, ok);
       }
     }
     cp_async_commit();
@@ -1371,9 +1380,9 @@ Choice choice_t(int D) {
   return {reinterpret_cast<const void*>(partial_kernel<T, RMAX, FAST, STG, MINB>), merge > stages ? merge : stages};
 }
 
-template <int STG, int MINB = 1, bool PF = false>
+template <int STG, int MINB = 1, int L2B = 128>
 Choice choice_mma(int fuse = 1) {
-  Choice c{reinterpret_cast<const void*>(mma_kernel<STG, MINB, PF>), size_t(STG) * 2 * MMA_TT * MMA_RBP};
+  Choice c{reinterpret_cast<const void*>(mma_kernel<STG, MINB, L2B>), size_t(STG) * 2 * MMA_TT * MMA_RBP};
   c.fuse = fuse;
   return c;
 }
@@ -1390,7 +1399,8 @@ Choice choice_wide(const kvx_params& p) {
 // default: 11, and where one split per item gives more CTAs than fit at once, mma_multi_kernel
 // (several items per CTA); one kv head per CTA, 3-stage pipeline (mma_kernel) with 8: combine_kernel always
 // (v11), 11: a single split writes the output itself, 4: several splits also merge in their last
-// CTA; 12: as 11 with an L2::256B prefetch hint on the K/V copies; 9 / 10: 4 / 8 kv heads per CTA
+// CTA; 12: as 11 with an L2::256B prefetch hint on the K/V copies instead of L2::128B, 13: with none
+// (the kernel before v26); 9 / 10: 4 / 8 kv heads per CTA
 // (wide_kernel), merging in the last CTA; 5: 2 stages and 3 CTAs/SM, 6: 4 stages. CUDA cores: 7
 // (the default for f32/fp8), 1-3 other trade-offs.
 int resident_per_sm(const Choice& c);
@@ -1414,7 +1424,8 @@ Choice choice_fast(const kvx_params& p, int units) {
     if (v == 4) return choice_mma<3>(2);
     if (v == 8) return choice_mma<3>(0);
     if (v == 11) return choice_mma<3>(1);
-    if (v == 12) return choice_mma<3, 1, true>(1);
+    if (v == 12) return choice_mma<3, 1, 256>(1);
+    if (v == 13) return choice_mma<3, 1, 0>(1);
     if (v == 9) return choice_wide<4>(p);
     if (v == 10) return choice_wide<8>(p);
     if (v == 5) return choice_mma<2, 3>();
