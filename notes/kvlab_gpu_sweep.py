@@ -74,7 +74,8 @@ def main():
                 lh = torch.full((B * HKV,), L, dtype=torch.int32, device=dev)
                 hmeta = {"paged": ({"block_table": tab.reshape(B * HKV, nblk).to(torch.int32).contiguous(), "seq_lens": lh}, kh, vh),
                          "contiguous": ({"seq_lens": lh}, ks.reshape(B * HKV, L, 1, D), vs.reshape(B * HKV, L, 1, D)),
-                         "tm-contiguous": ({"seq_lens": lens}, kc, vc)}  # token-major, as spans reads it
+                         "tm-contiguous": ({"seq_lens": lens}, kc, vc),  # token-major, as spans reads it
+                         "tm-paged": ({"block_table": table, "seq_lens": lens}, k, v)}
                 for var in map(int, args.hnd_variants.split(",")):
                     os.environ["KVX_CUDA_VARIANT"] = str(var)
                     for lay, (m_, kk, vv) in hmeta.items():
