@@ -253,6 +253,42 @@ __device__ __forceinline__ Merged merge_groups(const float* s_acc, const float* 
   return x;
 }
 
+// Final output of one row, as combine_kernel writes it (NaN poison kept, empty rows 0 / -inf).
+__device__ __forceinline__ float fin_out(float A, float L, float vs) {
+  return L > 0.f ? A * vs / L : (isnan(L) ? NAN : 0.f);
+}
+__device__ __forceinline__ float fin_lse(float M, float L) {
+  return L > 0.f ? (M + log2f(L)) / LOG2E : (isnan(L) ? NAN : -INFINITY);
+}
+
+// Where a merged (row o, dim d) value goes: the final output when the CTA saw the whole row (direct;
+// L is 0 when the row saw no key, M = -inf), else its split's partial in slot `slot` of the
+// workspace for the combine (NaN poison kept in both).
+__device__ __forceinline__ void put_merged(const Args& a, const Merged& x, size_t o, int d, int D, bool direct, int slot,
+                                           float vs) {
+  if (direct) {
+    const float Lt = x.nan ? NAN : x.L;
+    a.out[o * D + d] = fin_out(x.M == -INFINITY ? 0.f : x.A, Lt, vs);
+    if (d == 0 && a.lse) a.lse[o] = fin_lse(x.M, Lt);
+  } else {
+    a.ws_acc[(o * a.nslots + slot) * D + d] = x.nan ? NAN : x.A;
+    if (d == 0) a.ws_m[o * a.nslots + slot] = x.M, a.ws_l[o * a.nslots + slot] = x.nan ? NAN : x.L;
+  }
+}
+
+// This CTA's tokens [t0, t1) of its unit: from the earliest key any of its rows sees (window), cut
+// into gridDim.x splits; ALIGN > 1 starts the range and each split on an ALIGN-token boundary.
+template <int ALIGN = 1>
+__device__ __forceinline__ void split_range(const Args& a, const Rows& rows, int src_len, int loffset, int& t0,
+                                            int& t1) {
+  int lo = src_len;
+  for (int r = 0; r < rows.n; ++r)
+    lo = min(lo, a.p.window > 0 ? max(0, rows.qpos[r] - a.p.window + 1 - loffset) : 0);
+  lo &= ~(ALIGN - 1);
+  const int span = max(0, src_len - lo), per = ((span + gridDim.x - 1) / gridDim.x + ALIGN - 1) & ~(ALIGN - 1);
+  t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
+}
+
 // STG: cp.async pipeline depth; MINB: CTAs per SM the register budget must allow.
 template <typename T, int RMAX, bool FAST, int STG = STAGES, int MINB = (RMAX <= 4 ? 4 : 2)>
 __global__ void __launch_bounds__(THREADS, MINB) partial_kernel(Args a) {
@@ -265,12 +301,8 @@ __global__ void __launch_bounds__(THREADS, MINB) partial_kernel(Args a) {
   unit_rows(a, unit, kvh, chunk, RMAX, rows, src_len, loffset);
   if (rows.n == 0) return;
 
-  // token range of this split: window-clipped, then cut into gridDim.x pieces
-  int lo = src_len;
-  for (int r = 0; r < rows.n; ++r)
-    lo = min(lo, a.p.window > 0 ? max(0, rows.qpos[r] - a.p.window + 1 - loffset) : 0);
-  const int span = max(0, src_len - lo), per = (span + gridDim.x - 1) / gridDim.x;
-  const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
+  int t0, t1;
+  split_range(a, rows, src_len, loffset, t0, t1);
 
   const float kscale = a.p.k_scale ? a.p.k_scale[kvh] : 1.f;
   float q[RMAX][8], acc[RMAX][8], m[RMAX], l[RMAX], slope[RMAX], qp[RMAX];
@@ -458,10 +490,8 @@ __global__ void __launch_bounds__(THREADS, MINB) partial_kernel(Args a) {
   const int slot = a.slot0 + blockIdx.x;
   for (int idx = threadIdx.x; idx < rows.n * D; idx += THREADS) {
     const int r = idx / D, d = idx % D;
-    const Merged x = merge_groups(s_acc, s_m, s_l, NG, RMAX, D, r, d);
-    const size_t o = size_t(rows.seq[r]) * a.p.q_heads + rows.head[r];
-    a.ws_acc[(o * a.nslots + slot) * D + d] = x.nan ? NAN : x.A;
-    if (d == 0) a.ws_m[o * a.nslots + slot] = x.M, a.ws_l[o * a.nslots + slot] = x.nan ? NAN : x.L;
+    put_merged(a, merge_groups(s_acc, s_m, s_l, NG, RMAX, D, r, d), size_t(rows.seq[r]) * a.p.q_heads + rows.head[r],
+               d, D, false, slot, 1.f);
   }
 }
 
@@ -653,12 +683,20 @@ __device__ __forceinline__ void load_q_frags(const Args& a, const Rows& rows, in
   }
 }
 
-// Final output of one row, as combine_kernel writes it (NaN poison kept, empty rows 0 / -inf).
-__device__ __forceinline__ float fin_out(float A, float L, float vs) {
-  return L > 0.f ? A * vs / L : (isnan(L) ? NAN : 0.f);
-}
-__device__ __forceinline__ float fin_lse(float M, float L) {
-  return L > 0.f ? (M + log2f(L)) / LOG2E : (isnan(L) ? NAN : -INFINITY);
+// A lane's start on its query row in mma_kernel and wide_kernel: Q fragments, a zero accumulator,
+// and the row's position and ALiBi slope (both halves of a row mask and scale alike).
+struct RowStart {
+  float qp, slope;
+};
+__device__ __forceinline__ RowStart start_rows(const Args& a, const Rows& rows, int kvh, int g, int t,
+                                               uint32_t (&qa)[8][2], float (&acc)[16][4]) {
+  load_q_frags(a, rows, kvh, g, t, qa);
+  const bool rreal = (g & 3) < rows.n;
+  const float qp = rreal ? float(rows.qpos[g & 3]) : 0.f;
+  const float slope = rreal && a.p.alibi ? a.p.alibi[rows.head[g & 3]] * LOG2E : 0.f;
+#pragma unroll
+  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  return {qp, slope};
 }
 
 // Fused split combine: each CTA publishes its partial, then takes a ticket; the last of the
@@ -738,11 +776,8 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   int src_len, loffset;
   unit_rows(a, unit, kvh, chunk, MMA_R, rows, src_len, loffset);
   if (rows.n == 0) return;
-  int lo = src_len;
-  for (int r = 0; r < rows.n; ++r)
-    lo = min(lo, a.p.window > 0 ? max(0, rows.qpos[r] - a.p.window + 1 - loffset) : 0);
-  const int span = max(0, src_len - lo), per = (span + gridDim.x - 1) / gridDim.x;
-  const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
+  int t0, t1;
+  split_range(a, rows, src_len, loffset, t0, t1);
 
   SlotCursor<true> slots(a);
   slots.reset(unit, sp0, sp1);
@@ -761,14 +796,9 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   for (int i = 0; i < STG - 1; ++i) issue(i);
 
   uint32_t qa[8][2];
-  load_q_frags(a, rows, kvh, g, t, qa);
-  const bool rreal = (g & 3) < rows.n;  // both halves of a row mask and scale alike
-  const float my_qp = rreal ? float(rows.qpos[g & 3]) : 0.f;
-  const float my_slope = rreal && a.p.alibi ? a.p.alibi[rows.head[g & 3]] * LOG2E : 0.f;
-  float acc[16][4];
-#pragma unroll
-  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-  float m_run = -INFINITY, l_run = 0.f;
+  float acc[16][4], m_run = -INFINITY, l_run = 0.f;
+  const RowStart rs = start_rows(a, rows, kvh, g, t, qa, acc);
+  const float my_qp = rs.qp, my_slope = rs.slope;
 
   for (int step = 0; step < nsteps; ++step) {
     cp_async_wait<STG - 2>();
@@ -803,18 +833,8 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   const int slot = a.slot0 + blockIdx.x;
   for (int idx = threadIdx.x; idx < rows.n * D; idx += THREADS) {
     const int r = idx / D, d = idx % D;
-    const Merged x = merge_groups(s_acc, s_m, s_l, NG, RMAX, D, r, d);
-    const float M = x.M, Lsum = x.L, A = x.A;
-    const bool nan = x.nan;
-    const size_t o = size_t(rows.seq[r]) * a.p.q_heads + rows.head[r];
-    if (direct) {
-      const float Lt = nan ? NAN : Lsum;  // Lsum is 0 when the row saw no key (M = -inf)
-      a.out[o * D + d] = fin_out(M == -INFINITY ? 0.f : A, Lt, vs);
-      if (d == 0 && a.lse) a.lse[o] = fin_lse(M, Lt);
-    } else {
-      a.ws_acc[(o * a.nslots + slot) * D + d] = nan ? NAN : A;
-      if (d == 0) a.ws_m[o * a.nslots + slot] = M, a.ws_l[o * a.nslots + slot] = nan ? NAN : Lsum;
-    }
+    put_merged(a, merge_groups(s_acc, s_m, s_l, NG, RMAX, D, r, d), size_t(rows.seq[r]) * a.p.q_heads + rows.head[r],
+               d, D, direct, slot, vs);
   }
   if (direct || !a.fuse) return;
   if (!last_to_arrive(a)) return;
@@ -952,13 +972,8 @@ __global__ void __launch_bounds__(THREADS, 1) mma_multi_kernel(Args a) {
     __syncthreads();
     for (int idx = threadIdx.x; idx < nrows * D; idx += THREADS) {
       const int r = idx / D, d = idx % D;
-      const Merged x = merge_groups(s_acc, s_m, s_l, NG, RMAX, D, r, d);
-      const float M = x.M, Lsum = x.L, A = x.A;
-      const bool nan = x.nan;
-      const size_t o = size_t(c_unit) * a.p.q_heads + kvh * G + chunk * RMAX + r;
-      const float Lt = nan ? NAN : Lsum;
-      a.out[o * D + d] = fin_out(M == -INFINITY ? 0.f : A, Lt, vs);
-      if (d == 0 && a.lse) a.lse[o] = fin_lse(M, Lt);
+      put_merged(a, merge_groups(s_acc, s_m, s_l, NG, RMAX, D, r, d),
+                 size_t(c_unit) * a.p.q_heads + kvh * G + chunk * RMAX + r, d, D, true, 0, vs);
     }
     if (c_item + 1 == nitems) break;
     // the next item's merge writes come after at least one more barrier at the loop head
@@ -987,12 +1002,8 @@ __global__ void __launch_bounds__(32 * HPC, 1) wide_kernel(Args a) {
   int src_len, loffset;
   unit_rows(a, unit, kvh, chunk, MMA_R, rows, src_len, loffset);  // rows.n and qpos: the same for every warp
   if (rows.n == 0) return;
-  int lo = src_len;
-  for (int r = 0; r < rows.n; ++r)
-    lo = min(lo, a.p.window > 0 ? max(0, rows.qpos[r] - a.p.window + 1 - loffset) : 0);
-  lo &= ~(WT - 1);  // tiles start on 16-token boundaries (one paged block); tokens below the window stay masked
-  const int span = max(0, src_len - lo), per = ((span + gridDim.x - 1) / gridDim.x + WT - 1) & ~(WT - 1);
-  const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
+  int t0, t1;  // tiles start on 16-token boundaries (one paged block); tokens below the window stay masked
+  split_range<WT>(a, rows, src_len, loffset, t0, t1);
 
   const uint16_t* K = static_cast<const uint16_t*>(a.k);
   const uint16_t* V = static_cast<const uint16_t*>(a.v);
@@ -1031,15 +1042,10 @@ __global__ void __launch_bounds__(32 * HPC, 1) wide_kernel(Args a) {
   for (int i = 0; i < STG - 1; ++i) issue(i);
 
   uint32_t qa[8][2];
-  load_q_frags(a, rows, kvh, g, t, qa);
+  float acc[16][4], m_run = -INFINITY, l_run = 0.f;
+  const RowStart rs = start_rows(a, rows, kvh, g, t, qa, acc);
+  const float my_qp = rs.qp, my_slope = rs.slope;
   const bool real = g < rows.n;  // lanes that hold a finished row at the end (g < 4)
-  const bool rreal = (g & 3) < rows.n;  // both halves of a row mask and scale alike
-  const float my_qp = rreal ? float(rows.qpos[g & 3]) : 0.f;
-  const float my_slope = rreal && a.p.alibi ? a.p.alibi[rows.head[g & 3]] * LOG2E : 0.f;
-  float acc[16][4];
-#pragma unroll
-  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-  float m_run = -INFINITY, l_run = 0.f;
 
   for (int step = 0; step < nsteps; ++step) {
     cp_async_wait<STG - 2>();
@@ -1093,11 +1099,8 @@ __global__ void __launch_bounds__(THREADS) mma16_kernel(Args a) {
   int src_len, loffset;
   unit_rows(a, unit, kvh, chunk, 16, rows, src_len, loffset);
   if (rows.n == 0) return;
-  int lo = src_len;
-  for (int r = 0; r < rows.n; ++r)
-    lo = min(lo, a.p.window > 0 ? max(0, rows.qpos[r] - a.p.window + 1 - loffset) : 0);
-  const int span = max(0, src_len - lo), per = (span + gridDim.x - 1) / gridDim.x;
-  const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
+  int t0, t1;
+  split_range(a, rows, src_len, loffset, t0, t1);
 
   constexpr int stage_bytes = 2 * MMA_TT * MMA_RBP, CPR = MMA_RB / 16;
   char* stage_base = reinterpret_cast<char*>(smem);
@@ -1257,12 +1260,8 @@ __global__ void __launch_bounds__(THREADS) mma16_kernel(Args a) {
   const int slot = a.slot0 + blockIdx.x;
   for (int idx = threadIdx.x; idx < rows.n * D; idx += THREADS) {
     const int r = idx / D, d = idx % D;
-    const Merged x = merge_groups(s_acc, s_m, s_l, NG, RMAX, D, r, d);
-    const float M = x.M, Lsum = x.L, A = x.A;
-    const bool nan = x.nan;
-    const size_t o = size_t(rows.seq[r]) * a.p.q_heads + rows.head[r];
-    a.ws_acc[(o * a.nslots + slot) * D + d] = nan ? NAN : A;
-    if (d == 0) a.ws_m[o * a.nslots + slot] = M, a.ws_l[o * a.nslots + slot] = nan ? NAN : Lsum;
+    put_merged(a, merge_groups(s_acc, s_m, s_l, NG, RMAX, D, r, d), size_t(rows.seq[r]) * a.p.q_heads + rows.head[r],
+               d, D, false, slot, 1.f);
   }
 }
 
