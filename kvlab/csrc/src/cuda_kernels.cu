@@ -683,22 +683,6 @@ __device__ __forceinline__ void load_q_frags(const Args& a, const Rows& rows, in
   }
 }
 
-// A lane's start on its query row in mma_kernel and wide_kernel: Q fragments, a zero accumulator,
-// and the row's position and ALiBi slope (both halves of a row mask and scale alike).
-struct RowStart {
-  float qp, slope;
-};
-__device__ __forceinline__ RowStart start_rows(const Args& a, const Rows& rows, int kvh, int g, int t,
-                                               uint32_t (&qa)[8][2], float (&acc)[16][4]) {
-  load_q_frags(a, rows, kvh, g, t, qa);
-  const bool rreal = (g & 3) < rows.n;
-  const float qp = rreal ? float(rows.qpos[g & 3]) : 0.f;
-  const float slope = rreal && a.p.alibi ? a.p.alibi[rows.head[g & 3]] * LOG2E : 0.f;
-#pragma unroll
-  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-  return {qp, slope};
-}
-
 // Fused split combine: each CTA publishes its partial, then takes a ticket; the last of the
 // gridDim.x splits of this (unit, blockIdx.y) merges them, so no second kernel launch is needed.
 // The counter resets itself for the next launch (graph replays included).
@@ -796,9 +780,14 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   for (int i = 0; i < STG - 1; ++i) issue(i);
 
   uint32_t qa[8][2];
-  float acc[16][4], m_run = -INFINITY, l_run = 0.f;
-  const RowStart rs = start_rows(a, rows, kvh, g, t, qa, acc);
-  const float my_qp = rs.qp, my_slope = rs.slope;
+  load_q_frags(a, rows, kvh, g, t, qa);
+  const bool rreal = (g & 3) < rows.n;  // both halves of a row mask and scale alike
+  const float my_qp = rreal ? float(rows.qpos[g & 3]) : 0.f;
+  const float my_slope = rreal && a.p.alibi ? a.p.alibi[rows.head[g & 3]] * LOG2E : 0.f;
+  float acc[16][4];
+#pragma unroll
+  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  float m_run = -INFINITY, l_run = 0.f;
 
   for (int step = 0; step < nsteps; ++step) {
     cp_async_wait<STG - 2>();
@@ -1042,10 +1031,15 @@ __global__ void __launch_bounds__(32 * HPC, 1) wide_kernel(Args a) {
   for (int i = 0; i < STG - 1; ++i) issue(i);
 
   uint32_t qa[8][2];
-  float acc[16][4], m_run = -INFINITY, l_run = 0.f;
-  const RowStart rs = start_rows(a, rows, kvh, g, t, qa, acc);
-  const float my_qp = rs.qp, my_slope = rs.slope;
+  load_q_frags(a, rows, kvh, g, t, qa);
   const bool real = g < rows.n;  // lanes that hold a finished row at the end (g < 4)
+  const bool rreal = (g & 3) < rows.n;  // both halves of a row mask and scale alike
+  const float my_qp = rreal ? float(rows.qpos[g & 3]) : 0.f;
+  const float my_slope = rreal && a.p.alibi ? a.p.alibi[rows.head[g & 3]] * LOG2E : 0.f;
+  float acc[16][4];
+#pragma unroll
+  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  float m_run = -INFINITY, l_run = 0.f;
 
   for (int step = 0; step < nsteps; ++step) {
     cp_async_wait<STG - 2>();
