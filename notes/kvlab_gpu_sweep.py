@@ -22,8 +22,10 @@ def main():
     ap.add_argument("--batches", default="1")
     ap.add_argument("--splits", default="0,8,16,24,33,48,66,99,132")
     ap.add_argument("--variants", default="0,5,6")
-    ap.add_argument("--hnd", action="store_true", help="also kvx on the same K/V stored head-major")
-    ap.add_argument("--hnd-variants", default="0", help="kernel variants for the head-major runs")
+    ap.add_argument("--hnd", action="store_true",
+                    help="also kvx on the same K/V stored head-major (paged, contiguous) and through the token-major "
+                         "contiguous and paged layouts (tm-*)")
+    ap.add_argument("--hnd-variants", default="0", help="kernel variants for the --hnd runs")
     args = ap.parse_args()
     sys.path.insert(0, args.site)
     import kvx
