@@ -96,7 +96,7 @@ def run(kvx, reps: int = 7, threads: int = 0, out=print, max_tokens: int = MAX_T
     out(machine())
     copy0 = kvx.copy_bandwidth(COPY_BYTES, 5, threads)
     out(f"kvx CPU build: {kvx.isa()}; measured copy bandwidth {copy0 / 1e9:.1f} GB/s (read + write, "
-        f"512 MiB, median of 5, {nthreads} threads)")
+        f"{COPY_BYTES >> 20} MiB, median of 5, {nthreads} threads)")
     out(f"shape: {SHAPE}, bf16 K/V; B×L capped at {max_tokens} tokens; threads: {nthreads}; "
         f"median of {reps} interleaved reps")
     rows = []
