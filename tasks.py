@@ -13,10 +13,11 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from matrix.errors import UsageError
+from model import settings
+from model.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = Path(os.environ.get("DEPLOYLAB_RESULTS", ROOT / "results"))
+RESULTS = settings.results()
 
 
 def one_line_errors(fn):
@@ -33,7 +34,7 @@ def one_line_errors(fn):
 
 
 def _matrix(spec, sets):
-    from matrix import spec as specmod
+    from model import spec as specmod
     return specmod.load(spec, sets or ())
 
 
@@ -45,13 +46,13 @@ def _console():
 
 
 def _store(run):
-    from matrix.results import ResultsStore
+    from model.results import ResultsStore
     return ResultsStore(RESULTS, run)
 
 
 def _ctx(run, force=False, vllm=None):
     from matrix.pipeline import Context
-    ctx = Context(store=_store(run), work=ROOT / ".work", force=force, vllm=vllm)
+    ctx = Context(store=_store(run), work=settings.work(), force=force, vllm=vllm)
     console = _console()
     ctx.on_event = lambda cell, stage, msg: console.print(f"[dim]{cell:<22} {stage:<10}[/dim] {msg}")
     return ctx
@@ -61,7 +62,7 @@ def _ctx(run, force=False, vllm=None):
 @one_line_errors
 def setup(c, tools=True):
     """Find a Docker engine (DOCKER_HOST honoured); install Debian's docker.io and start dockerd if none."""
-    from images.engine import ensure_engine, ensure_host_tools
+    from containers.engine import ensure_engine, ensure_host_tools
     print(ensure_engine())
     if tools:
         did = ensure_host_tools({"debootstrap": "debootstrap"})
@@ -121,23 +122,14 @@ def ci_matrix(c, spec=None, set_=None, bake=None):
 def build(c, cell, vllm=None, spec=None, set_=None, run="latest", force=True, rebuild=False):
     """Build vLLM (and the kvlab extension) from source in the cell's toolchain container."""
     from matrix.pipeline import run_stage
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from images.logs import ninja_progress
+    from matrix.progress import LiveProgress
     ctx = _ctx(run, vllm=vllm)
     ctx.confirm_gates = True  # an explicit build runs even past a predicted gate, to confirm it
     x = _matrix(spec, set_).get(cell)
     for stage in ("render", "base", "toolchain", "preflight"):
         run_stage(ctx, x, stage)
     ctx.force = force
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_console(), transient=False) as bar:
-        tid = bar.add_task(f"{cell} build", total=None)
-
-        def on_line(phase, line):
-            p = ninja_progress(line)
-            if p:
-                bar.update(tid, completed=p[0], total=p[1], description=f"{cell} {phase}")
-        ctx.extras["on_build_line"] = on_line
+    with LiveProgress(ctx):
         o = run_stage(ctx, x, "rebuild" if rebuild else "build")
     print(f"{cell}: build {o.status} ({o.category}) in {o.seconds:.0f}s; logs: {o.artifacts.get('logs', '')}")
     for e in o.evidence:
@@ -155,12 +147,18 @@ def build(c, cell, vllm=None, spec=None, set_=None, run="latest", force=True, re
 def matrix(c, spec=None, set_=None, cells=None, stages=None, run="latest", force=False, vllm=None,
            confirm_gates=False):
     """Every stage of every cell: render → base → toolchain → preflight → build → runtime → smoke → oracle."""
-    from matrix.pipeline import run_matrix
+    from matrix.pipeline import PIPELINE, run_matrix
+    from matrix.progress import LiveProgress, plan
     from matrix.report import summary_table
+    from model.stages import check_names
     ctx = _ctx(run, force=force, vllm=vllm)
     ctx.confirm_gates = confirm_gates
     m = _matrix(spec, set_)
-    run_matrix(ctx, m.select(cells), stages)
+    check_names(stages or (), "--stages")
+    for line in plan(ctx, m.select(cells), stages or PIPELINE):
+        _console().print(line)
+    with LiveProgress(ctx):
+        run_matrix(ctx, m.select(cells), stages)
     _console().print(summary_table(ctx.store, [x.id for x in m.select(cells)]))
 
 
@@ -197,10 +195,10 @@ def preflight(c, cell, vllm=None, spec=None, set_=None, probe=None, all_gates=Fa
     import time
     from images import preflight as pf
     from images.sources import fetch_engine
-    from matrix.spec import EngineSource
+    from model.spec import EngineSource
     t0 = time.monotonic()
     x = _matrix(spec, set_).get(cell)
-    tree = fetch_engine(EngineSource.parse(vllm) if vllm else x.engine, ROOT / ".work" / "sources")
+    tree = fetch_engine(EngineSource.parse(vllm) if vllm else x.engine, settings.work() / "sources")
     gates = [*pf.resource_gates(x), *pf.gates_from_tree(tree)]
     if probe:
         try:
@@ -208,7 +206,7 @@ def preflight(c, cell, vllm=None, spec=None, set_=None, probe=None, all_gates=Fa
         except (OSError, ValueError) as exc:
             raise UsageError(f"{probe}: expected a JSON probe file ({exc})") from None
     else:
-        from images.engine import client
+        from containers.engine import client
         cl = client()
         try:
             cl.images.get(x.toolchain_tag)
@@ -266,7 +264,7 @@ def smoke(c, cell="", url="", image="", mix="default", seed=0, duration=0.0, rat
           spec=None, stage="smoke"):
     """Replay the six-class mix against a real vLLM server; records, summary, Markdown, PNGs, a gate verdict."""
     if stage == "oracle":
-        from images.engine import client
+        from containers.engine import client
         from kvlab.stage import run_oracle_stage
         if not cell:
             raise UsageError("smoke --stage oracle: give --cell ID (its runtime image runs the oracle)")
@@ -316,7 +314,7 @@ BENCHES = {"replay": _bench_replay, "replay-capacity": _bench_replay_capacity}
 def bench(c, name, url=None, image=None, pairs=None, concurrency=None, peer=None, streams=None, interval=None,
           model=None):
     """Speed goals live here, never in timed tests: `replay` (vs a peer client), `replay-capacity`, `kvext`."""
-    from matrix.errors import did_you_mean
+    from model.errors import did_you_mean
     if name not in BENCHES:
         raise UsageError(f"bench: unknown benchmark {name!r}{did_you_mean(name, BENCHES)} (known: {', '.join(BENCHES)})")
     kw = {"url": url, "image": image, "pairs": int(pairs) if pairs else None,
@@ -359,7 +357,7 @@ def oracle(c, backend="python", random=200, layout=None, sizes=False, rebuild=Fa
     """Every layout against the float64 reference on every named + randomized case; exit 1 on a failure."""
     from kvlab import ext, metadata, oracle as orc, scenario
     from kvlab.layouts import LAYOUTS
-    from matrix.errors import did_you_mean
+    from model.errors import did_you_mean
     backends = {"python": orc.python_backend, "ext": ext.cpu_backend, "cuda": ext.cuda_backend}
     if backend not in backends:
         raise UsageError(f"oracle: unknown backend {backend!r}{did_you_mean(backend, backends)} (known: python, ext, cuda)")

@@ -18,8 +18,8 @@ from pathlib import Path
 import docker
 from docker.errors import APIError, ImageNotFound
 
-from images.engine import ensure_host_tools
-from matrix.spec import Distro
+from containers.engine import ensure_host_tools
+from model.spec import Distro
 
 MIRROR = os.environ.get("DEPLOYLAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 

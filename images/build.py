@@ -24,8 +24,8 @@ import docker
 
 from images import logs
 from images.sources import copy_tree
-from matrix.results import StageOutcome
-from matrix.spec import Cell
+from model.results import StageOutcome
+from model.spec import Cell
 
 HERE = Path(__file__).parent
 FIXES = tomllib.loads((HERE / "fixes.toml").read_text())

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from matrix.errors import UsageError
-from matrix.spec import read_toml
+from model.errors import UsageError
+from model.spec import read_toml
 
 RULES = Path(__file__).with_name("rules.toml")
 MAX_EVIDENCE = 3

@@ -31,9 +31,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from matrix.errors import UsageError
-from matrix.spec import read_toml
-from matrix.results import StageOutcome
+from model.errors import UsageError
+from model.spec import read_toml
+from model.results import StageOutcome
 
 GATES = Path(__file__).with_name("gates.toml")
 STATUSES = ("pass", "fail", "warn", "skip")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import jinja2
 
-from matrix.errors import UsageError
-from matrix.spec import Cell
+from model.errors import UsageError
+from model.spec import Cell
 
 TEMPLATES = Path(__file__).with_name("templates")
 PACKAGES = Path(__file__).with_name("packages.toml")

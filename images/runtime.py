@@ -7,10 +7,10 @@ import re
 import time
 from pathlib import Path
 
-from images.dockerbuild import ImageBuildFailed, build_image
+from containers.build import ImageBuildFailed, build_image
 from images.render import _env
-from matrix.results import StageOutcome
-from matrix.spec import Cell
+from model.results import StageOutcome
+from model.spec import Cell
 
 RUNTIME_PACKAGES = {
     "debian": ["python3", "python3-venv", "libnuma1", "numactl", "libtcmalloc-minimal4", "libgomp1",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from matrix.errors import UsageError
-from matrix.spec import EngineSource
+from model.errors import UsageError
+from model.spec import EngineSource
 
 
 def fetch_engine(engine: EngineSource, cache: Path) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 
 import docker
 
-from images.dockerbuild import build_image
+from containers.build import build_image
 from images.render import Rendered
 
 # Each line prints key=value; a missing tool prints an empty value, never fails the probe.

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kvlab.layouts import contiguous
-from matrix.errors import UsageError
+from model.errors import UsageError
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 RAW = {"f32": np.float32, "bf16": np.int16, "fp8": np.uint8}  # same bytes, types torch and ctypes take

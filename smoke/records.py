@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from matrix.errors import UsageError
+from model.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,12 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 import httpx  # noqa: E402
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
+from model import settings  # noqa: E402
 from smoke.image import DEFAULT_TAG  # noqa: E402
 from smoke.workload import WORDS_FILE  # noqa: E402
 
 MODEL_SCRIPT = Path(__file__).with_name("make_model.py")
-MODELS_DIR = Path(os.environ.get("DEPLOYLAB_MODELS", Path(__file__).resolve().parents[1] / ".work" / "models"))
+MODELS_DIR = settings.models()
 MODEL_NAME = "tiny-llama"
 PORT = 8000
 MAX_MODEL_LEN = 4096
@@ -119,7 +120,7 @@ def vllm_server(image: str = DEFAULT_TAG, model_dir: Path | None = None, extra_a
                 timeout_s: float = 300.0, cpus: str | None = None, log_path: Path | None = None,
                 env: dict[str, str] | None = None) -> Iterator[Engine]:
     """Start vLLM from `image` serving the tiny model on 127.0.0.1:<random port>; always removed after."""
-    from images.engine import client as docker_client
+    from containers.engine import client as docker_client
     from docker.errors import DockerException
     dc = docker_client()
     # The model is built with the vllm-cpu runtime image (it has transformers), whatever image serves it.

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from matrix.errors import UsageError
-from matrix.results import ResultsStore, StageOutcome
+from model.errors import UsageError
+from model.results import ResultsStore, StageOutcome
 from smoke import gates, metrics, mix as mixmod, replay, workload
 from smoke.records import RequestRecord
 from smoke.report import json as json_report, markdown, png
@@ -134,7 +134,7 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
         image = image or DEFAULT_TAG
         meta["image"] = image
         try:
-            from images.engine import client
+            from containers.engine import client
             from smoke.image import ensure_runtime_image
             from smoke.server import ensure_model
             # The runtime image serves by default and builds the test model for any engine image.
@@ -162,3 +162,8 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
         remediation="" if verdict.passed else "a class missed its SLO bound: see report.md",
         started=started, seconds=time.monotonic() - t0, versions=versions, artifacts=arts,
         details={"failures": list(verdict.failures), "duration_s": summary.duration_s, "runtime_warnings": warns}))
+
+
+def run(ctx, cell) -> StageOutcome:
+    """The smoke stage of a matrix cell: the mix against the cell's own runtime image."""
+    return run_smoke(cell, ctx.store, image=cell.runtime_tag, record=False)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matrix.errors import UsageError
+from model.errors import UsageError
 from smoke.mix import Mix, Range, RequestClass
 
 TRACE_VERSION = 1
@@ -118,7 +118,7 @@ def _trace_arrivals(path: Path | None, mix: Mix) -> list[tuple[float, str | None
             raise UsageError(f"{path}:{n}: t: expected a JSON object with a number \"t\" (seconds)") from None
         cls = row.get("class")
         if cls is not None and cls not in names:
-            from matrix.errors import did_you_mean
+            from model.errors import did_you_mean
             raise UsageError(f"{path}:{n}: class: unknown class {cls!r}{did_you_mean(str(cls), names)}")
         if t < 0:
             raise UsageError(f"{path}:{n}: t: expected seconds >= 0, got {t}")

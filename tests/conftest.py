@@ -14,7 +14,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 @pytest.fixture(scope="session")
 def docker_client():
-    from images.engine import answers, client
+    from containers.engine import answers, client
     if not answers():
         if os.environ.get("CI"):
             pytest.fail("CI: no Docker engine answers (.ci/run should have started dockerd)")
@@ -24,5 +24,5 @@ def docker_client():
 
 @pytest.fixture(scope="session")
 def default_matrix():
-    from matrix import spec
+    from model import spec
     return spec.load()

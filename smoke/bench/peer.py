@@ -51,7 +51,7 @@ class RunResult:
 def ensure_peer_image(dc, log: Path) -> str:
     from docker.errors import ImageNotFound
 
-    from images.dockerbuild import build_image
+    from containers.build import build_image
     from smoke.image import DEFAULT_TAG, ensure_runtime_image
     try:
         dc.images.get(PEER_TAG)
@@ -234,8 +234,8 @@ def run_bench(url: str | None = None, image: str | None = None, pairs: int = 8, 
               peer: str = "vllm", prompt_tokens: int = 128, output_tokens: int = 64, requests: int = 40,
               out: str = "results/bench/replay", echo=print, contained: bool = True, settle_s: float = 10.0,
               model: str = "bench") -> dict:
-    from images.engine import client
-    from matrix.errors import UsageError
+    from containers.engine import client
+    from model.errors import UsageError
     from smoke.image import DEFAULT_TAG, ensure_runtime_image
     from smoke.server import ensure_model, vllm_server
     if pairs < 4:

@@ -72,7 +72,7 @@ def render(profile: Profile, placements: Sequence[Placement], port: int = ROUTER
 def ensure_image(client, log_path: Path) -> str:
     from docker.errors import ImageNotFound
 
-    from images.dockerbuild import build_image
+    from containers.build import build_image
     try:
         client.images.get(ROUTER_TAG)
     except ImageNotFound:
@@ -115,7 +115,7 @@ def nginx_router(conf_path: Path, network, labels: dict[str, str], timeout_s: fl
     import httpx
     from testcontainers.core.container import DockerContainer
 
-    from images.engine import client as docker_client
+    from containers.engine import client as docker_client
     c = (DockerContainer(ROUTER_TAG)
          .with_volume_mapping(str(conf_path.resolve()), CONF_IN_CONTAINER, "ro")
          .with_network(network).with_network_aliases("router")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matrix.errors import UsageError, did_you_mean
-from matrix.spec import read_toml
+from model.errors import UsageError, did_you_mean
+from model.spec import read_toml
 
 KNOBS_FILE = Path(__file__).with_name("knobs.toml")
 TYPES = ("int", "bool", "str")

@@ -68,7 +68,7 @@ def start_replicas(image: str, model_dir: Path, placements: Sequence[Placement],
     """Start every replica at once, then wait for each; stop all of them on the way out."""
     from testcontainers.core.container import DockerContainer
 
-    from images.engine import client as docker_client
+    from containers.engine import client as docker_client
     dc = docker_client()
     log_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -140,7 +140,7 @@ def sweep_network(labels: dict[str, str]) -> Iterator[object]:
     try:
         yield net
     finally:
-        from images.engine import client as docker_client
+        from containers.engine import client as docker_client
         dc = docker_client()
         for _ in range(10):
             try:

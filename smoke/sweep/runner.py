@@ -20,15 +20,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from matrix.errors import UsageError
-from matrix.results import ResultsStore, StageOutcome
+from model import settings
+from model.errors import UsageError
+from model.results import ResultsStore, StageOutcome
 from smoke import mix as mixmod, profiles as profmod, replay, workload
 from smoke.router import nginx
 from smoke.sweep import knobs as knobmod, score as scoremod, scrape
 from smoke.sweep.pools import LABEL, ROLE
 
 # What an engine image accepts is cached per image id: probing imports vLLM (~30-60 s on 2 cores).
-CAPS_CACHE = Path(os.environ.get("DEPLOYLAB_WORK", Path(__file__).resolve().parents[2] / ".work")) / "sweep"
+CAPS_CACHE = settings.work() / "sweep"
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ def run_sweep(names: list[str] | None, opts: SweepOptions, results: Path, run: s
               progress: bool = True, say=print, report_only: bool = False) -> Path:
     """Plan, check, run every profile, write the report. report_only: rewrite the report from the
     outcomes stored by an earlier run with the same options (starts no pool)."""
-    from images.engine import client as docker_client
+    from containers.engine import client as docker_client
     from smoke.sweep import report
     client = docker_client(timeout=3600)
     work = results / run / "sweep-work"

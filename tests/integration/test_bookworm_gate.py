@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from matrix import pipeline
-from matrix.results import ResultsStore
+from model.results import ResultsStore
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.docker

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from images import bases, engine
-from matrix import spec
+from model import spec
 
 pytestmark = pytest.mark.docker
 

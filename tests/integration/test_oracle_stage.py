@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from images.dockerbuild import build_image
+from containers.build import build_image
 from kvlab.stage import run_oracle_stage
-from matrix.results import ResultsStore
+from model.results import ResultsStore
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.docker

@@ -49,7 +49,7 @@ def probe_bookworm(client) -> tuple[dict, str]:
 
 def test_bookworm_cpu_gates_on_a_real_container(client):
     from images import preflight as pf
-    from matrix import spec
+    from model import spec
     cell = spec.load(None).get(CELL)
     probe, image = probe_bookworm(client)
     assert probe["cmake"].startswith("3.25.") and probe["gxx"].startswith("12.2."), (image, probe)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix.results import ResultsStore
+from model.results import ResultsStore
 from smoke import metrics, records, replay
 from smoke.workload import Trace, TraceRequest
 
@@ -128,7 +128,7 @@ def test_overlong_prompt_is_a_4xx_record(engine):
 
 def test_an_engine_image_that_cannot_serve_is_a_fail_outcome(engine, tmp_path):
     """An image without vLLM (the bare base): the stage ends in one 'fail' outcome, not a traceback."""
-    from matrix import spec
+    from model import spec
     from smoke.stage import run_smoke
     store = ResultsStore(tmp_path, "broken")
     cell = spec.load().get("debian-bookworm-cpu")

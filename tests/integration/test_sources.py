@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from images.sources import copy_tree, fetch_engine
-from matrix.errors import UsageError
-from matrix.spec import EngineSource
+from model.errors import UsageError
+from model.spec import EngineSource
 
 
 def test_sdist_from_pypi_is_downloaded_checked_and_unpacked_once(tmp_path):

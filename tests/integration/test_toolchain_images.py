@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from matrix import pipeline
-from matrix.results import ResultsStore
+from model.results import ResultsStore
 
 pytestmark = pytest.mark.docker
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from images.classify import classify_file, classify_text, expected_category, load_rules
-from matrix.errors import UsageError
+from model.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / "tests" / "fixtures" / "logs"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from images import preflight as pf
-from matrix import spec
-from matrix.errors import UsageError
+from model import spec
+from model.errors import UsageError
 
 TREE = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-0.33.0"
 

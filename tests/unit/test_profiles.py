@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix.errors import UsageError
+from model.errors import UsageError
 from smoke import mix as mixmod, profiles
 from smoke.sweep import knobs
 from smoke.sweep.knobs import EngineCaps, KnobError

@@ -7,7 +7,7 @@ import jinja2
 import pytest
 
 from images import render
-from matrix import spec
+from model import spec
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from matrix import pipeline
 from matrix.notes import write_notes
-from matrix.results import ResultsStore, StageOutcome
+from model.results import ResultsStore, StageOutcome
 
 
 def test_outcomes_round_trip_and_events_append(tmp_path):
@@ -77,7 +77,7 @@ def test_stages_outside_the_cells_knobs_are_skipped(tmp_path, default_matrix):
 
 
 def test_unknown_stage_name_is_a_usage_error(tmp_path, default_matrix):
-    from matrix.errors import UsageError
+    from model.errors import UsageError
     ctx = pipeline.Context(store=ResultsStore(tmp_path, "r"), work=tmp_path)
     with pytest.raises(UsageError, match="did you mean 'preflight'"):
         pipeline.run_matrix(ctx, default_matrix.cells[:1], ["prefligth"])

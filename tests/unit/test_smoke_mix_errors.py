@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix.errors import UsageError
+from model.errors import UsageError
 from smoke import mix as mixmod, workload as wl
 
 GOOD = """

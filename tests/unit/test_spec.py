@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from matrix import spec
-from matrix.errors import UsageError
+from model import spec
+from model.errors import UsageError
 
 MACHINE = spec.Machine(cores=2, mem_gib=24.0)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import docker
 from docker.errors import DockerException
 
-from matrix.errors import UsageError
+from model.errors import UsageError
 
 DOCKERD_LOG = Path("/var/log/deploylab-dockerd.log")
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("pass", "fail", "gated", "base-unavailable", "skipped")
-# Stages in pipeline order; a stage not listed here is still stored, after these.
-STAGES = ("render", "base", "toolchain", "preflight", "build", "rebuild", "runtime", "smoke", "oracle")
+from model.stages import NAMES as STAGES  # pipeline order; a stage not listed is still stored, after these
+
+STATUSES = ("pass", "fail", "gated", "base-unavailable", "engine-unavailable", "skipped")
 
 
 @dataclass(frozen=True)

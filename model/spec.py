@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matrix.errors import UsageError, did_you_mean
+from model import settings
+from model.errors import UsageError, did_you_mean
+from model.stages import NAMES as STAGE_NAMES
 
 BUILTIN = Path(__file__).with_name("defaults.toml")
-DEFAULT_SPEC = Path(__file__).with_name("default.toml")
+DEFAULT_SPEC = settings.default_spec()
 DEFAULT_ENGINE = "0.33.0"
 TARGETS = ("cpu", "cuda")
 CUDA_SOURCES = ("auto", "nvidia-image", "nvidia-repo", "distro")
@@ -84,7 +86,7 @@ KNOBS: dict[str, Check] = {
     "cuda": _one_of(CUDA_SOURCES),
     "cuda_version": _str,
     "extra_packages": _list_of(_str, "strings"),
-    "stages": _list_of(_str, "stage names"),
+    "stages": _list_of(_one_of(STAGE_NAMES), "stage names"),
 }
 DISTRO: dict[str, Check] = {
     "family": _one_of(FAMILIES),

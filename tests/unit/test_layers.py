@@ -1,0 +1,34 @@
+"""The architecture as a test: import-linter's contracts in pyproject.toml (layers, forbidden imports),
+and the size and no-inline-Dockerfile rules of the tree."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from importlinter.cli import lint_imports
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("model", "containers", "images", "engines", "smoke", "kvlab", "matrix")
+
+
+def test_import_contracts_kept(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
+
+
+def _modules():
+    for pkg in PACKAGES:
+        yield from (ROOT / pkg).rglob("*.py") if (ROOT / pkg).is_dir() else ()
+
+
+def test_no_module_over_600_lines():
+    big = {str(p.relative_to(ROOT)): n for p in _modules() if (n := len(p.read_text().splitlines())) > 600}
+    assert big == {}
+
+
+def test_no_dockerfile_text_in_python():
+    # A FROM line at the start of a string or line inside a .py file: Dockerfiles live in images/templates/.
+    pattern = re.compile(r'^\s*(?:[rfb]*"""|")?FROM [\w.{}/:-]+', re.MULTILINE)
+    inline = [str(p.relative_to(ROOT)) for p in _modules() if pattern.search(p.read_text())]
+    assert inline == []
