@@ -18,6 +18,7 @@ from typing import Any
 
 from model import settings
 from model.errors import UsageError, did_you_mean
+from model.toml import read_toml
 from model.stages import NAMES as STAGE_NAMES
 
 BUILTIN = Path(__file__).with_name("defaults.toml")
@@ -148,19 +149,6 @@ def validate_layer(doc: Any, source: str) -> None:
 
 
 # --- layers --------------------------------------------------------------------------------
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not valid TOML: not UTF-8 text") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML: {exc}") from None
-
 
 def parse_sets(sets: Iterable[str]) -> dict[str, Any]:
     """--set a.b=VALUE pairs into a nested layer; VALUE is read as TOML, else taken as a string."""
