@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from containers.engine import client as docker_client
 
 from model.errors import UsageError
-from model.results import StageOutcome
+from model.results import StageOutcome, fingerprint
 from model.spec import Cell
 from model import stage as stagemod
 from model.stage import Stage, Timed
@@ -69,19 +69,41 @@ def _unmet(ctx: Context, cell: Cell, stage: str, t: Timed) -> StageOutcome | Non
     return None
 
 
+def identity(ctx: stagemod.Context, cell: Cell, stage: str) -> dict[str, Any]:
+    """What an outcome of `stage` is made from: the cell's config, the engine source, and the stored
+    outcomes it needs or reads. Equal identity: the stored outcome is still true and is kept."""
+    spec = BY_NAME[stage]
+    return {"cell": cell.digest, "engine": ctx.engine_source(cell).label,
+            "inputs": {n: fingerprint(ctx.store.get(cell.id, n)) for n in (*spec.needs, *spec.reads)}}
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
+    if not old:
+        return "stored without an identity"
+    if old.get("cell") != new["cell"]:
+        return "the cell's config changed"
+    if old.get("engine") != new["engine"]:
+        return f"engine {old.get('engine')} → {new['engine']}"
+    redone = [n for n, fp in new["inputs"].items() if (old.get("inputs") or {}).get(n) != fp]
+    return f"{', '.join(redone)} changed since" if redone else "inputs changed"
+
+
 def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
-    """Run one stage (or reuse its stored outcome) and store the result."""
+    """Run one stage (or reuse its stored outcome while its identity holds) and store the result."""
     have = ctx.store.get(cell.id, stage)
+    ident = identity(ctx, cell, stage)
     if have is not None and not ctx.force:
-        ctx.on_event(cell.id, stage, f"kept {have.status}")
-        return have
+        if have.identity == ident:
+            ctx.on_event(cell.id, stage, f"kept {have.status}")
+            return have
+        ctx.on_event(cell.id, stage, f"stale ({_changed(have.identity, ident)}): running again")
     t = Timed(cell, stage)
     if stage not in cell.knobs.stages:
-        return ctx.store.write(t.done("skipped", category="not-selected",
+        return ctx.store.write(t.done("skipped", category="not-selected", identity=ident,
                                       evidence=(f"{stage} is not in this cell's knobs.stages",)))
     skipped = _unmet(ctx, cell, stage, t)
     if skipped is not None:
-        return ctx.store.write(skipped)
+        return ctx.store.write(replace(skipped, identity=ident))
     ctx.on_event(cell.id, stage, "start")
     ctx.store.event("stage-start", cell=cell.id, stage=stage)
     try:
@@ -92,7 +114,7 @@ def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
         tb = traceback.format_exc().strip().splitlines()
         out = t.done("fail", category="internal-error", evidence=(f"{exc.__class__.__name__}: {exc}", *tb[-3:]),
                      remediation="a deploylab bug: report it with this evidence")
-    out = StageOutcome(**{**out.__dict__, "started": t.started, "seconds": t.elapsed})
+    out = replace(out, started=t.started, seconds=t.elapsed, identity=ident)
     ctx.on_event(cell.id, stage, out.status)
     return ctx.store.write(out)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,6 +35,11 @@ class StageOutcome:
     versions: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # What the outcome was made from (the cell's config, the engine, the outcomes it read): a rerun
+    # reuses it only while these are unchanged. See matrix.pipeline.identity.
+    identity: dict[str, Any] = field(default_factory=dict)
+    # Where and when it was made: run, host, date (filled by ResultsStore.write).
+    provenance: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -50,6 +56,17 @@ class StageOutcome:
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["evidence"] = tuple(kwargs.get("evidence", ()))
         return cls(**kwargs)
+
+
+def fingerprint(outcome: StageOutcome | None) -> str | None:
+    """Names one stored outcome: a redone stage gets a new one, so what read the old one is stale."""
+    return None if outcome is None else f"{outcome.status}@{outcome.started:.3f}"
+
+
+def provenance(run: str, started: float) -> dict[str, str]:
+    host = platform.node() or "unknown"
+    return {"run": run, "host": host, "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started or time.time()))}
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -84,7 +101,13 @@ class ResultsStore:
         with open(self.path / "events.jsonl", "a") as fh:
             fh.write(line + "\n")
 
+    def apart(self, label: str) -> ResultsStore:
+        """A sibling run for results that must never count as this run's cells' own (--image, --url)."""
+        return ResultsStore(self.root, f"{self.run}+{label}")
+
     def write(self, outcome: StageOutcome) -> StageOutcome:
+        if not outcome.provenance:
+            outcome = dataclasses.replace(outcome, provenance=provenance(self.run, outcome.started))
         _atomic_write(
             self.outcome_path(outcome.cell, outcome.stage),
             json.dumps(outcome.to_json(), indent=2, sort_keys=True) + "\n",

@@ -8,6 +8,9 @@ stable across runs (it depends only on distro, target and engine).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 import fnmatch
 import os
 import tomllib
@@ -259,6 +262,13 @@ class Cell:
     @property
     def runtime_tag(self) -> str:
         return f"deploylab/runtime:{self.id}"
+
+    @property
+    def digest(self) -> str:
+        """What shapes this cell's results (distro, target, engine, knobs; not which stages run)."""
+        data = dataclasses.asdict(self)
+        data["knobs"].pop("stages")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def ci_entry(self) -> dict[str, Any]:
         return {

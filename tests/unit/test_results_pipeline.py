@@ -15,8 +15,10 @@ def test_outcomes_round_trip_and_events_append(tmp_path):
     store = ResultsStore(tmp_path, "r1")
     o = StageOutcome(cell="c", stage="build", status="gated", category="gcc-gate", evidence=("a", "b"),
                      versions={"gcc": "12.2.0"}, details={"blockers": [{"category": "x"}]})
-    store.write(o)
-    assert store.get("c", "build") == o
+    written = store.write(o)
+    assert store.get("c", "build") == written
+    assert written.provenance["run"] == "r1" and written.provenance["date"].endswith("Z")
+    assert {**written.__dict__, "provenance": {}} == o.__dict__
     assert [x.stage for x in store.outcomes("c")] == ["build"]
     events = [json.loads(line) for line in (store.path / "events.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "stage-end" and events[-1]["status"] == "gated"
@@ -101,3 +103,53 @@ def test_notes_list_blockers_in_order_with_fixes(tmp_path):
     assert first < second and "worked" in md and "→ no fix" in md
     data = json.loads((tmp_path / "notes" / "debian-bookworm.json").read_text())
     assert data["cells"]["debian-bookworm-cpu"]["build"]["category"] == "gcc-gate"
+
+
+def test_a_redone_stage_makes_what_read_it_stale(tmp_path, default_matrix):
+    """Issue 17: an outcome is kept only while what it was made from is unchanged."""
+    store = ResultsStore(tmp_path, "r")
+    cell = default_matrix.get("debian-bookworm-cpu")
+    ctx = pipeline.Context(store=store, work=tmp_path)
+    events = []
+    ctx.on_event = lambda c, s, m: events.append((s, m))
+    store.write(StageOutcome(cell=cell.id, stage="build", status="gated", category="gcc-gate", started=1.0,
+                             details={"kvlab": {"status": "fail", "category": "x"}}))
+    first = pipeline.run_stage(ctx, cell, "oracle")
+    assert first.status == "skipped" and first.identity["inputs"]["build"] == "gated@1.000"
+    assert pipeline.run_stage(ctx, cell, "oracle") == first and events[-1] == ("oracle", "kept skipped")
+    # the build is redone (a new outcome): the oracle that read the old one runs again
+    store.write(StageOutcome(cell=cell.id, stage="build", status="gated", category="gcc-gate", started=2.0,
+                             details={"kvlab": {"status": "fail", "category": "y"}}))
+    again = pipeline.run_stage(ctx, cell, "oracle")
+    assert ("oracle", "stale (build changed since): running again") in events
+    assert again.started > first.started and again.identity["inputs"]["build"] == "gated@2.000"
+    # so does a new runtime image, which the oracle reads without needing it
+    store.write(StageOutcome(cell=cell.id, stage="runtime", status="fail", started=3.0))
+    pipeline.run_stage(ctx, cell, "oracle")
+    assert events[-3] == ("oracle", "stale (runtime changed since): running again")
+
+
+def test_a_changed_cell_or_engine_is_not_kept(tmp_path):
+    from model import spec
+    store = ResultsStore(tmp_path, "r")
+    a = spec.load(sets=["matrix.distros=['debian-trixie']"]).get("debian-trixie-cpu")
+    b = spec.load(sets=["matrix.distros=['debian-trixie']", "knobs.numactl=false"]).get("debian-trixie-cpu")
+    assert a.digest != b.digest and a.id == b.id
+    ctx = pipeline.Context(store=store, work=tmp_path)
+    events = []
+    ctx.on_event = lambda c, s, m: events.append(m)
+    first = pipeline.run_stage(ctx, a, "render")
+    pipeline.run_stage(ctx, b, "render")
+    assert events[-3] == "stale (the cell's config changed): running again"
+    ctx.vllm = "0.32.0"
+    pipeline.run_stage(ctx, b, "render")
+    assert events[-3] == "stale (engine vllm-0.33.0 → vllm-0.32.0): running again"
+    assert store.get(a.id, "render").started > first.started
+
+
+def test_an_outcome_stored_without_identity_is_not_trusted(tmp_path, default_matrix):
+    store = ResultsStore(tmp_path, "r")
+    cell = default_matrix.get("debian-trixie-cpu")
+    store.write(StageOutcome(cell=cell.id, stage="render", status="pass", started=1.0))
+    ctx = pipeline.Context(store=store, work=tmp_path)
+    assert pipeline.run_stage(ctx, cell, "render").started > 1.0
