@@ -107,14 +107,18 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
 
     record=False: return it only (the matrix pipeline writes its stages' events and outcomes itself).
     """
+    is_url = isinstance(target, str)
+    if not is_url:
+        image = image or target.runtime_tag  # a cell's smoke tests the cell's own runtime image
+        if image != target.runtime_tag:
+            # Another image says nothing about this cell: its outcome goes to a run of its own.
+            store = store.apart("image-" + re.sub(r"[^A-Za-z0-9.]+", "-", image).strip("-"))
     write = store.write if record else (lambda o: o)
-    from smoke.image import DEFAULT_TAG
     m = mixmod.load(mix)
     if duration_s is not None or rate_rps is not None:
         m = replace(m, duration_s=duration_s or m.duration_s,
                     arrival=replace(m.arrival, rate_rps=rate_rps or m.arrival.rate_rps))
     trace = workload.read(trace_path) if trace_path else workload.generate(m, seed)
-    is_url = isinstance(target, str)
     cell = url_cell_id(target) if is_url else target.id
     out_dir = store.artifact_dir(cell, "smoke")
     server_log = out_dir / "server.log"
@@ -131,7 +135,6 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
         verdict, summary, arts = replay_and_report(trace, target, model, m, out_dir, meta, progress)
     else:
         from smoke.server import ServerFailed, vllm_server
-        image = image or DEFAULT_TAG
         meta["image"] = image
         try:
             from containers.engine import client
@@ -139,6 +142,9 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
             from smoke.server import ensure_model
             # The runtime image serves by default and builds the test model for any engine image.
             dc = client(timeout=3600)
+            if image == target.runtime_tag and not dc.images.list(name=image):
+                raise UsageError(f"{image}: no runtime image for {target.id} yet; build it with "
+                                 f"`invoke matrix --cells {target.id}`, or smoke another image with --image")
             ensure_runtime_image(dc, log_path=out_dir / "runtime-image.log")
             with vllm_server(image, model_dir=ensure_model(dc), timeout_s=startup_timeout_s,
                              log_path=server_log) as eng:

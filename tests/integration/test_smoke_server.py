@@ -134,7 +134,20 @@ def test_an_engine_image_that_cannot_serve_is_a_fail_outcome(engine, tmp_path):
     cell = spec.load().get("debian-bookworm-cpu")
     o = run_smoke(cell, store, image="deploylab/base:debian-bookworm", mix="ci", startup_timeout_s=60)
     assert o.status == "fail" and o.category == "server-start", o
-    assert store.get(cell.id, "smoke") == o and o.evidence
+    assert o.evidence
+    # Another image's result is stored apart and never counts as the cell's own smoke (issue 17).
+    assert store.get(cell.id, "smoke") is None
+    assert store.apart("image-deploylab-base-debian-bookworm").get(cell.id, "smoke") == o
+
+
+def test_a_cells_smoke_without_image_tests_the_cells_own_image(docker_client, tmp_path):
+    from model import spec
+    from model.errors import UsageError
+    from smoke.stage import run_smoke
+    cell = spec.load(sets=["matrix.distros=['debian-bookworm']", "matrix.engines=['0.0.1']"]).cells[0]
+    assert not docker_client.images.list(name=cell.runtime_tag)
+    with pytest.raises(UsageError, match=f"{cell.runtime_tag}: no runtime image for {cell.id}"):
+        run_smoke(cell, ResultsStore(tmp_path, "r"), mix="ci")
 
 
 def _cutting_relay(upstream_port: int, cut_after: int) -> int:
