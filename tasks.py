@@ -164,7 +164,7 @@ def matrix(c, spec=None, set_=None, cells=None, stages=None, run="latest", force
 
 @task(help={"run": "results run name", "out": "notes folder"})
 @one_line_errors
-def notes(c, run="latest", out="notes"):
+def notes(c, run="latest", out="notes/deploy"):
     """Write one Markdown + JSON deployment note per distro from the results store (reads only)."""
     from matrix.notes import write_notes
     for path in write_notes(_store(run), Path(out)):

@@ -1,14 +1,20 @@
-"""Outcomes → one deployment note per distro (Markdown + JSON). Reads the results store only."""
+"""Outcomes → one deployment note per distro (Markdown + JSON). Reads the results store only.
+
+A note never knows less than the one it replaces: per cell and stage it keeps the newest outcome of
+any run (the committed note's or the store's) with that outcome's provenance, and a skipped outcome
+never replaces one that ran. Full build logs are kept compressed beside the notes.
+"""
 
 from __future__ import annotations
 
 import json
+import lzma
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from model.results import ResultsStore, StageOutcome
-
+from model.results import ResultsStore, StageOutcome, provenance
 from model.stages import NAMES as ORDER
 
 
@@ -24,13 +30,18 @@ def _fmt_secs(s: float) -> str:
     return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
 
 
+def _from(o: StageOutcome) -> str:
+    p = o.provenance
+    return f"{p.get('run', '?')}, {p.get('date', '?')[:10]}, {p.get('host', '?')}" if p else "?"
+
+
 def cell_section(cell: str, outs: dict[str, StageOutcome]) -> list[str]:
     lines = [f"## {cell}", ""]
-    lines += ["| stage | status | category | time |", "|---|---|---|---|"]
+    lines += ["| stage | status | category | time | from (run, date, host) |", "|---|---|---|---|---|"]
     for stage in ORDER:
         o = outs.get(stage)
         if o:
-            lines.append(f"| {stage} | {o.status} | {o.category} | {_fmt_secs(o.seconds)} |")
+            lines.append(f"| {stage} | {o.status} | {o.category} | {_fmt_secs(o.seconds)} | {_from(o)} |")
     lines.append("")
     versions: dict[str, str] = {}
     for stage in ("toolchain", "build"):
@@ -50,7 +61,8 @@ def cell_section(cell: str, outs: dict[str, StageOutcome]) -> list[str]:
         if reached:
             lines += ["| gate | where | needs | have | result | fix | remediation |", "|---|---|---|---|---|---|---|"]
             for g in reached:
-                fix = "" if g.get("status") == "pass" else ("fixable" if g.get("fixable") else "dead end")
+                # Only a gate that failed against a probe is fixable or a dead end; an unprobed one is open.
+                fix = {"fail": "fixable" if g.get("fixable") else "dead end", "warn": "unchecked"}.get(g.get("status"), "")
                 lines.append(f"| {g.get('message', '')} | {g.get('source', '')} | {g.get('need', '')} | "
                              f"{g.get('found', '')} | {g.get('status', '')} | {fix} | {g.get('remediation', '')} |")
             lines.append("")
@@ -100,8 +112,13 @@ def cell_section(cell: str, outs: dict[str, StageOutcome]) -> list[str]:
                      if rd.get("kvlab") else ""), ""]
     rt = outs.get("runtime")
     if rt and rt.status == "pass":
-        lines += [f"**Runtime image:** `{rt.artifacts.get('image')}`, {rt.details.get('image_size_gb', '?')} GB "
-                  "(non-root, tcmalloc + libiomp preloaded)", ""]
+        how = []
+        if rt.details.get("user"):
+            how.append(f"runs as `{rt.details['user']}`")
+        if rt.details.get("preload"):
+            how.append("preloads " + ", ".join(f"`{Path(x).name}`" for x in rt.details["preload"]))
+        lines += [f"**Runtime image:** `{rt.artifacts.get('image')}`, {rt.details.get('image_size_gb', '?')} GB"
+                  + (f" ({'; '.join(how)})" if how else ""), ""]
     for stage in ("smoke", "oracle"):
         o = outs.get(stage)
         if o and o.status != "skipped":
@@ -113,21 +130,46 @@ def cell_section(cell: str, outs: dict[str, StageOutcome]) -> list[str]:
     return lines
 
 
-def write_build_records(store: ResultsStore, out: Path, tail_lines: int = 120) -> list[Path]:
-    """notes/builds/<cell>/: each build phase log's last lines (full logs run to MBs) as evidence."""
+def write_build_logs(store: ResultsStore, taken: set[tuple[str, str]], out: Path) -> list[Path]:
+    """builds/<cell>/<stage>-<phase>.log.xz: the full log of every build outcome the notes took from
+    this store, so each figure in a note traces to a log line. Other runs' logs are left as they are."""
     written = []
     for o in store.outcomes():
-        if o.stage not in ("build", "rebuild") or "logs" not in o.artifacts:
+        if (o.cell, o.stage) not in taken or o.stage not in ("build", "rebuild") or "logs" not in o.artifacts:
             continue
         dest = out / "builds" / o.cell
         dest.mkdir(parents=True, exist_ok=True)
         for log in sorted(Path(o.artifacts["logs"]).glob("*.log")):
-            lines = log.read_text(errors="replace").splitlines()
-            head = f"# last {min(tail_lines, len(lines))} of {len(lines)} lines of {o.stage}/{log.name} (run {store.run})"
-            path = dest / f"{o.stage}-{log.stem}.tail.log"
-            path.write_text("\n".join([head, *lines[-tail_lines:]]) + "\n")
+            path = dest / f"{o.stage}-{log.stem}.log.xz"
+            with open(log, "rb") as src, lzma.open(path, "wb", preset=9) as dst:
+                shutil.copyfileobj(src, dst)
             written.append(path)
     return written
+
+
+def _committed(path: Path) -> dict[str, dict[str, StageOutcome]]:
+    """The outcomes a committed note holds (cell → stage → outcome), with their provenance."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    cells: dict[str, dict[str, StageOutcome]] = {}
+    for cell, stages in data.get("cells", {}).items():
+        for stage, raw in stages.items():
+            o = StageOutcome.from_json(raw)
+            if not o.provenance:  # written before outcomes carried their provenance
+                o = StageOutcome(**{**o.__dict__, "provenance": {**provenance(data.get("run", "?"), o.started),
+                                                                 "host": "not recorded", "machine": ""}})
+            cells.setdefault(cell, {})[stage] = o
+    return cells
+
+
+def keep(old: StageOutcome | None, new: StageOutcome) -> StageOutcome:
+    """The outcome a note keeps: the newer one, unless it is a skip and the older one ran."""
+    if old is None:
+        return new
+    if new.status == "skipped" and old.status != "skipped":
+        return old
+    return new if new.started >= old.started else old
 
 
 def write_notes(store: ResultsStore, out: Path) -> list[Path]:
@@ -135,16 +177,26 @@ def write_notes(store: ResultsStore, out: Path) -> list[Path]:
     for o in store.outcomes():
         by_distro[_distro_of(o.cell)].setdefault(o.cell, {})[o.stage] = o
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for distro, cells in sorted(by_distro.items()):
+    for committed in out.glob("*.json"):  # committed notes are re-rendered even where the store has nothing
+        by_distro.setdefault(committed.stem, {})
+    written, taken = [], set()
+    for distro, fresh in sorted(by_distro.items()):
+        cells = _committed(out / f"{distro}.json")
+        for cell, outs in fresh.items():
+            for stage, o in outs.items():
+                kept = keep(cells.get(cell, {}).get(stage), o)
+                cells.setdefault(cell, {})[stage] = kept
+                if kept is o:
+                    taken.add((cell, stage))
         md = [f"# Deployment note: {distro}", "",
-              f"Generated by `invoke notes` from the results store `{store.path.name}`. Each section is one "
-              "cell; every blocker is listed in the order the tool met it, with the fix that worked.", ""]
-        data: dict[str, Any] = {"distro": distro, "run": store.run, "cells": {}}
+              "Generated by `invoke notes` from the results store; each outcome names the run, date and host "
+              "it came from (the newest of any run is kept). Each section is one cell; every blocker is listed "
+              "in the order the tool met it, with the fix that worked.", ""]
+        data: dict[str, Any] = {"distro": distro, "cells": {}}
         for cell, outs in sorted(cells.items()):
             md += cell_section(cell, outs)
             data["cells"][cell] = {s: o.to_json() for s, o in outs.items()}
         (out / f"{distro}.md").write_text("\n".join(md).rstrip() + "\n")
         (out / f"{distro}.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         written += [out / f"{distro}.md", out / f"{distro}.json"]
-    return written + write_build_records(store, out)
+    return written + write_build_logs(store, taken, out)

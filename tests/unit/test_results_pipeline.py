@@ -153,3 +153,34 @@ def test_an_outcome_stored_without_identity_is_not_trusted(tmp_path, default_mat
     store.write(StageOutcome(cell=cell.id, stage="render", status="pass", started=1.0))
     ctx = pipeline.Context(store=store, work=tmp_path)
     assert pipeline.run_stage(ctx, cell, "render").started > 1.0
+
+
+def test_notes_after_a_partial_run_remove_no_committed_evidence(tmp_path):
+    """Issue 17: on a machine where sid only reached render, `invoke notes` keeps the committed
+    sid build, runtime, smoke and oracle sections and deletes no file."""
+    import shutil
+    import time
+
+    from tests.conftest import ROOT
+    out = tmp_path / "deploy"
+    shutil.copytree(ROOT / "notes" / "deploy", out)
+    before = {p.relative_to(out) for p in out.rglob("*")}
+    committed = json.loads((out / "debian-sid.json").read_text())["cells"]["debian-sid-cpu"]
+    assert committed["build"]["status"] == "pass"
+    store = ResultsStore(tmp_path / "results", "partial")
+    now = time.time()
+    store.write(StageOutcome(cell="debian-sid-cpu", stage="render", status="pass", started=now))
+    store.write(StageOutcome(cell="debian-sid-cpu", stage="build", status="skipped", category="upstream-toolchain",
+                             started=now))
+    write_notes(store, out)
+    assert before <= {p.relative_to(out) for p in out.rglob("*")}
+    sid = json.loads((out / "debian-sid.json").read_text())["cells"]["debian-sid-cpu"]
+    assert sid["render"]["provenance"]["run"] == "partial"
+    for stage in ("build", "runtime", "smoke", "oracle"):
+        assert sid[stage]["status"] == committed[stage]["status"] == "pass"
+        assert sid[stage]["started"] == committed[stage]["started"]
+    md = (out / "debian-sid.md").read_text()
+    assert "**Build:** pass" in md and "| render | pass |  | 0 s | partial," in md
+    # the other distros' notes are untouched
+    assert json.loads((out / "debian-trixie.json").read_text()) == json.loads(
+        (ROOT / "notes" / "deploy" / "debian-trixie.json").read_text())
