@@ -58,22 +58,27 @@ def test_every_class_gets_a_successful_streamed_request(ci_run):
 
 def test_ttft_and_itl_are_recorded_per_token_with_usage(ci_run):
     _, recs, _, _ = ci_run
-    for r in (r for r in recs if r.ok and not r.read_bytes_per_s):
+    unthrottled = [r for r in recs if r.ok and not r.read_bytes_per_s]
+    assert len(unthrottled) >= len(SIX) - 1  # every class but the slow readers has records to check
+    for r in unthrottled:
         assert r.ttft_s and r.ttft_s > 0 and r.e2e_s >= r.ttft_s
         assert len(r.itl_s) == r.streamed_tokens - 1
         assert r.prompt_tokens and r.output_tokens
         # Every generated token is seen, also when the engine coalesced several into one event.
-        assert r.streamed_tokens == r.output_tokens == r.streamed_tokens
+        assert r.streamed_tokens == r.output_tokens
     long = [r for r in recs if r.cls == "long_prefill" and r.ok]
     assert long and all(r.prompt_tokens > 2500 for r in long)
 
 
 def test_gate_verdict_is_computed_from_real_numbers(ci_run):
     outcome, recs, summary, store = ci_run
-    assert outcome.stage == "smoke" and outcome.status in ("pass", "fail")
     assert store.get(outcome.cell, "smoke") == outcome
     v = summary["verdict"]
-    assert v["passed"] == (outcome.status == "pass") and v["line"] == outcome.evidence[0]
+    assert (outcome.status, outcome.category) == (("pass", "") if v["passed"] else ("fail", "slo"))
+    assert v["line"] == outcome.evidence[0] and v["passed"] == all(c["passed"] for c in v["checks"])
+    # Each latency check's verdict follows from its own number and bound, recomputed here.
+    latency = [c for c in v["checks"] if c["what"] in ("ttft", "itl", "e2e") and c["value"] is not None]
+    assert latency and all(c["passed"] == (c["value"] <= c["bound"]) for c in latency)
     ttft_checks = [c for c in v["checks"] if c["what"] == "ttft"]
     assert {c["cls"] for c in ttft_checks} == SIX and all(c["value"] > 0 for c in ttft_checks)
     # The summary's p90 is the one recomputed from the records themselves.
