@@ -7,7 +7,7 @@ Errors a user can cause are UsageError, printed here as one line with exit code 
 from __future__ import annotations
 
 import functools
-import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,10 +20,16 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = settings.results()
 
 
+def _terminate(signum, frame):
+    # SIGTERM (CI cancels, `kill`, systemd) unwinds like Ctrl-C, so every `finally` removes its containers.
+    raise KeyboardInterrupt
+
+
 def one_line_errors(fn):
     """Turn UsageError into one line on stderr and exit 2, never a traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             return fn(*args, **kwargs)
         except UsageError as exc:

@@ -35,7 +35,8 @@ def _events(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_interrupted_matrix_resumes_without_redoing(tmp_path, docker_client):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_interrupted_matrix_resumes_without_redoing(tmp_path, docker_client, sig):
     spec = tmp_path / "two.toml"
     spec.write_text(SPEC)
     env = {**os.environ, "DEPLOYLAB_RESULTS": str(tmp_path / "results")}
@@ -49,13 +50,16 @@ def test_interrupted_matrix_resumes_without_redoing(tmp_path, docker_client):
     deadline = time.monotonic() + 300
     while not any(e["event"] == "stage-end" for e in _events(events)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    first.send_signal(signal.SIGINT)
+    first.send_signal(sig)
     out1, _ = first.communicate(timeout=120)
     ended_first = [(e["cell"], e["stage"]) for e in _events(events) if e["event"] == "stage-end"]
     assert ended_first, out1
     assert len(ended_first) < 16, "the first run was meant to be interrupted before the end"
     assert "interrupted: results written so far are kept" in out1
     assert "Traceback" not in out1
+    assert first.returncode == 130
+    # nothing of the interrupted stage is left behind (every container the tool starts is labelled)
+    assert not docker_client.containers.list(all=True, filters={"label": "org.deploylab.role"})
 
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout + second.stderr
