@@ -9,7 +9,6 @@ A server that never gets ready is a "fail" with category "server-start", never a
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import httpx
 
 from model.errors import UsageError
 from model.results import ResultsStore, StageOutcome
+from model.stage import Timed
 from smoke import gates, metrics, mix as mixmod, replay, workload
 from smoke.records import RequestRecord
 from smoke.report import json as json_report, markdown, png
@@ -123,8 +123,7 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
     out_dir = store.artifact_dir(cell, "smoke")
     server_log = out_dir / "server.log"
     workload.write(trace, out_dir / "trace.jsonl")
-    started = time.time()
-    t0 = time.monotonic()
+    t = Timed(cell, "smoke")
     meta: dict[str, Any] = {"target": target if is_url else cell, "mix": m.name, "seed": seed,
                             "requests": len(trace.requests)}
     if record:
@@ -153,20 +152,19 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
                 verdict, summary, arts = replay_and_report(trace, eng.url, eng.model, m, out_dir, meta, progress)
         except ServerFailed as exc:
             tail = [ln for ln in str(exc).splitlines() if ln.strip()][-8:]
-            return write(StageOutcome(cell, "smoke", "fail", category="server-start", evidence=tuple(tail),
-                                      remediation="see server.log; the engine never answered /v1/models",
-                                      started=started, seconds=time.monotonic() - t0,
-                                      artifacts={"server_log": str(server_log)}))
+            return write(t.done("fail", category="server-start", evidence=tuple(tail),
+                                remediation="see server.log; the engine never answered /v1/models",
+                                artifacts={"server_log": str(server_log)}))
     arts["trace"] = str(out_dir / "trace.jsonl")
     warns: list[str] = []
     if server_log.exists():  # a --url target has no server log of ours
         arts["server_log"] = str(server_log)
         warns = runtime_warnings(server_log.read_text(errors="replace"))
     status = "pass" if verdict.passed else "fail"
-    return write(StageOutcome(
-        cell, "smoke", status, category="" if verdict.passed else "slo", evidence=evidence(summary, verdict),
+    return write(t.done(
+        status, category="" if verdict.passed else "slo", evidence=evidence(summary, verdict),
         remediation="" if verdict.passed else "a class missed its SLO bound: see report.md",
-        started=started, seconds=time.monotonic() - t0, versions=versions, artifacts=arts,
+        versions=versions, artifacts=arts,
         details={"failures": list(verdict.failures), "duration_s": summary.duration_s, "runtime_warnings": warns}))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 from model import settings
 from model.errors import UsageError
 from model.results import ResultsStore, StageOutcome
+from model.stage import Timed
 from smoke import mix as mixmod, profiles as profmod, replay, workload
 from smoke.router import nginx
 from smoke.sweep import knobs as knobmod, score as scoremod, scrape
@@ -120,7 +120,7 @@ def run_profile(p: profmod.Profile, pl: Plan, opts: SweepOptions, store: Results
     from smoke.sweep.pools import start_replicas, sweep_network
     cell = f"profile-{p.name}"
     out = store.artifact_dir(cell, "sweep")
-    started, t0 = time.time(), time.monotonic()
+    t = Timed(cell, "sweep")
     labels = {LABEL: ROLE, "org.deploylab.sweep-profile": p.name}
     conf = out / "nginx.conf"
     conf.write_text(nginx.render(p, pl.placements[p.name]))
@@ -175,14 +175,12 @@ def run_profile(p: profmod.Profile, pl: Plan, opts: SweepOptions, store: Results
                         say(f"[{p.name}] {phase}: {verdict.line()[:160]}")
     except ServerFailed as exc:
         tail = [ln for ln in str(exc).splitlines() if ln.strip()][-8:]
-        return store.write(StageOutcome(cell, "sweep", "fail", category="server-start", evidence=tuple(tail),
-                                        remediation=f"see {out / 'logs'}", started=started,
-                                        seconds=time.monotonic() - t0, details=details))
+        return store.write(t.done("fail", category="server-start", evidence=tuple(tail),
+                                  remediation=f"see {out / 'logs'}", details=details))
     (out / "profile.json").write_text(json.dumps(details, indent=2, sort_keys=True, default=str) + "\n")
     ok = all(ph["passed"] for ph in details["phases"].values())
     ev = tuple(f"{ph}: {d['verdict'][:300]}" for ph, d in details["phases"].items())
-    return store.write(StageOutcome(cell, "sweep", "pass" if ok else "fail", category="" if ok else "slo",
-                                    evidence=ev, started=started, seconds=time.monotonic() - t0,
+    return store.write(t.done("pass" if ok else "fail", category="" if ok else "slo", evidence=ev,
                                     versions={"engine": pl.caps.label, "image": pl.image, "router": nginx.ROUTER_TAG},
                                     artifacts={"profile": str(out / "profile.json"), "nginx_conf": str(conf)},
                                     details=details))
