@@ -101,7 +101,7 @@ def test_an_older_engine_lacking_a_flag_is_named_with_its_version():
 
 
 @pytest.mark.parametrize("edit, expect", [
-    (GOOD.replace("token_budget", "token_budgt"), "pools.main.knobs.token_budgt: unknown knob (did you mean 'token_budget'?)"),
+    (GOOD.replace("token_budget", "token_budgt"), "pools.main.knobs.token_budgt: unknown key (did you mean 'token_budget'?)"),
     (GOOD.replace("token_budget = 512", "token_budget = \"big\""), "pools.main.knobs.token_budget: expected a non-negative integer"),
     (GOOD.replace("prefix_caching = false", "prefix_caching = 1"), "pools.main.knobs.prefix_caching: expected true or false"),
     (GOOD.replace('"least_conn"', '"least_con"'), "pools.main.balance: expected one of round_robin, least_conn, prefix_hash, got 'least_con' (did you mean 'least_conn'?)"),

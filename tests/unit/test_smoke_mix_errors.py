@@ -32,7 +32,18 @@ def test_minimal_mix_loads(tmp_path: Path):
 
 
 @pytest.mark.parametrize("edit, expect", [
-    (GOOD.replace("weight = 1", "wieght = 1"), "classes.chat.weight: missing"),
+    # A typo is named before the key it leaves missing.
+    (GOOD.replace("weight = 1", "wieght = 1"), "classes.chat.wieght: unknown key (did you mean 'weight'?)"),
+    (GOOD.replace("weight = 1\n", ""), "classes.chat.weight: expected a positive number (missing)"),
+    (GOOD.replace("weight = 1", "weight = true"), "classes.chat.weight: expected a positive number, got True"),
+    (GOOD + "slo = { min_success = 1.5 }\n", "classes.chat.slo.min_success: expected a fraction in (0, 1], got 1.5"),
+    (GOOD + "turns = { count = 2, tool_result_tokens = [1, 2], think_s = -1 }\n",
+     "classes.chat.turns.think_s: expected a non-negative number or a range [low, high], got -1"),
+    (GOOD + "reader = { bytes_per_s = [100, 0] }\n", "classes.chat.reader.bytes_per_s: item 1: expected a positive integer, got 0"),
+    (GOOD + "reader = { bytes_per_s = \"fast\" }\n", "classes.chat.reader.bytes_per_s: expected a positive integer or a list of them, got 'fast'"),
+    (GOOD + "[arrival]\npath = \"a.jsonl\"\n", "arrival.path: only used with process = \"trace\", not 'poisson'"),
+    (GOOD.replace('name = "t"', 'name = ""'), "mix.name: expected a non-empty string, got ''"),
+    ('[classes]\nchat = 3\n', "classes.chat: expected a table, got 3"),
     (GOOD + "prompt_tokns = 3\n", "classes.chat.prompt_tokns: unknown key (did you mean 'prompt_tokens'?)"),
     (GOOD.replace('"chat"\n', '"chats"\n', 1).replace('endpoint = "chats"', 'endpoint = "chatt"'),
      "classes.chat.endpoint: expected one of chat, completions, got 'chatt' (did you mean 'chat'?)"),
