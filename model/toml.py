@@ -136,12 +136,8 @@ def _what(err: dict[str, Any], tp: Any) -> str:
         return _WHAT[kind]
     if kind == "literal_error":
         return "one of " + (", ".join(map(str, _literals(tp))) or ctx.get("expected", "?"))
-    if kind in ("greater_than", "greater_than_equal") and ctx.get("gt", ctx.get("ge")) == 0:
-        return "a positive number" if kind == "greater_than" else "a non-negative number"
-    if kind == "string_too_short" and ctx.get("min_length") == 1:
-        return "a non-empty string"
-    if kind == "too_short":
-        return f"at least {ctx.get('min_length')} item(s)"
+    if kind in ("too_short", "too_long"):
+        return f"at {'least' if kind == 'too_short' else 'most'} {ctx.get('min_length', ctx.get('max_length'))} item(s)"
     # The rest: "Input should be X" → "X", "String should match pattern P" → "a value matching pattern P".
     m = re.match(r"\w+ should (be|have|match) (.*)", err["msg"])
     return err["msg"] if not m else {"be": "", "have": "a value with ", "match": "a value matching "}[m[1]] + m[2]

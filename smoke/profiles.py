@@ -122,7 +122,7 @@ def parse(doc: dict[str, Any], source: str, stem: str) -> Profile:
     def no_pool(key: str, pool: str) -> UsageError:
         return UsageError(f"{source}: {key}: no pool {pool!r}{did_you_mean(pool, names)} (pools: {', '.join(names)})")
 
-    default = f.routing.default or (names[0] if len(names) == 1 else None)
+    default = f.routing.default if f.routing.default is not None else names[0] if len(names) == 1 else None
     if default is None:
         raise UsageError(f"{source}: routing.default: missing: with several pools, name the pool for unrouted "
                          f"classes ({', '.join(names)})")

@@ -13,7 +13,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model
 
@@ -57,8 +57,11 @@ class _Intent(Strict):
     choices: list[str] = []
 
 
+IntentName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", description="a name of lowercase letters, digits and '_'")]
+
+
 class _KnobsFile(Strict):
-    intents: dict[str, _Intent] = {}
+    intents: dict[IntentName, _Intent] = {}
 
 
 def load_intents(path: Path = KNOBS_FILE) -> dict[str, Intent]:
@@ -70,11 +73,10 @@ def load_intents(path: Path = KNOBS_FILE) -> dict[str, Intent]:
 @functools.lru_cache(maxsize=8)
 def _schema(intents: tuple[Intent, ...]) -> type[Strict]:
     """The table of knob = value a profile may state: one optional key per intent, typed by it."""
-    def typed(it: Intent) -> Any:
-        if it.type == "int":
-            return NonNegativeInt
-        return bool if it.type == "bool" else Literal[it.choices] if it.choices else str  # type: ignore[valid-type]
-    return create_model("Knobs", __base__=Strict, **{it.name: (typed(it) | None, None) for it in intents})
+    typed = {"int": NonNegativeInt, "bool": bool, "str": str}
+    return create_model("Knobs", __base__=Strict, **{
+        it.name: ((Literal[it.choices] if it.type == "str" and it.choices else typed[it.type]) | None, None)
+        for it in intents})
 
 
 _OPT = re.compile(r"(?:^|,\s)(--[A-Za-z0-9][\w-]*)")
