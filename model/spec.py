@@ -14,141 +14,81 @@ import json
 import fnmatch
 import os
 import tomllib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from pydantic import Field
 
 from model import settings
 from model.errors import UsageError, did_you_mean
-from model.toml import read_toml
+from model.toml import PositiveInt, PositiveNumber, Strict, read_toml, validate
 from model.stages import NAMES as STAGE_NAMES
 
 BUILTIN = Path(__file__).with_name("defaults.toml")
 DEFAULT_SPEC = settings.default_spec()
 DEFAULT_ENGINE = "0.33.0"
-TARGETS = ("cpu", "cuda")
-CUDA_SOURCES = ("auto", "nvidia-image", "nvidia-repo", "distro")
-FAMILIES = ("debian", "fedora")
 
 
-# --- schema: one checker per value type; each returns an error text or None -------------------
+# --- schema: one layer (built-in, a spec file or --set); every table is partial, merged later ------
 
-Check = Callable[[Any], str | None]
-
-
-def _is(kind: type, name: str) -> Check:
-    def check(v: Any) -> str | None:
-        if isinstance(v, kind) and (kind is bool or not isinstance(v, bool)):
-            return None
-        return f"expected {name}, got {type(v).__name__} {v!r}"
-    return check
+Target = Literal["cpu", "cuda"]
+Family = Literal["debian", "fedora"]
+CudaSource = Literal["auto", "nvidia-image", "nvidia-repo", "distro"]
+Stage = Literal[STAGE_NAMES]  # type: ignore[valid-type]
+TARGETS, FAMILIES, CUDA_SOURCES = get_args(Target), get_args(Family), get_args(CudaSource)
 
 
-def _positive_number(v: Any) -> str | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-        return f"expected a positive number, got {v!r}"
-    return None
+class KnobsLayer(Strict):
+    max_jobs: PositiveInt | Literal["auto"] | None = Field(None, description='a positive integer or "auto"')
+    gib_per_job: PositiveNumber | None = None
+    numactl: bool | None = None
+    tcmalloc: bool | None = None
+    disk_gb: PositiveNumber | None = None
+    cuda: CudaSource | None = None
+    cuda_version: str | None = None
+    extra_packages: list[str] | None = None
+    stages: list[Stage] | None = None
 
 
-def _jobs(v: Any) -> str | None:
-    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-        return None
-    return f"expected a positive integer or \"auto\", got {v!r}"
+class Override(KnobsLayer):
+    select: str = Field(description="a glob string over cell ids")
 
 
-def _one_of(choices: Sequence[str]) -> Check:
-    def check(v: Any) -> str | None:
-        if isinstance(v, str) and v in choices:
-            return None
-        hint = did_you_mean(v, choices) if isinstance(v, str) else ""
-        return f"expected one of {', '.join(choices)}, got {v!r}{hint}"
-    return check
+class DistroLayer(Strict):
+    family: Family | None = None
+    suite: str | None = None
+    image: str | None = None
+    components: list[str] | None = None
+    python: str | None = None
+    apt_check_valid_until: bool | None = None
 
 
-def _list_of(item: Check, what: str) -> Check:
-    def check(v: Any) -> str | None:
-        if not isinstance(v, list):
-            return f"expected a list of {what}, got {type(v).__name__} {v!r}"
-        for i, x in enumerate(v):
-            err = item(x)
-            if err:
-                return f"item {i}: {err}"
-        return None
-    return check
+class Selector(Strict):
+    distro: str | None = None
+    target: str | None = None
+    engine: str | None = None
 
 
-_str = _is(str, "a string")
-_bool = _is(bool, "true or false")
-
-KNOBS: dict[str, Check] = {
-    "max_jobs": _jobs,
-    "gib_per_job": _positive_number,
-    "numactl": _bool,
-    "tcmalloc": _bool,
-    "disk_gb": _positive_number,
-    "cuda": _one_of(CUDA_SOURCES),
-    "cuda_version": _str,
-    "extra_packages": _list_of(_str, "strings"),
-    "stages": _list_of(_one_of(STAGE_NAMES), "stage names"),
-}
-DISTRO: dict[str, Check] = {
-    "family": _one_of(FAMILIES),
-    "suite": _str,
-    "image": _str,
-    "components": _list_of(_str, "strings"),
-    "python": _str,
-    "apt_check_valid_until": _bool,
-}
-SELECTOR: dict[str, Check] = {"distro": _str, "target": _str, "engine": _str}
-MATRIX: dict[str, Check] = {
-    "distros": _list_of(_str, "distro names"),
-    "targets": _list_of(_one_of(TARGETS), "targets"),
-    "engines": _list_of(_str, "engine versions or paths"),
-    "include": _list_of(_is(dict, "a table"), "tables"),
-    "exclude": _list_of(_is(dict, "a table"), "tables"),
-}
-TOP = ("matrix", "knobs", "distros", "overrides")
+class MatrixLayer(Strict):
+    distros: list[str] | None = None
+    targets: list[Target] | None = None
+    engines: list[str] | None = None
+    include: list[Selector] | None = None
+    exclude: list[Selector] | None = None
 
 
-def _check_table(data: Any, schema: dict[str, Check], where: str, source: str) -> None:
-    if not isinstance(data, dict):
-        raise UsageError(f"{source}: {where}: expected a table, got {type(data).__name__}")
-    for key, value in data.items():
-        if key not in schema:
-            raise UsageError(f"{source}: {where}.{key}: unknown key{did_you_mean(key, schema)}")
-        err = schema[key](value)
-        if err:
-            raise UsageError(f"{source}: {where}.{key}: {err}")
+class Layer(Strict):
+    matrix: MatrixLayer | None = None
+    knobs: KnobsLayer | None = None
+    distros: dict[str, DistroLayer] | None = None
+    overrides: list[Override] | None = Field(None, description="an array of tables ([[overrides]])")
 
 
 def validate_layer(doc: Any, source: str) -> None:
     """Check one layer (a parsed spec file or the --set layer); raise UsageError on the first fault."""
-    if not isinstance(doc, dict):
-        raise UsageError(f"{source}: expected a table at the top level")
-    for key, value in doc.items():
-        if key not in TOP:
-            raise UsageError(f"{source}: {key}: unknown key{did_you_mean(key, TOP)}")
-        if key == "matrix":
-            _check_table(value, MATRIX, "matrix", source)
-            for part in ("include", "exclude"):
-                for i, sel in enumerate(value.get(part, [])):
-                    _check_table(sel, SELECTOR, f"matrix.{part}[{i}]", source)
-        elif key == "knobs":
-            _check_table(value, KNOBS, "knobs", source)
-        elif key == "distros":
-            if not isinstance(value, dict):
-                raise UsageError(f"{source}: distros: expected a table of distro tables")
-            for name, table in value.items():
-                _check_table(table, DISTRO, f"distros.{name}", source)
-        elif key == "overrides":
-            if not isinstance(value, list):
-                raise UsageError(f"{source}: overrides: expected an array of tables ([[overrides]])")
-            for i, table in enumerate(value):
-                if not isinstance(table, dict) or not isinstance(table.get("select"), str):
-                    raise UsageError(f"{source}: overrides[{i}].select: expected a glob string over cell ids")
-                rest = {k: v for k, v in table.items() if k != "select"}
-                _check_table(rest, KNOBS, f"overrides[{i}]", source)
+    validate(Layer, doc, source)
 
 
 # --- layers --------------------------------------------------------------------------------
@@ -166,7 +106,7 @@ def parse_sets(sets: Iterable[str]) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             value = raw
         parts = key.split(".")
-        if parts[0] in KNOBS:  # bare knob names are a shorthand for knobs.NAME
+        if parts[0] in KnobsLayer.model_fields:  # bare knob names are a shorthand for knobs.NAME
             parts = ["knobs", *parts]
         node = layer
         for p in parts[:-1]:

@@ -10,19 +10,19 @@ them is decided later, from the engine itself (smoke.sweep.knobs.translate).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from model.errors import UsageError, did_you_mean
-from model.spec import read_toml
+from model.toml import NonEmptyStr, PositiveInt, Strict, read_toml, validate
 from smoke.mix import Mix
 from smoke.sweep import knobs as knobmod
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 BALANCE = ("round_robin", "least_conn", "prefix_hash")
-_POOL_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")  # becomes a DNS alias and an nginx upstream name
 
 
 @dataclass(frozen=True)
@@ -84,79 +84,60 @@ def resolve(name_or_path: str | Path) -> Path:
                      f" (registered: {', '.join(reg)})")
 
 
-def _fail(source: str, key: str, what: str) -> None:
-    raise UsageError(f"{source}: {key}: {what}")
+PoolName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,30}$",  # a DNS alias and an nginx upstream name
+                                 description="a pool name of lowercase letters, digits and '-' (it becomes a host name)")]
 
 
-def _unknown(source: str, where: str, table: dict, known: tuple[str, ...]) -> None:
-    for k in table:
-        if k not in known:
-            _fail(source, f"{where}{k}", f"unknown key{did_you_mean(k, known)} (known: {', '.join(known)})")
+class _Pool(Strict):
+    replicas: PositiveInt = 1
+    cores: PositiveInt = 1
+    balance: Literal[BALANCE] = "round_robin"  # type: ignore[valid-type]
+    knobs: dict[str, Any] = Field({}, description="a table of knob = value")
+    image: str = Field("", description="an image tag")
 
 
-def _int(source: str, key: str, v: Any, default: int) -> int:
-    if v is None:
-        return default
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        _fail(source, key, f"expected a positive integer, got {v!r}")
-    return v
+class _Meta(Strict):
+    name: NonEmptyStr | None = None
+    description: str = ""
 
 
-def _pool(source: str, name: str, t: Any, intents) -> Pool:
-    where = f"pools.{name}"
-    if not isinstance(t, dict):
-        _fail(source, where, f"expected a table, got {type(t).__name__}")
-    if not _POOL_NAME.match(name):
-        _fail(source, where, "expected a pool name of lowercase letters, digits and '-' (it becomes a host name)")
-    _unknown(source, where + ".", t, ("replicas", "cores", "balance", "knobs", "image"))
-    balance = t.get("balance", "round_robin")
-    if balance not in BALANCE:
-        _fail(source, f"{where}.balance", f"expected one of {', '.join(BALANCE)}, got {balance!r}"
-                                          f"{did_you_mean(str(balance), BALANCE)}")
-    knobs = t.get("knobs", {})
-    if not isinstance(knobs, dict):
-        _fail(source, f"{where}.knobs", f"expected a table of knob = value, got {type(knobs).__name__}")
-    knobmod.check_names(knobs, f"{source}: {where}.knobs", intents)
-    image = t.get("image", "")
-    if not isinstance(image, str):
-        _fail(source, f"{where}.image", f"expected an image tag, got {image!r}")
-    return Pool(name, _int(source, f"{where}.replicas", t.get("replicas"), 1),
-                _int(source, f"{where}.cores", t.get("cores"), 1), balance, tuple(knobs.items()), image)
+class _Routing(Strict):
+    default: str | None = None
+    classes: dict[str, str] = Field({}, description="a table of class = pool")
+
+
+class _ProfileFile(Strict):
+    profile: _Meta = _Meta()
+    pools: dict[PoolName, _Pool] = Field(min_length=1, description="at least one [pools.NAME] table")
+    routing: _Routing = _Routing()
 
 
 def parse(doc: dict[str, Any], source: str, stem: str) -> Profile:
-    _unknown(source, "", doc, ("profile", "pools", "routing"))
-    meta = doc.get("profile", {})
-    _unknown(source, "profile.", meta, ("name", "description"))
-    name = meta.get("name", stem)
-    if not isinstance(name, str) or not name:
-        _fail(source, "profile.name", f"expected a non-empty string, got {name!r}")
+    f = validate(_ProfileFile, doc, source)
     intents = knobmod.load_intents()
-    pools_t = doc.get("pools")
-    if not isinstance(pools_t, dict) or not pools_t:
-        _fail(source, "pools", "expected at least one [pools.NAME] table")
-    pools = tuple(_pool(source, k, v, intents) for k, v in pools_t.items())
-    names = [p.name for p in pools]
-    r = doc.get("routing", {})
-    if not isinstance(r, dict):
-        _fail(source, "routing", "expected a table")
-    _unknown(source, "routing.", r, ("default", "classes"))
-    default = r.get("default", names[0] if len(names) == 1 else None)
+    for name, pool in f.pools.items():
+        knobmod.check_names(pool.knobs, f"{source}: pools.{name}.knobs", intents)
+    names = list(f.pools)
+
+    def no_pool(key: str, pool: str) -> UsageError:
+        return UsageError(f"{source}: {key}: no pool {pool!r}{did_you_mean(pool, names)} (pools: {', '.join(names)})")
+
+    default = f.routing.default if f.routing.default is not None else names[0] if len(names) == 1 else None
     if default is None:
-        _fail(source, "routing.default", f"missing: with several pools, name the pool for unrouted classes ({', '.join(names)})")
+        raise UsageError(f"{source}: routing.default: missing: with several pools, name the pool for unrouted "
+                         f"classes ({', '.join(names)})")
     if default not in names:
-        _fail(source, "routing.default", f"no pool {default!r}{did_you_mean(str(default), names)} (pools: {', '.join(names)})")
-    classes = r.get("classes", {})
-    if not isinstance(classes, dict):
-        _fail(source, "routing.classes", "expected a table of class = pool")
-    for cls, pool in classes.items():
+        raise no_pool("routing.default", default)
+    for cls, pool in f.routing.classes.items():
         if pool not in names:
-            _fail(source, f"routing.classes.{cls}", f"no pool {pool!r}{did_you_mean(str(pool), names)} (pools: {', '.join(names)})")
-    used = {default, *classes.values()}
+            raise no_pool(f"routing.classes.{cls}", pool)
     for p in names:
-        if p not in used:
-            _fail(source, f"pools.{p}", "no class is routed here (add it to routing.classes or make it routing.default)")
-    return Profile(name, source, str(meta.get("description", "")), pools, default, tuple(classes.items()))
+        if p not in {default, *f.routing.classes.values()}:
+            raise UsageError(f"{source}: pools.{p}: no class is routed here (add it to routing.classes or make it "
+                             "routing.default)")
+    pools = tuple(Pool(k, p.replicas, p.cores, p.balance, tuple(p.knobs.items()), p.image) for k, p in f.pools.items())
+    return Profile(f.profile.name or stem, source, f.profile.description, pools, default,
+                   tuple(f.routing.classes.items()))
 
 
 def load(name_or_path: str | Path) -> Profile:

@@ -9,16 +9,18 @@ never silently dropped. No Docker here: parsing and translation only.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from model.errors import UsageError, did_you_mean
-from model.spec import read_toml
+from pydantic import Field, create_model
+
+from model.errors import UsageError
+from model.toml import NonNegativeInt, Strict, load, validate
 
 KNOBS_FILE = Path(__file__).with_name("knobs.toml")
-TYPES = ("int", "bool", "str")
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,34 @@ class KnobError(UsageError):
     """A knob the engine under test does not accept (or a bad value for it)."""
 
 
+class _Intent(Strict):
+    what: str = ""
+    type: Literal["int", "bool", "str"] = "int"
+    flags: list[str] = Field(min_length=1, description="a non-empty list of engine flags")
+    nearest: list[str] = []
+    choices: list[str] = []
+
+
+IntentName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", description="a name of lowercase letters, digits and '_'")]
+
+
+class _KnobsFile(Strict):
+    intents: dict[IntentName, _Intent] = {}
+
+
 def load_intents(path: Path = KNOBS_FILE) -> dict[str, Intent]:
-    doc = read_toml(path)
-    out = {}
-    for name, t in doc.get("intents", {}).items():
-        typ = t.get("type", "int")
-        if typ not in TYPES or not t.get("flags"):
-            raise UsageError(f"{path}: intents.{name}: expected type in {TYPES} and a non-empty flags list")
-        out[name] = Intent(name, t.get("what", ""), typ, tuple(t["flags"]), tuple(t.get("nearest", ())),
-                           tuple(t.get("choices", ())))
-    return out
+    doc = load(_KnobsFile, path)
+    return {name: Intent(name, t.what, t.type, tuple(t.flags), tuple(t.nearest), tuple(t.choices))
+            for name, t in doc.intents.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _schema(intents: tuple[Intent, ...]) -> type[Strict]:
+    """The table of knob = value a profile may state: one optional key per intent, typed by it."""
+    typed = {"int": NonNegativeInt, "bool": bool, "str": str}
+    return create_model("Knobs", __base__=Strict, **{
+        it.name: ((Literal[it.choices] if it.type == "str" and it.choices else typed[it.type]) | None, None)
+        for it in intents})
 
 
 _OPT = re.compile(r"(?:^|,\s)(--[A-Za-z0-9][\w-]*)")
@@ -72,24 +92,12 @@ def parse_help(text: str) -> frozenset[str]:
     return frozenset(flags)
 
 
-def _value(intent: Intent, value: Any, where: str) -> None:
-    ok = {"int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-          "bool": isinstance(value, bool),
-          "str": isinstance(value, str) and (not intent.choices or value in intent.choices)}[intent.type]
-    if not ok:
-        want = {"int": "a non-negative integer", "bool": "true or false",
-                "str": f"one of {', '.join(intent.choices)}" if intent.choices else "a string"}[intent.type]
-        raise UsageError(f"{where}: expected {want}, got {value!r}")
-
-
-def check_names(knobs: dict[str, Any], where: str, intents: dict[str, Intent] | None = None) -> None:
-    """Profile-load check (no engine needed): every knob is a known intent with a value of its type."""
+def check_names(knobs: Any, where: str, intents: dict[str, Intent] | None = None) -> None:
+    """Profile-load check (no engine needed): every knob is a known intent with a value of its type.
+    `where` is "file: key.path" (or just a key path) of the knobs table."""
     intents = intents if intents is not None else load_intents()
-    for name, value in knobs.items():
-        if name not in intents:
-            raise UsageError(f"{where}.{name}: unknown knob{did_you_mean(name, intents)} "
-                             f"(known: {', '.join(sorted(intents))})")
-        _value(intents[name], value, f"{where}.{name}")
+    source, _, prefix = where.rpartition(": ")
+    validate(_schema(tuple(intents.values())), knobs, source, prefix)
 
 
 def translate(knobs: dict[str, Any], caps: EngineCaps, where: str,

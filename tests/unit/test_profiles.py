@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model.errors import UsageError
 from smoke import mix as mixmod, profiles
@@ -101,7 +103,7 @@ def test_an_older_engine_lacking_a_flag_is_named_with_its_version():
 
 
 @pytest.mark.parametrize("edit, expect", [
-    (GOOD.replace("token_budget", "token_budgt"), "pools.main.knobs.token_budgt: unknown knob (did you mean 'token_budget'?)"),
+    (GOOD.replace("token_budget", "token_budgt"), "pools.main.knobs.token_budgt: unknown key (did you mean 'token_budget'?)"),
     (GOOD.replace("token_budget = 512", "token_budget = \"big\""), "pools.main.knobs.token_budget: expected a non-negative integer"),
     (GOOD.replace("prefix_caching = false", "prefix_caching = 1"), "pools.main.knobs.prefix_caching: expected true or false"),
     (GOOD.replace('"least_conn"', '"least_con"'), "pools.main.balance: expected one of round_robin, least_conn, prefix_hash, got 'least_con' (did you mean 'least_conn'?)"),
@@ -122,6 +124,25 @@ def test_bad_profiles_are_one_line_usage_errors(tmp_path, edit, expect):
     assert str(exc.value).startswith(str(tmp_path / "p.toml"))
 
 
+@pytest.mark.parametrize("text, expect", [
+    ('[intents.a]\nflags = []\n', "k.toml: intents.a.flags: expected a non-empty list of engine flags, got []"),
+    ('[intents.a]\nflags = ["--a"]\ntype = "float"\n', "k.toml: intents.a.type: expected one of int, bool, str, got 'float'"),
+    ('[intents.a]\nflag = ["--a"]\n', "k.toml: intents.a.flag: unknown key (did you mean 'flags'?)"),
+    ('[intents._a]\nflags = ["--a"]\n', "k.toml: intents._a: expected a name of lowercase letters, digits and '_'"),
+])
+def test_bad_knobs_file_is_one_line(tmp_path, text, expect):
+    (tmp_path / "k.toml").write_text(text)
+    with pytest.raises(UsageError) as exc:
+        knobs.load_intents(tmp_path / "k.toml")
+    assert str(exc.value).startswith(str(tmp_path)) and expect in str(exc.value)
+
+
+def test_translate_checks_knob_values_first(caps):
+    with pytest.raises(UsageError, match=r"^x\.scheduling_policy: expected one of fcfs, priority, got 'fcfz' "
+                                         r"\(did you mean 'fcfs'\?\)$"):
+        knobs.translate({"scheduling_policy": "fcfz"}, caps, "x")
+
+
 def test_routed_class_must_exist_in_the_mix(tmp_path):
     p = _load(tmp_path, GOOD + '[routing.classes]\nslow_readr = "main"\n')
     with pytest.raises(UsageError, match=r"routing\.classes\.slow_readr: not a class of mix 'default' \(did you mean 'slow_reader'\?\)"):
@@ -134,3 +155,21 @@ def test_placement_splits_cores_and_says_when_they_are_shared(tmp_path):
     assert [(x.cpuset, x.shared) for x in profiles.place(p, [0])] == [("0", True), ("0", True)]
     big = _load(tmp_path, GOOD.replace("replicas = 2", "replicas = 1\ncores = 4"))
     assert profiles.place(big, [0, 1, 2, 3, 4, 5])[0].cpuset == "0,1,2,3"
+
+
+_keys = st.sampled_from(["profile", "pools", "routing", "main", "bulk", "Main", "replicas", "cores", "balance", "knobs",
+                         "image", "token_budget", "prefix_caching", "scheduling_policy", "default", "classes", "x"])
+_docs = st.recursive(st.one_of(st.booleans(), st.integers(-2, 600), st.floats(), st.text(max_size=6),
+                               st.sampled_from(["main", "bulk", "least_conn", "fcfs"])),
+                     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_keys, inner, max_size=5)),
+                     max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=st.dictionaries(_keys, _docs, max_size=3))
+def test_fuzzed_profiles_give_usage_errors_only(doc):
+    """Any structure: a Profile or one UsageError line; never another exception."""
+    try:
+        profiles.parse(doc, "fuzz.toml", "fuzz")
+    except UsageError as exc:
+        assert str(exc).startswith("fuzz.toml: ") and "\n" not in str(exc)

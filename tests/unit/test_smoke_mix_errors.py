@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model.errors import UsageError
 from smoke import mix as mixmod, workload as wl
@@ -32,7 +34,18 @@ def test_minimal_mix_loads(tmp_path: Path):
 
 
 @pytest.mark.parametrize("edit, expect", [
-    (GOOD.replace("weight = 1", "wieght = 1"), "classes.chat.weight: missing"),
+    # A typo is named before the key it leaves missing.
+    (GOOD.replace("weight = 1", "wieght = 1"), "classes.chat.wieght: unknown key (did you mean 'weight'?)"),
+    (GOOD.replace("weight = 1\n", ""), "classes.chat.weight: expected a positive number (missing)"),
+    (GOOD.replace("weight = 1", "weight = true"), "classes.chat.weight: expected a positive number, got True"),
+    (GOOD + "slo = { min_success = 1.5 }\n", "classes.chat.slo.min_success: expected a fraction in (0, 1], got 1.5"),
+    (GOOD + "turns = { count = 2, tool_result_tokens = [1, 2], think_s = -1 }\n",
+     "classes.chat.turns.think_s: expected a non-negative number or a range [low, high], got -1"),
+    (GOOD + "reader = { bytes_per_s = [100, 0] }\n", "classes.chat.reader.bytes_per_s: item 1: expected a positive integer, got 0"),
+    (GOOD + "reader = { bytes_per_s = \"fast\" }\n", "classes.chat.reader.bytes_per_s: expected a positive integer or a list of them, got 'fast'"),
+    (GOOD + "[arrival]\npath = \"a.jsonl\"\n", "arrival.path: only used with process = \"trace\", not 'poisson'"),
+    (GOOD.replace('name = "t"', 'name = ""'), "mix.name: expected a non-empty string, got ''"),
+    ('[classes]\nchat = 3\n', "classes.chat: expected a table, got 3"),
     (GOOD + "prompt_tokns = 3\n", "classes.chat.prompt_tokns: unknown key (did you mean 'prompt_tokens'?)"),
     (GOOD.replace('"chat"\n', '"chats"\n', 1).replace('endpoint = "chats"', 'endpoint = "chatt"'),
      "classes.chat.endpoint: expected one of chat, completions, got 'chatt' (did you mean 'chat'?)"),
@@ -74,3 +87,22 @@ def test_bad_trace_file(tmp_path: Path):
         wl.read(p)
     with pytest.raises(UsageError, match="no such trace file"):
         wl.read(tmp_path / "missing.jsonl")
+
+
+_keys = st.sampled_from(["mix", "arrival", "gates", "classes", "chat", "name", "duration_s", "max_concurrency",
+                         "process", "rate_rps", "path", "weight", "endpoint", "prompt_tokens", "output_tokens", "slo",
+                         "percentile", "min_success", "turns", "count", "think_s", "reader", "bytes_per_s", "x"])
+_docs = st.recursive(st.one_of(st.booleans(), st.integers(-2, 100), st.floats(), st.text(max_size=6),
+                               st.sampled_from(["chat", "trace", "poisson", "a.jsonl"])),
+                     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_keys, inner, max_size=5)),
+                     max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=st.dictionaries(_keys, _docs, max_size=4))
+def test_fuzzed_mixes_give_usage_errors_only(doc):
+    """Any structure: a Mix or one UsageError line; never another exception."""
+    try:
+        mixmod.parse(doc, "fuzz.toml", Path("."))
+    except UsageError as exc:
+        assert str(exc).startswith("fuzz.toml: ") and "\n" not in str(exc)
