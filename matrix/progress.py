@@ -67,6 +67,7 @@ class LiveProgress:
                             TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=self.console,
                             transient=True)
         self.task = None
+        self._last_step: tuple[str, int] | None = None
         ctx.on_event = self.on_event
         ctx.on_progress = self.on_progress
 
@@ -89,3 +90,11 @@ class LiveProgress:
     def on_progress(self, cell: str, stage: str, phase: str, done: int, total: int) -> None:
         if self.task is not None:
             self.bar.update(self.task, completed=done, total=total, description=f"{cell} {stage}: {phase}")
+        if not self.console.is_terminal and total:
+            # A log file gets no live bar: one line per tenth of each phase instead.
+            step = (phase, done * 10 // total)
+            if step != self._last_step:
+                self._last_step = step
+                elapsed = self.bar.tasks[0].elapsed if self.bar.tasks else 0
+                self.console.print(f"[dim]{cell:<22} {stage:<10}[/dim] {phase} [{done}/{total}] "
+                                   f"{(elapsed or 0) / 60:.0f} min")
