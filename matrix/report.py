@@ -9,7 +9,8 @@ from rich.table import Table
 from matrix.pipeline import PIPELINE
 from model.results import ResultsStore
 
-STYLE = {"pass": "green", "fail": "red", "gated": "yellow", "base-unavailable": "magenta", "skipped": "dim"}
+STYLE = {"pass": "green", "fail": "red", "gated": "yellow", "base-unavailable": "magenta",
+         "engine-unavailable": "magenta", "skipped": "dim"}
 
 
 def summary_table(store: ResultsStore, cells: Iterable[str]) -> Table:
