@@ -55,7 +55,8 @@ def oracle(out_dir: Path, variants=ORACLE_VARIANTS) -> dict:
         bad_x = [r for r in res_x if not r.ok]
         if var == 0:
             text = orc.table(res + res_x, {c.name for c in named + extra})
-            (out_dir / "oracle_cuda.txt").write_text(text + "\n")
+            (out_dir / "oracle_cuda.txt").write_text(f"# {torch.cuda.get_device_name(0)}, "
+                                                     f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n{text}\n")
             log(text)
             out["per_layout"] = {n: {"passed": sum(r.ok for r in res + res_x if r.layout == n),
                                      "total": sum(1 for r in res + res_x if r.layout == n)}

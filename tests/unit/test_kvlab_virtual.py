@@ -93,3 +93,58 @@ def test_ranking_states_its_criterion_and_uses_measurements_when_given():
     assert "test card" in text and all(r[-2].strip() != "–" for r in rows)
     # same bandwidth and bookkeeping: the plain buffer reserved at max length needs the most memory
     assert rows[-1][2].strip() == "contiguous"
+
+
+class _StrictDriver:
+    """Stands in for kvlab.gpu.vmm.Driver and enforces the VMM rules the CUDA driver enforces: a
+    virtual address is mapped once at a time, only a mapped address is unmapped, a released page
+    is mapped nowhere, copies run between mapped pages, and everything is given back at the end."""
+    granule = 2 << 20
+
+    def __init__(self):
+        self.next, self.live, self.mapped, self.reserved, self.copies = 1, set(), {}, {}, 0
+
+    def create(self, n):
+        assert n == self.granule
+        self.next += 1
+        self.live.add(self.next)
+        return self.next
+
+    def reserve(self, n):
+        base = 1 << 40 if not self.reserved else max(a + s for a, s in self.reserved.items())
+        self.reserved[base] = n
+        return base
+
+    def map(self, va, n, h):
+        assert h in self.live and va not in self.mapped
+        assert any(a <= va and va + n <= a + s for a, s in self.reserved.items())
+        self.mapped[va] = h
+
+    def unmap(self, va, n):
+        del self.mapped[va]
+
+    def release(self, h):
+        assert h in self.live and h not in self.mapped.values()
+        self.live.remove(h)
+
+    def free(self, va, n):
+        assert not any(va <= a < va + n for a in self.mapped)
+        del self.reserved[va]
+
+    def call(self, name, *args):
+        if name == "cuMemcpyDtoD_v2":
+            dst, src, n = args
+            assert dst in self.mapped and src in self.mapped and dst != src
+            self.copies += 1
+
+
+def test_replay_performs_the_trace_by_the_drivers_rules_with_and_without_a_page_pool():
+    from kvlab.gpu import vmm
+    res = trace.run(dict(trace.TRACE, steps=50, live=6, own_prompt=(100, 2500), decode=(5, 40)))
+    page = res.page_tokens * trace.TOKEN_BYTES // 2
+    for pool in (False, True):
+        drv = _StrictDriver()
+        out = vmm.replay(drv, res, page, pool=pool)
+        assert out["steps"] == 50 and out["pool"] is pool
+        assert drv.live == set() and drv.mapped == {} and drv.reserved == {}
+        assert drv.copies == sum(op[0] == "copy" for ops in res.ops for op in ops) * 2 > 0
