@@ -111,6 +111,6 @@ def render(rows: list[SizeRow]) -> str:
              f"{'contig':>7} {'(+MMU)':>8} {'virt MMU':>8} {'hybrid':>7} {'token/spans':>11}"]
     for r in rows:
         lines.append(f"{r.context:>7} {r.allocation:>10} {r.per_token:>10.0f} {r.per_block:>10.0f} {r.spans:>7.0f} "
-                     f"{r.num_spans:>7.1f} {r.contiguous:>7.0f} {r.contiguous_mmu:>8.0f} {r.hybrid:>7.0f} "
+                     f"{r.num_spans:>7.1f} {r.contiguous:>7.0f} {r.contiguous_mmu:>8.0f} {r.virtual_mmu:>8.0f} {r.hybrid:>7.0f} "
                      f"{r.token_over_spans:>10.0f}x")
     return "\n".join(lines)
