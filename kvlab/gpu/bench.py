@@ -19,6 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -321,6 +322,56 @@ def hybrid_bench() -> list[dict]:
     return out_rows
 
 
+def hybrid_unshared_bench(shapes=((8192, 1), (32768, 1), (8192, 32), (32768, 32))) -> list[dict]:
+    """Hybrid where nothing is shared: each sequence its own group (metadata from kvlab's hybrid
+    layout on a fresh pool), spans on the same blocks; graph replays timed interleaved with SDPA."""
+    import kvx
+
+    from kvlab import ext
+    from kvlab.layouts import LAYOUTS, State
+    dev = torch.device("cuda")
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    scale, rows = D ** -0.5, []
+    for L, B in shapes:
+        nblk = -(-L // BS)
+        g = torch.Generator(device=dev).manual_seed(L + 7 * B)
+        k = torch.randn(B * nblk, BS, HKV, D, device=dev, generator=g).to(torch.bfloat16)
+        v = torch.randn(B * nblk, BS, HKV, D, device=dev, generator=g).to(torch.bfloat16)
+        q = torch.randn(B, HQ, D, device=dev, generator=g)
+        state = State(BS, tuple(tuple(range(b * nblk, (b + 1) * nblk)) for b in range(B)), (L,) * B)
+        cands, outs = {}, {}
+        ks = k.view(B, nblk * BS, HKV, D)[:, :L].transpose(1, 2).contiguous()
+        vs = v.view(B, nblk * BS, HKV, D)[:, :L].transpose(1, 2).contiguous()
+        qs = q.to(torch.bfloat16).unsqueeze(2)
+        cands["sdpa"] = graphed(lambda: F.scaled_dot_product_attention(qs, ks, vs, scale=scale, enable_gqa=True))
+        tiny = torch.zeros(1, device=dev)
+        cands["_pad"] = graphed(lambda: tiny.add_(1.0))
+        for name in ("spans", "hybrid"):
+            meta = LAYOUTS[name].build(state)
+            arrays = {key: torch.from_numpy(np.ascontiguousarray(a, np.int32)).to(dev)
+                      for key, a in ext._meta_arrays(name, meta).items()}
+            out = torch.empty(B, HQ, D, device=dev)
+            lse = torch.empty(B, HQ, device=dev)
+            fn = (lambda name=name, arrays=arrays, out=out, lse=lse, meta=meta: kvx.attend(
+                name, q, k.view(torch.int16), v.view(torch.int16), arrays, kv_dtype="bf16", sm_scale=scale,
+                device="cuda", hints=ext._hints(meta), out=out, lse=lse))
+            fn()
+            torch.cuda.synchronize()
+            outs[name] = out
+            cands[name] = graphed(fn)
+        t = timed_set(cands, flush, reps=30)
+        res = {"context": L, "batch": B, **{f"{n}_us": t[n] * 1e6 for n in ("sdpa", "spans", "hybrid")},
+               "rel_diff": float(((outs["hybrid"] - outs["spans"]).norm() / outs["spans"].norm()).item())}
+        res["hybrid_over_spans"] = t["spans"] / t["hybrid"]
+        rows.append(res)
+        log(f"nothing shared, L={L} B={B}: sdpa {res['sdpa_us']:.1f} us, spans {res['spans_us']:.1f} us, "
+            f"hybrid {res['hybrid_us']:.1f} us (hybrid speed / spans {res['hybrid_over_spans']:.3f}; "
+            f"spans/SDPA {t['sdpa'] / t['spans']:.2f}), |hybrid-spans|/|spans| {res['rel_diff']:.1e}")
+        del k, v, ks, vs, cands
+        torch.cuda.empty_cache()
+    return rows
+
+
 def report(b: dict, card: str) -> str:
     cb = b["copy_Bps"]
     lines = [f"card: {card}; device-to-device copy {cb / 1e12:.2f} TB/s; Hq={HQ} Hkv={HKV} d={D} bf16, "
@@ -404,6 +455,8 @@ def main():
     ap.add_argument("--site", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-oracle", action="store_true")
+    ap.add_argument("--only-hybrid-unshared", action="store_true",
+                    help="only time hybrid against spans with nothing shared (writes hybrid_unshared.json)")
     ap.add_argument("--variants", default=",".join(map(str, VARIANTS)),
                     help="kernel variants timed beside the default (comma-separated, empty for none)")
     ap.add_argument("--oracle-variants", default=",".join(map(str, ORACLE_VARIANTS)),
@@ -421,6 +474,10 @@ def main():
     log(f"card: {card} | {smi} | torch {torch.__version__}")
     result = {"card": card, "nvidia_smi": smi, "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    if args.only_hybrid_unshared:
+        result["hybrid_unshared"] = hybrid_unshared_bench()
+        (out_dir / "hybrid_unshared.json").write_text(json.dumps(result, indent=1))
+        return
     steps = [("oracle", lambda: oracle(out_dir, ints(args.oracle_variants))) if not args.skip_oracle else None,
              ("costs", lambda: costs.measure(ext.driver(), log)),
              ("hybrid", hybrid_bench),
