@@ -148,3 +148,10 @@ def test_replay_performs_the_trace_by_the_drivers_rules_with_and_without_a_page_
         assert out["steps"] == 50 and out["pool"] is pool
         assert drv.live == set() and drv.mapped == {} and drv.reserved == {}
         assert drv.copies == sum(op[0] == "copy" for ops in res.ops for op in ops) * 2 > 0
+
+
+def test_metadata_counts_the_virtual_layouts_page_table_entries():
+    from kvlab import metadata
+    # 1024 tokens x 2 KiB of K (8 kv heads x 128 bf16) = one 2 MiB page for K and one for V
+    assert metadata._measure(1024, False, 0)["virtual_mmu"] == 16
+    assert metadata._measure(8192, False, 0)["virtual_mmu"] == 8 * 2 * 8
