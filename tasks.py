@@ -373,9 +373,9 @@ def oracle(c, backend="python", random=200, layout=None, sizes=False, rebuild=Fa
         try:
             import torch
         except ImportError:
-            raise UsageError("oracle --backend cuda needs torch and a CUDA device (see notes/kvlab_gpu_run.sh)") from None
+            raise UsageError("oracle --backend cuda needs torch and a CUDA device (see kvlab/gpu/run.sh)") from None
         if not torch.cuda.is_available():
-            raise UsageError("oracle --backend cuda: no CUDA device here (see notes/kvlab_gpu_run.sh)")
+            raise UsageError("oracle --backend cuda: no CUDA device here (see kvlab/gpu/run.sh)")
     if backend != "python":
         ext.load(_kvx_site(rebuild, cuda=backend == "cuda"))
     named = scenario.named_cases()
@@ -383,10 +383,12 @@ def oracle(c, backend="python", random=200, layout=None, sizes=False, rebuild=Fa
     results = orc.run(cases, backends[backend], backend, {layout: LAYOUTS[layout]} if layout else None)
     print(orc.table(results, {x.name for x in named}))
     print()
-    print(orc.ranking(results))
+    from kvlab import ranking
+    size_rows = metadata.table()
+    print(orc.ranking(results, ranking.load(), sizes=size_rows))
     if sizes:
         print()
-        print(metadata.render(metadata.table()))
+        print(metadata.render(size_rows))
     failed = [r for r in results if not r.ok]
     print(f"\noracle ({backend}): {len(results) - len(failed)}/{len(results)} case×layout checks pass "
           f"({len(named)} named + {int(random)} randomized cases)")

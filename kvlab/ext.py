@@ -2,8 +2,10 @@
 
 `cpu_backend` and `cuda_backend` have the oracle's backend signature, so the C++ and CUDA kernels
 see exactly the cases, metadata, poisoned pools and tolerances the Python layouts see. The
-virtual-contiguous layout reaches the kernel as the contiguous view its mapping would present
-(`contiguous.materialize`), since a kernel behind an MMU reads (base, length) only.
+"contiguous" layout reaches the kernel as the contiguous view its mapping would present
+(`contiguous.materialize`), since a kernel behind an MMU reads (base, length) only; "virtual" does
+so on the CPU too (`virtual.materialize`), and on the GPU for real: its pages are created and mapped
+with the CUDA driver's VMM calls (`kvlab.gpu.vmm`) and the contiguous kernel reads the mapped range.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kvlab.layouts import contiguous
+from kvlab.layouts import contiguous, virtual
 from model.errors import UsageError
 
 CSRC = Path(__file__).resolve().parent / "csrc"
@@ -55,7 +57,7 @@ def _meta_arrays(name, meta) -> dict:
     if name == "spans":
         return {"span_ptr": meta.span_ptr, "span_block": meta.span_block, "span_len": meta.span_len,
                 "seq_lens": meta.seq_lens}
-    if name == "contiguous":
+    if name in ("contiguous", "virtual"):
         return {"seq_lens": meta.seq_lens}
     order = np.argsort(meta.group_of_seq, kind="stable").astype(np.int32)
     gptr = np.zeros(len(meta.prefix_len) + 1, np.int32)
@@ -69,6 +71,8 @@ def _meta_arrays(name, meta) -> dict:
 def _inputs(name, meta, store):
     if name == "contiguous":
         k, v = contiguous.materialize(meta, store)
+    elif name == "virtual":
+        k, v = virtual.materialize(meta, store)
     else:
         k, v = store.k, store.v
     raw = RAW[store.dtype]
@@ -92,9 +96,46 @@ def cpu_backend(name, meta, q, store, p, threads: int = 0):
     kvx = load()
     k, v = _inputs(name, meta, store)
     arrays = {key: np.ascontiguousarray(a, np.int32) for key, a in _meta_arrays(name, meta).items()}
-    out, lse = kvx.attend(name, np.ascontiguousarray(q, np.float32), k, v, arrays, threads=threads,
+    out, lse = kvx.attend(_kernel(name), np.ascontiguousarray(q, np.float32), k, v, arrays, threads=threads,
                           **_kwargs(store, p))
     return out.astype(np.float64), lse.astype(np.float64)
+
+
+def _kernel(name):
+    return "contiguous" if name == "virtual" else name
+
+
+def _vmm_inputs(meta, store):
+    """K and V of a virtual-contiguous Meta mapped for real with the driver's granule: the plan is
+    redone at page = lcm(granule, token row) from the manager's tables, pages created, mapped,
+    written. Returns two kvlab.gpu.vmm.Mapped (close() them)."""
+    from kvlab.gpu import vmm
+    if (np.asarray(meta.base) != np.arange(len(meta.seq_lens)) * meta.reserve).any():
+        raise ValueError("virtual: every base must start its sequence's own reserved range")
+    drv = driver()
+    row = store.k[0, 0].nbytes
+    pt = drv.page_bytes(row) // row
+    plan = virtual.plan(meta.tables, meta.seq_lens, meta.block_size, pt)
+    pk, pv = virtual.pages(plan, store, raw=True)
+    raw = RAW[store.dtype]
+    k = vmm.Mapped.of_plan(drv, plan, pk.view(raw))
+    try:
+        v = vmm.Mapped.of_plan(drv, plan, pv.view(raw))
+    except Exception:
+        k.close()
+        raise
+    return k, v
+
+
+_DRIVER = []
+
+
+def driver():
+    """The process's one kvlab.gpu.vmm.Driver (the CUDA driver through ctypes)."""
+    if not _DRIVER:
+        from kvlab.gpu import vmm
+        _DRIVER.append(vmm.Driver())
+    return _DRIVER[0]
 
 
 def cuda_backend(name, meta, q, store, p):
@@ -102,12 +143,24 @@ def cuda_backend(name, meta, q, store, p):
     kvx = load()
     dev = torch.device("cuda")
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
+    if name == "virtual":
+        torch.cuda.init()
+        k, v = _vmm_inputs(meta, store)
+        try:
+            return _cuda_call(kvx, "contiguous", meta, q, store, p, k, v, t)
+        finally:
+            k.close(), v.close()
     k, v = _inputs(name, meta, store)
+    return _cuda_call(kvx, name, meta, q, store, p, t(k), t(v), t)
+
+
+def _cuda_call(kvx, name, meta, q, store, p, k, v, t):
+    import torch
     arrays = {key: t(np.asarray(a, np.int32)) for key, a in _meta_arrays(name, meta).items()}
     kw = _kwargs(store, p)
     kw.update({key: None if kw[key] is None else t(np.asarray(kw[key], np.float32))
                for key in ("alibi", "k_scale", "v_scale")})
-    out, lse = kvx.attend(name, t(np.asarray(q, np.float32)), t(k), t(v), arrays, device="cuda",
+    out, lse = kvx.attend(name, t(np.asarray(q, np.float32)), k, v, arrays, device="cuda",
                           hints=_hints(meta), **kw)
     torch.cuda.synchronize()
     return out.double().cpu().numpy(), lse.double().cpu().numpy()

@@ -17,6 +17,7 @@ from kvlab.blocks import BlockManager
 from kvlab.layouts import LAYOUTS, snapshot
 
 CONTEXTS = (1024, 8192, 32768)
+VMM_GRANULE, VMM_ROW = 2 << 20, 8 * 128 * 2  # H100/H200 granule; K (or V) bytes per token, bf16 8 x 128
 BLOCK_SIZE = 16
 # Churn that fragments the free queue: the pool holds pool_factor × what the measured group needs;
 # churn sequences of 1 token .. context/2 are admitted and freed until `cycles` pools' worth of
@@ -35,6 +36,7 @@ class SizeRow:
     contiguous_mmu: float   # page-table entries behind it
     hybrid: float           # group of WORKLOAD['group'] sequences sharing half the context
     num_spans: float        # spans per sequence (median over seeds when fragmented)
+    virtual_mmu: float = 0  # virtual-contiguous: kernel reads `contiguous`; PTEs of its VMM pages
 
     @property
     def token_over_spans(self) -> float:
@@ -85,6 +87,7 @@ def _measure(L: int, fragmented: bool, seed: int) -> dict:
         "contiguous": metas["contiguous"].nbytes() / g,
         "contiguous_mmu": metas["contiguous"].mmu_nbytes() / g,
         "hybrid": hybrid.nbytes() / g,
+        "virtual_mmu": 8 * 2 * -(-L * VMM_ROW // VMM_GRANULE),  # a K and a V page table entry per page
     }
 
 
@@ -97,7 +100,7 @@ def table(contexts=CONTEXTS) -> list[SizeRow]:
             med = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
             rows.append(SizeRow(L, "fragmented" if fragmented else "fresh", med["per_token"], med["per_block"],
                                 med["spans"], med["contiguous"], med["contiguous_mmu"], med["hybrid"],
-                                med["num_spans"]))
+                                med["num_spans"], med["virtual_mmu"]))
     return rows
 
 
@@ -105,9 +108,9 @@ def render(rows: list[SizeRow]) -> str:
     lines = [f"metadata bytes per sequence (block {BLOCK_SIZE}; fragmented = median of {len(WORKLOAD['seeds'])} "
              f"churned pools; hybrid = {WORKLOAD['group']} sequences sharing half the context)",
              f"{'context':>7} {'allocation':>10} {'per-token':>10} {'per-block':>10} {'spans':>7} {'#spans':>7} "
-             f"{'contig':>7} {'(+MMU)':>8} {'hybrid':>7} {'token/spans':>11}"]
+             f"{'contig':>7} {'(+MMU)':>8} {'virt MMU':>8} {'hybrid':>7} {'token/spans':>11}"]
     for r in rows:
         lines.append(f"{r.context:>7} {r.allocation:>10} {r.per_token:>10.0f} {r.per_block:>10.0f} {r.spans:>7.0f} "
-                     f"{r.num_spans:>7.1f} {r.contiguous:>7.0f} {r.contiguous_mmu:>8.0f} {r.hybrid:>7.0f} "
+                     f"{r.num_spans:>7.1f} {r.contiguous:>7.0f} {r.contiguous_mmu:>8.0f} {r.virtual_mmu:>8.0f} {r.hybrid:>7.0f} "
                      f"{r.token_over_spans:>10.0f}x")
     return "\n".join(lines)

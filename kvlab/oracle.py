@@ -113,14 +113,7 @@ def table(results: list[Result], named: set[str]) -> str:
     return "\n".join(lines)
 
 
-def ranking(results: list[Result]) -> str:
-    layouts = list(dict.fromkeys(r.layout for r in results))
-    rows = []
-    for n in layouts:
-        rs = [r for r in results if r.layout == n]
-        rows.append((np.mean([r.meta_bytes_per_seq for r in rs]), sum(r.seconds for r in rs), n,
-                     sum(r.ok for r in rs), len(rs)))
-    lines = ["rank  layout        meta B/seq (mean)   time (s, all cases)   passed"]
-    for i, (b, s, n, ok, tot) in enumerate(sorted(rows), 1):
-        lines.append(f"{i:>4}  {n:<12}  {b:>17.1f}   {s:>19.3f}   {ok}/{tot}")
-    return "\n".join(lines)
+def ranking(results: list[Result], measured: dict | None = None, summary: dict | None = None, sizes=None) -> str:
+    """The layouts ranked by kvlab.ranking's criterion, with this run's oracle passes beside them."""
+    from kvlab import ranking as rk
+    return rk.ranking(measured, rk.passes(results), summary, sizes)

@@ -97,6 +97,35 @@ def random_cases(n: int, seed: int = 7) -> list[Case]:
     return out
 
 
+def wide_cases():
+    """bf16 head_dim-128 GQA cases with 4+ kv heads: the named and random cases have none with 8 kv
+    heads, so these reach the tensor-core kernels that take several kv heads per CTA (wide_kernel),
+    long sequences (many splits: the fused combine), block sizes that break the per-tile lookup, and
+    batches with more items than resident CTAs (mma_multi_kernel)."""
+    base = dict(q_heads=32, kv_heads=8, head_dim=128, block_size=16, dtype="bf16", fp8_scale="tensor", alibi=False,
+                window=0, lens=(301, 77), shared_prefix=0, decode_steps=0, fork=(), churn=0, warm_prefix=False,
+                salted=False)
+    specs = [
+        ("wide-h8-d128", {"lens": (301, 77, 1025)}),
+        ("wide-h8-bs8-alibi-window", {"block_size": 8, "alibi": True, "window": 70, "lens": (200, 33, 129)}),
+        ("wide-h8-bs32-prefix-fork", {"block_size": 32, "shared_prefix": 64, "lens": (90, 100, 77), "fork": (2, 11)}),
+        ("wide-h8-long-churn", {"lens": (3000, 1), "churn": 10}),
+        ("wide-h8-g8-window", {"q_heads": 64, "window": 33, "lens": (500, 17)}),
+        ("wide-h16-alibi", {"q_heads": 64, "kv_heads": 16, "alibi": True, "lens": (260, 40)}),
+        ("wide-h4-bs4", {"q_heads": 16, "kv_heads": 4, "block_size": 4, "lens": (700, 5)}),
+        ("wide-h8-batch-decode", {"lens": (64, 100, 150, 200, 250, 300, 33, 17, 90, 128, 129, 255),
+                                  "decode_steps": 3, "window": 200}),
+        # sequences of <= 64 tokens: one split, so the paged first-tile lookup is speculated
+        ("short-h8-bs16", {"lens": (64, 17, 33, 50, 1)}),
+        ("short-h8-bs32-fork", {"block_size": 32, "lens": (40, 47, 20), "fork": (0, 6)}),
+        # more (sequence, kv head) items than the H200 holds CTAs (264): several items per CTA
+        ("multi-h8-batch40-churn", {"lens": tuple(17 + 23 * i % 290 for i in range(40)), "churn": 10}),
+        ("multi-h8-batch36-bs8-alibi-window", {"block_size": 8, "alibi": True, "window": 50, "decode_steps": 2,
+                                               "lens": tuple(5 + 37 * i % 200 for i in range(36))}),
+    ]
+    return [Case(name=name, **{**base, **kw}, seed=5000 + i) for i, (name, kw) in enumerate(specs)]
+
+
 class _Content:
     """K/V per token as a function of the token chain (cached by chain key)."""
 

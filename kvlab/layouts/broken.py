@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from kvlab.layouts import contiguous, paged, spans
+from kvlab.layouts import contiguous, paged, spans, virtual
 
 
 class SpanEndPlusOne:
@@ -66,5 +66,33 @@ class ContiguousBaseShift:
         return replace(m, base=(m.base + 1).astype(np.int32))
 
 
+class VirtualBaseShift:
+    """Every virtual base one token late (reads past the sequence: unwritten or unmapped)."""
+    KIND = "virtual"
+    attend = staticmethod(virtual.attend)
+
+    @staticmethod
+    def build(state):
+        m = virtual.build(state)
+        return replace(m, base=(m.base + 1).astype(np.int32))
+
+
+class VirtualSwappedPages:
+    """The first two mapped pages of every sequence swapped (logical order lost, as paged-swapped)."""
+    KIND = "virtual"
+    attend = staticmethod(virtual.attend)
+
+    @staticmethod
+    def build(state):
+        m = virtual.build(state)
+        pm = m.plan.page_map.copy()
+        if pm.shape[1] < 2:
+            return m
+        two = (pm[:, :2] >= 0).all(axis=1)
+        pm[two, 0], pm[two, 1] = m.plan.page_map[two, 1], m.plan.page_map[two, 0]
+        return replace(m, plan=replace(m.plan, page_map=pm))
+
+
 BROKEN = {"spans-end+1": SpanEndPlusOne, "spans-end-1": SpanEndMinusOne, "paged-swapped": PagedSwappedBlocks,
-          "contiguous-base+1": ContiguousBaseShift}
+          "contiguous-base+1": ContiguousBaseShift,
+          "virtual-base+1": VirtualBaseShift, "virtual-swapped": VirtualSwappedPages}

@@ -1,4 +1,4 @@
-"""The oracle: every named and randomized case passes for the four Python layouts, the pools are
+"""The oracle: every named and randomized case passes for the five Python layouts, the pools are
 poisoned where nothing was written, the scenarios really share and copy, and deliberately broken
 layouts are caught."""
 
@@ -78,4 +78,8 @@ def test_tables_render_every_case_and_a_ranking():
     res = oracle.run(NAMED[:3])
     text = oracle.table(res, {c.name for c in NAMED})
     assert all(c.name in text for c in NAMED[:3]) and "FAIL" not in text
-    assert oracle.ranking(res).splitlines()[1].split()[1] in LAYOUTS
+    from kvlab import metadata, trace
+    summary = trace.summary(trace.run(dict(trace.TRACE, steps=20, live=4)))
+    text = oracle.ranking(res, None, summary, metadata.table(contexts=(1024,)))
+    assert text.startswith("criterion:")
+    assert {line.split("|")[2].strip() for line in text.splitlines()[3:]} == set(LAYOUTS)

@@ -1,18 +1,17 @@
 """Batch-1 split sweep on the GPU: kvx spans at several forced split counts (hint num_splits) and
-kernel variants next to SDPA, graph replays timed interleaved with L2 flushed (as kvlab_gpu_bench.py).
-    python3 notes/kvlab_gpu_sweep.py --site /tmp/kvx-site [--contexts 8192,32768] [--batches 1]"""
+kernel variants next to SDPA, graph replays timed interleaved with L2 flushed (as kvlab.gpu.bench).
+    python3 -m kvlab.gpu.sweep --site /tmp/kvx-site [--contexts 8192,32768] [--batches 1]"""
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from kvlab_gpu_bench import HQ, HKV, D, BS, graphed, timed_set  # noqa: E402
+from kvlab import ext
+from kvlab.gpu.bench import BS, D, HKV, HQ, graphed, timed_set
 
 
 def main():
@@ -27,8 +26,7 @@ def main():
                          "contiguous and paged layouts (tm-*)")
     ap.add_argument("--hnd-variants", default="0", help="kernel variants for the --hnd runs")
     args = ap.parse_args()
-    sys.path.insert(0, args.site)
-    import kvx
+    kvx = ext.load(Path(args.site))
     dev = torch.device("cuda")
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
     scale = D ** -0.5

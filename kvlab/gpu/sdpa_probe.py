@@ -1,5 +1,5 @@
 """The three SDPA calls profiled in notes/kvlab_gpu/sdpa_ncu.txt (run under ncu on the GPU machine):
-    ncu --section SpeedOfLight --section Occupancy --section LaunchStats python3 notes/kvlab_gpu_sdpa_probe.py"""
+    ncu --section SpeedOfLight --section Occupancy --section LaunchStats python3 -m kvlab.gpu.sdpa_probe"""
 import torch
 import torch.nn.functional as F
 

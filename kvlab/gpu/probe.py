@@ -1,11 +1,13 @@
-"""One decode call per shape for `ncu` to profile (notes/kvlab_gpu_run.sh runs it under ncu).
-    python3 notes/kvlab_gpu_probe.py SITE [BxL,BxL...]   (default 64x8192,1x8192)"""
+"""One decode call per shape for `ncu` to profile (kvlab/gpu/run.sh with NCU=1 runs it under ncu).
+    python3 -m kvlab.gpu.probe SITE [BxL,BxL...]   (default 64x8192,1x8192)"""
 import sys
+from pathlib import Path
 
 import torch
 
-sys.path.insert(0, sys.argv[1])
-import kvx  # noqa: E402
+from kvlab import ext
+
+kvx = ext.load(Path(sys.argv[1]))
 
 HQ, HKV, D, BS = 32, 8, 128, 16
 SHAPES = sys.argv[2] if len(sys.argv) > 2 else "64x8192,1x8192"

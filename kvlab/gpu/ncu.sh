@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Profile the decode kernels with ncu on the GPU machine: bash notes/kvlab_gpu_ncu.sh $OUT
+# Profile the decode kernels with ncu on the GPU machine: bash kvlab/gpu/ncu.sh $OUT
 set -uo pipefail
 OUT=${1:?output dir}
 export CUDACXX=${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
@@ -14,5 +14,5 @@ for s in long_scoreboard short_scoreboard barrier math_pipe_throttle mio_throttl
 done
 timeout 300 "$NCU_BIN" --clock-control none -k regex:"mma_kernel|partial_kernel" -c 2 --section SpeedOfLight \
   --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis --metrics "${M#,}" \
-  python3 notes/kvlab_gpu_probe.py /tmp/kvx-site >"$OUT/ncu.txt" 2>&1
+  python3 -m kvlab.gpu.probe /tmp/kvx-site >"$OUT/ncu.txt" 2>&1
 grep -E "mma_kernel|partial_kernel|Duration|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per|stalled|L1/TEX Hit|Mem Busy|Max Bandwidth" "$OUT/ncu.txt" | head -70

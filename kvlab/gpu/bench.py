@@ -1,8 +1,10 @@
 """GPU check of the kvx CUDA extension, in one device call: oracle (every named + 200 random cases,
-four layouts) then decode-attention bandwidth against torch SDPA on contiguous K/V, same card.
+five layouts, virtual-contiguous mapped with CUDA VMM), decode-attention bandwidth against torch
+SDPA on contiguous K/V (same card), the VMM and block-table costs of a decode trace, the CPU kernels
+on the same host, and the layout ranking from all of it (results.json, ranking.md).
 
-Run from the repo root after building the wheel with KVX_CUDA=ON and unpacking it into KVX_SITE:
-    python3 notes/kvlab_gpu_bench.py --site /tmp/kvx-site --out $OUT
+Run from the repo root after building the wheel with KVX_CUDA=ON and unpacking it into SITE:
+    python3 -m kvlab.gpu.bench --site /tmp/kvx-site --out $OUT      (kvlab/gpu/run.sh does both)
 Bytes counted: K and V of every token read once (bf16), the floor for decode attention.
 """
 
@@ -13,16 +15,13 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 HQ, HKV, D, BS = 32, 8, 128, 16
 CONTEXTS = (1024, 8192, 32768)
@@ -38,28 +37,17 @@ VARIANTS = (13, 11, 4, 10)
 ORACLE_VARIANTS = (4, 5, 8, 9, 10, 11, 12, 13)  # the full oracle runs on the default, then again on each of these
 
 
-def wide_cases():
-    """bf16 head_dim-128 GQA cases with 8+ kv heads, which the named/random cases lack: they reach
-    the tensor-core kernels with several heads per CTA (wide_kernel) and many splits."""
-    path = ROOT / "tests" / "integration" / "test_kvext_cuda.py"
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("test_kvext_cuda", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.wide_cases()
-
-
 def log(*a):
     print(*a, flush=True)
 
 
-def oracle(out_dir: Path) -> dict:
+def oracle(out_dir: Path, variants=ORACLE_VARIANTS) -> dict:
     from kvlab import ext, oracle as orc, scenario
     named = scenario.named_cases()
     cases = named + scenario.random_cases(200)
-    extra = wide_cases()
+    extra = scenario.wide_cases()
     out = {}
-    for var in (0,) + ORACLE_VARIANTS:  # 0: the default kernel choice
+    for var in (0,) + tuple(variants):  # 0: the default kernel choice
         os.environ["KVX_CUDA_VARIANT"] = str(var)
         t0 = time.time()
         res = orc.run(cases, ext.cuda_backend, "cuda")
@@ -68,10 +56,14 @@ def oracle(out_dir: Path) -> dict:
         bad_x = [r for r in res_x if not r.ok]
         if var == 0:
             text = orc.table(res + res_x, {c.name for c in named + extra})
-            (out_dir / "kvlab_gpu_oracle.txt").write_text(text + "\n")
+            (out_dir / "oracle_cuda.txt").write_text(f"# {torch.cuda.get_device_name(0)}, "
+                                                     f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n{text}\n")
             log(text)
+            out["per_layout"] = {n: {"passed": sum(r.ok for r in res + res_x if r.layout == n),
+                                     "total": sum(1 for r in res + res_x if r.layout == n)}
+                                 for n in dict.fromkeys(r.layout for r in res)}
         log(f"oracle cuda (variant {var}): {len(res) - len(bad)}/{len(res)} case×layout pass "
-            f"({len(named)} named + 200 random × 4 layouts); wide bf16 cases {len(res_x) - len(bad_x)}/{len(res_x)}; "
+            f"({len(named)} named + 200 random × {len(res) // len(cases)} layouts); wide bf16 cases {len(res_x) - len(bad_x)}/{len(res_x)}; "
             f"max err {max(r.err_stored for r in res + res_x):.1e}; {time.time() - t0:.1f}s")
         for r in (bad + bad_x)[:10]:
             log("  FAIL", r)
@@ -162,8 +154,12 @@ def copy_bandwidth() -> float:
     return 2 * n / statistics.median(ts)
 
 
-def bench(out_dir: Path) -> dict:
+def bench(out_dir: Path, variants=VARIANTS) -> dict:
     import kvx
+
+    from kvlab import ext
+    from kvlab.gpu import vmm
+    drv = ext.driver()
     dev = torch.device("cuda")
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
     copy_bw = copy_bandwidth()
@@ -218,7 +214,7 @@ def bench(out_dir: Path) -> dict:
             # workspace grows on demand and a graph keeps its address: one eager call of every
             # variant first, so no capture below sees it move
             kc2, vc2 = kc.contiguous(), vc.contiguous()
-            for var in VARIANTS + (0,):
+            for var in tuple(variants) + (0,):
                 os.environ["KVX_CUDA_VARIANT"] = str(var)
                 for layout in ("spans", "paged"):
                     kvx_fn(layout, k, v, metas[layout])[0]()
@@ -228,14 +224,21 @@ def bench(out_dir: Path) -> dict:
             # (v15), kvx or not: a trivial kernel takes that place and is not reported
             tiny = torch.zeros(1, device=dev)
             cands = {"sdpa_eager": sdpa, "sdpa": graphed(sdpa), "_pad": graphed(lambda: tiny.add_(1.0))}
-            for name, meta in metas.items():
-                layout = name.split("-")[0]
-                fn, out = kvx_fn(layout, *((kc2, vc2) if layout == "contiguous" else (k, v)), meta)
+            # virtual-contiguous for real: the same K/V copied into VMM pages mapped under one
+            # reserved range per sequence; the contiguous kernel reads it, no block table
+            t0 = time.perf_counter()
+            kvm, vvm = vmm.filled(drv, kc2), vmm.filled(drv, vc2)
+            res["virtual_setup_s"] = time.perf_counter() - t0
+            res["virtual_pages"] = 2 * len(kvm.handles)
+            inputs = {"contiguous": ("contiguous", kc2, vc2), "virtual": ("contiguous", kvm, vvm)}
+            for name, meta in {**metas, "virtual": {"seq_lens": lens}}.items():
+                layout, kk, vv = inputs.get(name, (name.split("-")[0], k, v))
+                fn, out = kvx_fn(layout, kk, vv, meta)
                 cands[f"{name}_eager"], cands[name] = fn, graphed(fn)
                 if name != "paged-shuffled":  # a shuffled table reads other blocks: not the reference's K/V
                     res[f"{name}_err"] = err(fn, out)
             # variants of the spans and paged kernels (KVX_CUDA_VARIANT): see VARIANTS
-            for var in VARIANTS:
+            for var in variants:
                 os.environ["KVX_CUDA_VARIANT"] = str(var)
                 for layout in ("spans", "paged"):
                     fn, out = kvx_fn(layout, k, v, metas[layout])
@@ -245,6 +248,8 @@ def bench(out_dir: Path) -> dict:
             for key, t in timed_set(cands, flush).items():
                 res[key + "_s"] = t
             del cands, kc2, vc2
+            torch.cuda.synchronize()
+            kvm.close(), vvm.close()
             if B == 1:  # eager back-to-back, host included: 4 copies of K/V rotated (more than L2 holds)
                 copies = [(k.clone(), v.clone()) for _ in range(4)]
                 scopies = [(ks.clone(), vs.clone()) for _ in range(4)]
@@ -262,12 +267,13 @@ def bench(out_dir: Path) -> dict:
                 res[key[:-2] + "_tbps"] = nbytes / res[key] / 1e12
             rows.append(res)
             log(f"L={L:>6} B={B:>3}  sdpa {res['sdpa_tbps']:.2f}  contig {res['contiguous_tbps']:.2f}  "
-                f"paged {res['paged_tbps']:.2f}  spans {res['spans_tbps']:.2f}  "
+                f"paged {res['paged_tbps']:.2f}  spans {res['spans_tbps']:.2f}  virtual {res['virtual_tbps']:.2f}  "
                 f"paged-shuf {res['paged-shuffled_tbps']:.2f} TB/s (graphs)  eager: sdpa {res['sdpa_eager_tbps']:.2f} "
                 f"spans {res['spans_eager_tbps']:.2f}  err(spans) {res['spans_err']:.1e}")
             del k, v, q, kc, vc, ks, vs, qs, table, shuffled, metas
             torch.cuda.empty_cache()
-    return {"copy_Bps": copy_bw, "floor_s": floor_s, "floor_eager_s": floor_eager_s, "rows": rows}
+    return {"copy_Bps": copy_bw, "floor_s": floor_s, "floor_eager_s": floor_eager_s, "rows": rows,
+            "variants": list(variants)}
 
 
 def hybrid_bench() -> list[dict]:
@@ -316,18 +322,72 @@ def hybrid_bench() -> list[dict]:
     return out_rows
 
 
+def hybrid_unshared_bench(shapes=((8192, 1), (32768, 1), (8192, 32), (32768, 32))) -> list[dict]:
+    """Hybrid where nothing is shared: each sequence its own group (metadata from kvlab's hybrid
+    layout on a fresh pool), spans on the same blocks; graph replays timed interleaved with SDPA."""
+    import kvx
+
+    from kvlab import ext
+    from kvlab.layouts import LAYOUTS, State
+    dev = torch.device("cuda")
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    scale, rows = D ** -0.5, []
+    for L, B in shapes:
+        nblk = -(-L // BS)
+        g = torch.Generator(device=dev).manual_seed(L + 7 * B)
+        k = torch.randn(B * nblk, BS, HKV, D, device=dev, generator=g).to(torch.bfloat16)
+        v = torch.randn(B * nblk, BS, HKV, D, device=dev, generator=g).to(torch.bfloat16)
+        q = torch.randn(B, HQ, D, device=dev, generator=g)
+        state = State(BS, tuple(tuple(range(b * nblk, (b + 1) * nblk)) for b in range(B)), (L,) * B)
+        cands, outs = {}, {}
+        ks = k.view(B, nblk * BS, HKV, D)[:, :L].transpose(1, 2).contiguous()
+        vs = v.view(B, nblk * BS, HKV, D)[:, :L].transpose(1, 2).contiguous()
+        qs = q.to(torch.bfloat16).unsqueeze(2)
+        cands["sdpa"] = graphed(lambda: F.scaled_dot_product_attention(qs, ks, vs, scale=scale, enable_gqa=True))
+        tiny = torch.zeros(1, device=dev)
+        cands["_pad"] = graphed(lambda: tiny.add_(1.0))
+        fns = {}
+        for name in ("spans", "hybrid"):
+            meta = LAYOUTS[name].build(state)
+            arrays = {key: torch.from_numpy(np.ascontiguousarray(a, np.int32)).to(dev)
+                      for key, a in ext._meta_arrays(name, meta).items()}
+            out = torch.empty(B, HQ, D, device=dev)
+            lse = torch.empty(B, HQ, device=dev)
+            fns[name] = (lambda name=name, arrays=arrays, out=out, lse=lse, meta=meta: kvx.attend(
+                name, q, k.view(torch.int16), v.view(torch.int16), arrays, kv_dtype="bf16", sm_scale=scale,
+                device="cuda", hints=ext._hints(meta), out=out, lse=lse))
+            fns[name]()  # every eager call before any capture: kvx's split workspace grows on demand
+            outs[name] = out
+        torch.cuda.synchronize()
+        for name, fn in fns.items():
+            cands[name] = graphed(fn)
+        t = timed_set(cands, flush, reps=30)
+        res = {"context": L, "batch": B, **{f"{n}_us": t[n] * 1e6 for n in ("sdpa", "spans", "hybrid")},
+               "rel_diff": float(((outs["hybrid"] - outs["spans"]).norm() / outs["spans"].norm()).item())}
+        res["hybrid_over_spans"] = t["spans"] / t["hybrid"]
+        rows.append(res)
+        log(f"nothing shared, L={L} B={B}: sdpa {res['sdpa_us']:.1f} us, spans {res['spans_us']:.1f} us, "
+            f"hybrid {res['hybrid_us']:.1f} us (hybrid speed / spans {res['hybrid_over_spans']:.3f}; "
+            f"spans/SDPA {t['sdpa'] / t['spans']:.2f}), |hybrid-spans|/|spans| {res['rel_diff']:.1e}")
+        del k, v, ks, vs, cands
+        torch.cuda.empty_cache()
+    return rows
+
+
 def report(b: dict, card: str) -> str:
     cb = b["copy_Bps"]
     lines = [f"card: {card}; device-to-device copy {cb / 1e12:.2f} TB/s; Hq={HQ} Hkv={HKV} d={D} bf16, "
              f"block {BS}; TB/s = K+V bytes / median time of a CUDA-graph replay (L2 flushed per rep); "
              f"timing floor (one trivial kernel, same method): graph {b['floor_s'] * 1e6:.1f} us, "
              f"eager {b['floor_eager_s'] * 1e6:.1f} us",
-             "| context | batch | SDPA TB/s | contiguous | paged | spans | paged (shuffled blocks) | spans/SDPA | paged/SDPA | spans/copy |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| context | batch | SDPA TB/s | contiguous | virtual (VMM) | paged | spans | paged (shuffled blocks) | "
+             "spans/SDPA | paged/SDPA | virtual/SDPA | spans/copy |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in b["rows"]:
         lines.append(f"| {r['context']} | {r['batch']} | {r['sdpa_tbps']:.2f} | {r['contiguous_tbps']:.2f} | "
-                     f"{r['paged_tbps']:.2f} | {r['spans_tbps']:.2f} | {r['paged-shuffled_tbps']:.2f} | "
-                     f"{r['spans_tbps'] / r['sdpa_tbps']:.2f} | {r['paged_tbps'] / r['sdpa_tbps']:.2f} | "
+                     f"{r['virtual_tbps']:.2f} | {r['paged_tbps']:.2f} | {r['spans_tbps']:.2f} | "
+                     f"{r['paged-shuffled_tbps']:.2f} | {r['spans_tbps'] / r['sdpa_tbps']:.2f} | "
+                     f"{r['paged_tbps'] / r['sdpa_tbps']:.2f} | {r['virtual_tbps'] / r['sdpa_tbps']:.2f} | "
                      f"{r['spans_tbps'] * 1e12 / cb:.0%} |")
     lines += ["", "Eager (one call between L2 flushes: the flush kernel hides the host's launch cost) vs graph, "
               "µs and ratio to SDPA in the same mode; loop = eager back-to-back calls, host included "
@@ -344,19 +404,21 @@ def report(b: dict, card: str) -> str:
                      f"{r['paged_s'] * 1e6:.1f} | {r['sdpa_eager_s'] / r['spans_eager_s']:.2f} | "
                      f"{r['sdpa_s'] / r['spans_s']:.2f} | {r['sdpa_eager_s'] / r['paged_eager_s']:.2f} | "
                      f"{r['sdpa_s'] / r['paged_s']:.2f} | {loop} |")
-    lines.append("")
-    lines.append("kernel variants (KVX_CUDA_VARIANT), TB/s spans / paged (graph): "
+    variants = b.get("variants", VARIANTS)
+    if variants:
+        lines.append("")
+        lines.append("kernel variants (KVX_CUDA_VARIANT), TB/s spans / paged (graph): "
                  "default = v11, and where the items exceed the resident CTAs several items per CTA "
                  "(16k+ context: v10); "
                  "v8 = one kv head per CTA + combine kernel (v11); v11 = same CTAs, one split writes the output "
                  "itself; v4 = same, several splits merge in their last CTA; v5 = v11 with 2 stages, 3 CTAs/SM; "
                  "v12 = v11 with an L2::256B prefetch hint instead of L2::128B; v13 = v11 with no hint (before v26); "
-                 "v9 / v10 = 4 / 8 kv heads per CTA (wide_kernel), fused combine")
-    lines.append("| context | batch | " + " | ".join(f"v{v} spans | v{v} paged" for v in VARIANTS) + " |")
-    lines.append("|---:|---:|" + "---:|" * (2 * len(VARIANTS)))
-    for r in b["rows"]:
-        lines.append(f"| {r['context']} | {r['batch']} | " + " | ".join(
-            f"{r[f'spans-v{v}_tbps']:.2f} | {r[f'paged-v{v}_tbps']:.2f}" for v in VARIANTS) + " |")
+                     "v9 / v10 = 4 / 8 kv heads per CTA (wide_kernel), fused combine")
+        lines.append("| context | batch | " + " | ".join(f"v{v} spans | v{v} paged" for v in variants) + " |")
+        lines.append("|---:|---:|" + "---:|" * (2 * len(variants)))
+        for r in b["rows"]:
+            lines.append(f"| {r['context']} | {r['batch']} | " + " | ".join(
+                f"{r[f'spans-v{v}_tbps']:.2f} | {r[f'paged-v{v}_tbps']:.2f}" for v in variants) + " |")
     errs = [r[key] for r in b["rows"] for key in r if key.endswith("_err")]
     lines.append(f"(relative error of every kvx output vs SDPA's bf16 output: max {max(errs):.1e})")
     big = [r for r in b["rows"] if r["batch"] >= 32]
@@ -371,41 +433,80 @@ def report(b: dict, card: str) -> str:
     return "\n".join(lines)
 
 
+def cpu_bench(log) -> dict:
+    """The CPU kernels on this host, 8k × 8 (and 1k / 32k × 8), for the ranking's CPU column; virtual
+    on a CPU would be an mmap'd range read by the contiguous kernel, so it takes contiguous' figure."""
+    import kvx
+
+    from kvlab import bench as kvbench
+    rows = kvbench.run(kvx, reps=5, out=log, batches=(8,))
+    got = {r.layout: r.gbps for r in rows if r.context == 8192 and r.batch == 8}
+    got["virtual"] = got.get("contiguous")
+    return {"rows": [r.__dict__ for r in rows], "gbps_8k_x8": got}
+
+
+def ratios(b: dict) -> list[dict]:
+    """Per context and batch, each layout's graph-mode speed as a ratio to SDPA's (time_sdpa / time)."""
+    return [{"context": r["context"], "batch": r["batch"], "sdpa_us": r["sdpa_s"] * 1e6,
+             **{f"{n}/sdpa": r["sdpa_s"] / r[f"{n}_s"] for n in ("spans", "paged", "contiguous", "virtual")}}
+            for r in b["rows"]]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--site", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-oracle", action="store_true")
+    ap.add_argument("--only-hybrid-unshared", action="store_true",
+                    help="only time hybrid against spans with nothing shared (writes hybrid_unshared.json)")
+    ap.add_argument("--variants", default=",".join(map(str, VARIANTS)),
+                    help="kernel variants timed beside the default (comma-separated, empty for none)")
+    ap.add_argument("--oracle-variants", default=",".join(map(str, ORACLE_VARIANTS)),
+                    help="kernel variants the oracle runs again on (comma-separated, empty for none)")
     args = ap.parse_args()
+    ints = lambda x: tuple(int(v) for v in x.split(",") if v)  # noqa: E731
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, args.site)
+    from kvlab import ext, ranking
+    from kvlab.gpu import costs
+    ext.load(Path(args.site))
     card = torch.cuda.get_device_name(0)
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem",
                           "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
     log(f"card: {card} | {smi} | torch {torch.__version__}")
-    result = {"card": card, "nvidia_smi": smi, "torch": torch.__version__}
-    if not args.skip_oracle:
+    result = {"card": card, "nvidia_smi": smi, "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    if args.only_hybrid_unshared:
+        result["hybrid_unshared"] = hybrid_unshared_bench()
+        (out_dir / "hybrid_unshared.json").write_text(json.dumps(result, indent=1))
+        return
+    steps = [("oracle", lambda: oracle(out_dir, ints(args.oracle_variants))) if not args.skip_oracle else None,
+             ("costs", lambda: costs.measure(ext.driver(), log)),
+             ("hybrid", hybrid_bench),
+             ("bench", lambda: bench(out_dir, ints(args.variants))),
+             ("cpu", lambda: cpu_bench(log))]
+    for name, fn in filter(None, steps):
         try:
-            result["oracle"] = oracle(out_dir)
+            result[name] = fn()
         except Exception:
-            result["oracle_error"] = traceback.format_exc()
-            log(result["oracle_error"])
-    try:
-        result["hybrid"] = hybrid_bench()
-    except Exception:
-        result["hybrid_error"] = traceback.format_exc()
-        log(result["hybrid_error"])
-    try:
-        b = bench(out_dir)
-        result["bench"] = b
-        text = report(b, card)
-        (out_dir / "kvlab_gpu_bench.md").write_text(text + "\n")
-    except Exception:
-        result["bench_error"] = traceback.format_exc()
-        text = result["bench_error"]
-    (out_dir / "kvlab_gpu_results.json").write_text(json.dumps(result, indent=1, default=str))
+            result[name + "_error"] = traceback.format_exc()
+            log(result[name + "_error"])
+    text = ""
+    if "bench" in result:
+        text = report(result["bench"], card)
+        result["ratios_graph"] = ratios(result["bench"])
+        r8 = next(r for r in result["bench"]["rows"] if r["context"] == 8192 and r["batch"] == 32)
+        result["layout_bandwidth"] = {"gpu_tbps": {n: r8[f"{n}_tbps"] for n in ("paged", "spans", "contiguous", "virtual")},
+                                      "cpu_gbps": result.get("cpu", {}).get("gbps_8k_x8", {})}
+        (out_dir / "bench.md").write_text(text + "\n")
+    per = result.get("oracle", {}).get("per_layout")
+    table = ranking.ranking(result, {n: (v["passed"], v["total"]) for n, v in per.items()} if per else None,
+                            result.get("costs", {}).get("trace"))
+    result["ranking"] = table
+    (out_dir / "ranking.md").write_text(table + "\n")
+    (out_dir / "results.json").write_text(json.dumps(result, indent=1, default=str))
     log(text)
+    log(table)
 
 
 if __name__ == "__main__":
