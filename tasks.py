@@ -194,12 +194,14 @@ def preflight(c, cell, vllm=None, spec=None, set_=None, probe=None, all_gates=Fa
     import json
     import time
     from images import preflight as pf
+    from images.gates import gates_from_tree, resource_gates
+    from images.probe import probe_cell
     from images.sources import fetch_engine
     from model.spec import EngineSource
     t0 = time.monotonic()
     x = _matrix(spec, set_).get(cell)
     tree = fetch_engine(EngineSource.parse(vllm) if vllm else x.engine, settings.work() / "sources")
-    gates = [*pf.resource_gates(x), *pf.gates_from_tree(tree)]
+    gates = [*resource_gates(x), *gates_from_tree(tree)]
     if probe:
         try:
             found = json.loads(Path(probe).read_text())
@@ -213,7 +215,7 @@ def preflight(c, cell, vllm=None, spec=None, set_=None, probe=None, all_gates=Fa
         except Exception:
             raise UsageError(f"{x.toolchain_tag}: no such image; build the cell's toolchain first "
                              f"(invoke build --cell {cell}) or pass --probe FILE.json") from None
-        found = pf.probe_cell(cl, x.toolchain_tag, gates)
+        found = probe_cell(cl, x.toolchain_tag, gates)
     o = pf.preflight(x, tree, found)
     for g in o.details["gates"]:
         if g["status"] != "skip" or all_gates:

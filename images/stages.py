@@ -74,7 +74,9 @@ def declared_probe(cell: Cell) -> dict[str, Any]:
 
 
 def preflight(ctx: Context, cell: Cell) -> StageOutcome:
-    from images.preflight import gates_from_tree, hosts_of, preflight, probe_reachability
+    from images.gates import gates_from_tree, hosts_of
+    from images.preflight import preflight
+    from images.probe import probe_reachability
     tree = _engine_tree(ctx, cell)
     tc = ctx.store.get(cell.id, "toolchain")
     if tc is not None and tc.status == "pass":

@@ -48,14 +48,15 @@ def probe_bookworm(client) -> tuple[dict, str]:
 
 
 def test_bookworm_cpu_gates_on_a_real_container(client):
-    from images import preflight as pf
+    from images import gates as gt, preflight as pf
+    from images.probe import probe_reachability
     from model import spec
     cell = spec.load(None).get(CELL)
     probe, image = probe_bookworm(client)
     assert probe["cmake"].startswith("3.25.") and probe["gxx"].startswith("12.2."), (image, probe)
     t0 = time.monotonic()
-    gates = pf.gates_from_tree(TREE)
-    probe["reachable"] = pf.probe_reachability(client, image, pf.hosts_of(gates))
+    gates = gt.gates_from_tree(TREE)
+    probe["reachable"] = probe_reachability(client, image, gt.hosts_of(gates))
     assert set(probe["reachable"]) >= {"github.com"} and all(isinstance(v, bool) for v in probe["reachable"].values())
     o = pf.preflight(cell, TREE, probe)
     assert time.monotonic() - t0 < 60
