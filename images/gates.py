@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PlainValidator
 
 from images.cmake import REF, Tok, commands, parse_condition
 from model.errors import UsageError
@@ -61,7 +61,19 @@ class Gate:
 
 # --- gates.toml -----------------------------------------------------------------------------
 
-Scalar = str | bool | int | float
+def _scalar(v: Any) -> str | bool | int | float:
+    if isinstance(v, (str, bool, int, float)):
+        return v
+    raise ValueError("expected a string, a number or true/false")
+
+
+def _pair(v: Any) -> tuple[str, str]:
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v):
+        return v[0], v[1]
+    raise ValueError("expected [probe key, label]")
+
+
+Scalar = Annotated[Any, PlainValidator(_scalar)]
 
 
 class Facts(Strict):
@@ -83,7 +95,7 @@ class Remedy(Strict):
 
 
 class GatesConfig(Strict):
-    variables: dict[str, Annotated[list[str], Field(min_length=2, max_length=2)]]  # VAR = [probe key, label]
+    variables: dict[str, Annotated[tuple[str, str], PlainValidator(_pair)]]  # VAR = [probe key, label]
     tools: dict[str, str]
     indexes: dict[str, str] = {}
     facts: Facts
