@@ -14,22 +14,22 @@ import shutil
 import subprocess
 import threading
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import docker
 
 from images import logs
+from images.fixes import fix_env, fixes, offline_inputs
 from images.sources import copy_tree
+from model.details import (AttemptRecord, BlockerRecord, BuildArtifacts, BuildDetails, KvlabRecord,
+                           OfflineInputRecord, TorchRecord)
 from model.results import StageOutcome
 from model.spec import Cell
 
 HERE = Path(__file__).parent
-FIXES = tomllib.loads((HERE / "fixes.toml").read_text())
-OFFLINE = tomllib.loads((HERE / "offline.toml").read_text())
 MAX_ATTEMPTS = 4
 
 OnLine = Callable[[str, str], None]  # (phase, line)
@@ -134,8 +134,8 @@ class Attempt:
     seconds: float
     log: str
 
-    def summary(self) -> dict[str, Any]:
-        return {"phase": self.phase, "exit": self.exit_code, "seconds": round(self.seconds, 1)}
+    def summary(self) -> AttemptRecord:
+        return AttemptRecord(phase=self.phase, exit=self.exit_code, seconds=round(self.seconds, 1))
 
 
 class BuildInterrupted(KeyboardInterrupt):
@@ -215,20 +215,6 @@ class BuildContainer:
 
 # --- what to run -------------------------------------------------------------------------------
 
-def offline_inputs(tree: Path) -> dict[str, dict[str, str]]:
-    """FetchContent inputs this tree lets us supply locally (an env override it reads) → offline.toml."""
-    text = "\n".join(p.read_text(errors="replace") for p in [tree / "CMakeLists.txt", *tree.glob("cmake/*.cmake")]
-                     if p.is_file())
-    found = {}
-    for name, spec in OFFLINE.items():
-        if spec["env"] in text:
-            tags = re.findall(rf"GIT_REPOSITORY\s+\S*{name}\S*\s+GIT_TAG\s+(\S+)", text, re.I)
-            # Prefer a release tag (v3.13) over a pinned commit of another architecture's branch.
-            tags.sort(key=lambda t: not re.match(r"v?\d+\.\d+", t))
-            found[name] = {**spec, "asked": tags[0] if tags else ""}
-    return found
-
-
 # Debian source candidates, nearest to the version the engine asks first (pick_source.py): a suite's
 # own version can be missing from the mirror (measured: sid's onednn 3.12.1 and bookworm's 2.6.3 404).
 SOURCE_SUITES = ("sid", "trixie", "bookworm")
@@ -303,25 +289,6 @@ ls -la /out
 """
 
 
-def _fix_env(category: str, env: dict[str, str]) -> tuple[dict[str, str], str] | None:
-    """Apply fixes.toml's fix for `category` to the build env; None when there is none."""
-    fix = FIXES.get(category)
-    if not fix or fix.get("dead_end") or fix["action"] == "none":
-        return None
-    if fix["action"] == "cmake-project-include":
-        arg = f"-DCMAKE_PROJECT_INCLUDE=/deploylab/{fix['include']}"
-        if arg in env.get("CMAKE_ARGS", ""):
-            return None
-        return {**env, "CMAKE_ARGS": (env.get("CMAKE_ARGS", "") + " " + arg).strip()}, arg
-    if fix["action"] == "pip":
-        pkgs = " ".join(f"'{p}'" for p in fix["packages"])
-        marker = f"pip install {pkgs}"
-        if marker in env.get("DEPLOYLAB_PRE", ""):
-            return None
-        return {**env, "DEPLOYLAB_PRE": (env.get("DEPLOYLAB_PRE", "") + f" && python -m {marker}").lstrip(" &")}, marker
-    return None
-
-
 @dataclass(frozen=True)
 class BuildRequest:
     cell: Cell
@@ -330,6 +297,126 @@ class BuildRequest:
     image: str
     kvlab_src: Path | None = None
     clean: bool = True  # remove the CMake build dir first (a warm rebuild still hits ccache)
+
+
+
+class Verdict(NamedTuple):
+    status: str
+    category: str
+    evidence: tuple[str, ...]
+    remediation: str
+
+
+PASSED = Verdict("pass", "success", (), "")
+
+
+@dataclass
+class BuildState:
+    """What one build gathers as its phases run: every attempt, the blockers met with the fix tried
+    for each, what the phases found (offline inputs, torch, linked packages, the kvlab extension) and
+    the verdict. `env` is the container's exec env itself: a fix or an offline input changes what
+    every later phase gets."""
+
+    cell: Cell
+    inputs: dict[str, dict[str, str]]  # images.fixes.offline_inputs of the tree
+    env: dict[str, str]
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    blockers: list[BlockerRecord] = field(default_factory=list)
+    offline: dict[str, OfflineInputRecord] = field(default_factory=dict)
+    torch: TorchRecord | None = None
+    runtime_debs: list[str] | None = None
+    kvlab: KvlabRecord | None = None
+    verdict: Verdict = PASSED
+
+    def run_phases(self, bc: BuildContainer, ws: Workspace) -> None:
+        """deps → requirements → wheel (retried with fixes) → linkage, each only after the one before
+        passed; then the kvlab extension, independent of vLLM's outcome (a gated vLLM still gets it)."""
+        a = self.run(bc, "deps", deps_script(self.cell, self.inputs))
+        self.read_deps(a)
+        if not self.failed(a):
+            a = self.run(bc, "requirements", REQS_SCRIPT.format(target=self.cell.target))
+            self.read_torch(a)
+            if not self.failed(a):
+                self.wheel_with_fixes(bc)
+        if self.verdict.status == "pass" and self.cell.family == "debian":
+            self.run(bc, "linkage", LINKAGE_SCRIPT)
+            self.read_linkage(ws)
+        if ws.kvlab.exists():
+            self.read_kvlab(self.run(bc, "kvlab", KVLAB_SCRIPT))
+
+    def run(self, bc: BuildContainer, phase: str, script: str, **kw: Any) -> Attempt:
+        a = bc.run(phase, script, **kw)
+        self.attempts.append(a.summary())
+        return a
+
+    def failed(self, a: Attempt) -> bool:
+        """Did the phase fail? The phase's verdict (its log's classification) becomes the build's."""
+        self.verdict = _verdict(a) if a.exit_code != 0 else PASSED
+        return a.exit_code != 0
+
+    def read_deps(self, a: Attempt) -> None:
+        """The deps phase's report of each offline input; a supplied one goes into the env."""
+        found: dict[str, dict[str, Any]] = {}
+        tried: dict[str, list[str]] = {}
+        for line in a.log.splitlines():
+            if line.startswith("offline-input-candidate-failed "):
+                _, name, version = line.split()[:3]
+                tried.setdefault(name, []).append(version)
+            if line.startswith("offline-input-missing "):
+                name = line.split()[1]
+                spec = self.inputs[name]
+                found[name] = {"asked": spec["asked"], "got": "", "env": spec["env"],
+                               "error": list(classify_text(a.log).evidence[:2])}
+            if line.startswith("offline-input "):
+                _, name, path = line.split(" ", 2)
+                spec, path = self.inputs[name], path.strip().rstrip("/")
+                found[name] = {"asked": spec["asked"], "got": Path(path).name, "env": spec["env"]}
+                self.env[spec["env"]] = path
+        for name, versions in tried.items():
+            found.setdefault(name, {})["unavailable"] = versions
+        self.offline = {name: OfflineInputRecord(**rec) for name, rec in found.items()}
+
+    def read_torch(self, a: Attempt) -> None:
+        if m := re.search(r"^torch (\S+) cuda (\S+)", a.log, re.M):
+            self.torch = TorchRecord(version=m.group(1), cuda=m.group(2))
+
+    def wheel_with_fixes(self, bc: BuildContainer) -> None:
+        """The wheel phase, retried while each new blocker has a fix in fixes.toml not yet applied."""
+        for n in range(1, MAX_ATTEMPTS + 1):
+            pre = self.env.get("DEPLOYLAB_PRE")
+            a = self.run(bc, "wheel", (f"{pre}\n" if pre else "") + WHEEL_SCRIPT, env=self.env, attempt=n)
+            if not self.failed(a) or not self.blocked(a.phase):
+                return
+
+    def blocked(self, phase: str) -> bool:
+        """Record the blocker the verdict names; apply its fix. False when there is none to apply."""
+        v = self.verdict
+        fixed = fix_env(v.category, self.env)
+        fix = fixes().get(v.category)
+        note = fix.note if fix and fix.note is not None else v.remediation
+        # fixed=True is provisional: the next attempt shows whether it held
+        self.blockers.append(BlockerRecord(phase=phase, category=v.category, evidence=list(v.evidence),
+                                           fix=fixed[1] if fixed else "", fixed=fixed is not None,
+                                           note=note.format(torch=self.torch.version if self.torch else "?")))
+        if fixed:
+            self.env.clear()
+            self.env.update(fixed[0])
+        return fixed is not None
+
+    def read_linkage(self, ws: Workspace) -> None:
+        debs = ws.wheels / "runtime-debs.txt"
+        self.runtime_debs = debs.read_text().split() if debs.exists() else []
+
+    def read_kvlab(self, k: Attempt) -> None:
+        kv = classify_text(k.log) if k.exit_code else None
+        self.kvlab = KvlabRecord(status="pass" if k.exit_code == 0 else "fail",
+                                 category=kv.category if kv else "success",
+                                 evidence=list(kv.evidence) if kv else [], seconds=round(k.seconds, 1))
+
+    def details(self, sampled: dict[str, Any]) -> BuildDetails:
+        return BuildDetails(max_jobs=self.cell.knobs.max_jobs, offline_inputs=self.offline, torch=self.torch,
+                            runtime_debs=self.runtime_debs, kvlab=self.kvlab, blockers=self.blockers,
+                            attempts=self.attempts, env={k: v for k, v in self.env.items() if v}, **sampled)
 
 
 def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_line: OnLine | None = None,
@@ -344,77 +431,29 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
     if req.kvlab_src and (req.kvlab_src / "pyproject.toml").is_file():
         shutil.rmtree(ws.kvlab, ignore_errors=True)
         shutil.copytree(req.kvlab_src, ws.kvlab)
-    inputs = offline_inputs(ws.src)
-    env = {"VLLM_TARGET_DEVICE": cell.target_device, "MAX_JOBS": str(cell.knobs.max_jobs),
-           "CCACHE_DIR": "/cache/ccache", "PIP_CACHE_DIR": "/cache/pip", "CMAKE_ARGS": "",
-           "DEPLOYLAB_PRE": ""}
-    blockers: list[dict[str, Any]] = []
-    attempts: list[dict[str, Any]] = []
-    details: dict[str, Any] = {"max_jobs": cell.knobs.max_jobs, "offline_inputs": {}}
-    status, category, evidence, remediation = "pass", "success", (), ""
-    with BuildContainer(client, req.image, ws, env, log_dir, on_line) as bc:
+    st = BuildState(cell, offline_inputs(ws.src), {
+        "VLLM_TARGET_DEVICE": cell.target_device, "MAX_JOBS": str(cell.knobs.max_jobs), "CCACHE_DIR": "/cache/ccache",
+        "PIP_CACHE_DIR": "/cache/pip", "CMAKE_ARGS": "", "DEPLOYLAB_PRE": ""})
+    sampled: dict[str, Any] = {}
+    with BuildContainer(client, req.image, ws, st.env, log_dir, on_line) as bc:
         sampler = Sampler(bc.container, ws.root)
         try:
-            a = bc.run("deps", deps_script(cell, inputs))
-            attempts.append(a.summary())
-            tried: dict[str, list[str]] = {}
-            for line in a.log.splitlines():
-                if line.startswith("offline-input-candidate-failed "):
-                    _, name, version = line.split()[:3]
-                    tried.setdefault(name, []).append(version)
-                if line.startswith("offline-input-missing "):
-                    name = line.split()[1]
-                    details["offline_inputs"][name] = {"asked": inputs[name]["asked"], "got": "",
-                                                       "env": inputs[name]["env"],
-                                                       "error": classify_text(a.log).evidence[:2]}
-                if line.startswith("offline-input "):
-                    _, name, path = line.split(" ", 2)
-                    got = Path(path.strip().rstrip("/")).name
-                    details["offline_inputs"][name] = {"asked": inputs[name]["asked"], "got": got,
-                                                       "env": inputs[name]["env"]}
-                    env[inputs[name]["env"]] = path.strip().rstrip("/")
-            for name, versions in tried.items():
-                details["offline_inputs"].setdefault(name, {})["unavailable"] = versions
-            if a.exit_code != 0:
-                status, category, evidence, remediation = _verdict(a)
-            else:
-                a = bc.run("requirements", REQS_SCRIPT.format(target=cell.target))
-                attempts.append(a.summary())
-                m = re.search(r"^torch (\S+) cuda (\S+)", a.log, re.M)
-                if m:
-                    details["torch"] = {"version": m.group(1), "cuda": m.group(2)}
-                if a.exit_code != 0:
-                    status, category, evidence, remediation = _verdict(a)
-                else:
-                    status, category, evidence, remediation = _wheel_with_fixes(bc, env, blockers, attempts, details)
-            if status == "pass" and cell.family == "debian":
-                a = bc.run("linkage", LINKAGE_SCRIPT)
-                attempts.append(a.summary())
-                debs = ws.wheels / "runtime-debs.txt"
-                details["runtime_debs"] = debs.read_text().split() if debs.exists() else []
-            # The kvlab extension is independent of vLLM's outcome: a gated vLLM still gets its build.
-            if ws.kvlab.exists():
-                k = bc.run("kvlab", KVLAB_SCRIPT)
-                attempts.append(k.summary())
-                kv = classify_text(k.log) if k.exit_code else None
-                details["kvlab"] = {"status": "pass" if k.exit_code == 0 else "fail",
-                                    "category": kv.category if kv else "success",
-                                    "evidence": list(kv.evidence) if kv else [], "seconds": round(k.seconds, 1)}
+            st.run_phases(bc, ws)
         finally:
-            details.update(sampler.stop())
-    details.update({"blockers": blockers, "attempts": attempts,
-                    "env": {k: v for k, v in env.items() if v}})
+            sampled = sampler.stop()
+    details = st.details(sampled)
     wheels = sorted(p.name for p in ws.wheels.glob("*.whl"))
     versions = {k: str(v) for k, v in (probe or {}).items() if k in ("gcc", "python", "cmake", "glibc", "nvcc", "os")}
-    if "torch" in details:
-        versions["torch"] = details["torch"]["version"]
-    for name, info in details["offline_inputs"].items():
-        versions[name] = info["got"]
-    return StageOutcome(cell=cell.id, stage=stage, status=status, category=category, evidence=tuple(evidence),
-                        remediation=remediation, started=started, seconds=time.monotonic() - t0,
-                        versions=versions,
-                        artifacts={"logs": str(log_dir), "wheels": str(ws.wheels), **{w: str(ws.wheels / w) for w in wheels}},
-                        details=details)
+    if details.torch:
+        versions["torch"] = details.torch.version
+    for name, info in details.offline_inputs.items():
+        versions[name] = info.got
+    v = st.verdict
+    return StageOutcome(cell=cell.id, stage=stage, status=v.status, category=v.category, evidence=tuple(v.evidence),
+                        remediation=v.remediation, started=started, seconds=time.monotonic() - t0, versions=versions,
+                        artifacts=BuildArtifacts(logs=str(log_dir), wheels=str(ws.wheels),
+                                                 files={w: str(ws.wheels / w) for w in wheels}).to_json(),
+                        details=details.to_json())
 
 
 def classify_text(text: str):
@@ -422,30 +461,7 @@ def classify_text(text: str):
     return classify(text)
 
 
-def _verdict(a: Attempt) -> tuple[str, str, tuple[str, ...], str]:
+def _verdict(a: Attempt) -> Verdict:
     c = classify_text(a.log)
-    dead = FIXES.get(c.category, {}).get("dead_end", False)
-    return ("gated" if dead else "fail"), c.category, tuple(c.evidence), c.remediation
-
-
-def _wheel_with_fixes(bc: BuildContainer, env: dict[str, str], blockers: list, attempts: list,
-                      details: dict) -> tuple[str, str, tuple[str, ...], str]:
-    for n in range(1, MAX_ATTEMPTS + 1):
-        pre = env.get("DEPLOYLAB_PRE")
-        script = (f"{pre}\n" if pre else "") + WHEEL_SCRIPT
-        a = bc.run("wheel", script, env=env, attempt=n)
-        attempts.append(a.summary())
-        if a.exit_code == 0:
-            return "pass", "success", (), ""
-        status, category, evidence, remediation = _verdict(a)
-        fixed = _fix_env(category, env)
-        blockers.append({"phase": a.phase, "category": category, "evidence": list(evidence),
-                         "fix": fixed[1] if fixed else "", "fixed": False,
-                         "note": FIXES.get(category, {}).get("note", remediation).format(
-                             torch=details.get("torch", {}).get("version", "?"))})
-        if not fixed:
-            return status, category, evidence, remediation
-        env.clear()
-        env.update(fixed[0])
-        blockers[-1]["fixed"] = True  # provisional: the next attempt shows whether it held
-    return status, category, evidence, remediation
+    fix = fixes().get(c.category)
+    return Verdict("gated" if fix and fix.dead_end else "fail", c.category, tuple(c.evidence), c.remediation)

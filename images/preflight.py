@@ -20,6 +20,7 @@ from packaging.version import InvalidVersion, Version
 
 from images.cmake import REF, evaluate_condition, show, version_operands
 from images.gates import Gate, GatesConfig, Remedy, gates_from_tree, load_config, resource_gates
+from model.details import GateRecord, PreflightDetails
 from model.errors import UsageError
 from model.results import StageOutcome
 
@@ -36,12 +37,12 @@ class GateResult:
     remediation: str
     evidence: str
 
-    def to_json(self) -> dict[str, Any]:
+    def record(self) -> GateRecord:
         g = self.gate
-        return {"id": g.id, "kind": g.kind, "subject": g.subject, "need": g.need, "found": self.found,
-                "status": self.status, "fixable": self.fixable, "category": self.category,
-                "source": g.source, "message": g.message, "when": [show(c) for c in g.when],
-                "override": g.override, "remediation": self.remediation, "evidence": self.evidence}
+        return GateRecord(id=g.id, kind=g.kind, subject=g.subject, need=g.need, found=self.found, status=self.status,
+                          fixable=self.fixable, category=self.category, source=g.source, message=g.message,
+                          when=[show(c) for c in g.when], override=g.override, remediation=self.remediation,
+                          evidence=self.evidence)
 
 # --- evaluation -----------------------------------------------------------------------------
 
@@ -237,8 +238,8 @@ def preflight(cell: Any, src: Path, probe: Mapping[str, Any], config: GatesConfi
         cell=getattr(cell, "id", str(cell)), stage="preflight", status=status, category=category,
         evidence=tuple(r.evidence for r in failing), remediation=remediation, started=started,
         seconds=time.monotonic() - t0, versions=versions,
-        details={"source": str(src), "gates": [r.to_json() for r in results], "counts": counts,
-                 "first_dead_end": dead[0].gate.id if dead else "",
-                 "warnings": [r.evidence for r in results if r.status == "warn"]},
+        details=PreflightDetails(source=str(src), gates=[r.record() for r in results], counts=counts,
+                                 first_dead_end=dead[0].gate.id if dead else "",
+                                 warnings=[r.evidence for r in results if r.status == "warn"]).to_json(),
     )
 
