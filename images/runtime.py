@@ -9,6 +9,7 @@ from pathlib import Path
 
 from containers.build import ImageBuildFailed, build_image
 from images.render import _env
+from model.details import BuildArtifacts, BuildDetails, RuntimeDetails
 from model.results import StageOutcome
 from model.spec import Cell
 
@@ -41,14 +42,14 @@ def render_runtime(cell: Cell, linked_packages: list[str] = ()) -> str:
 def build_runtime(ctx, cell: Cell) -> StageOutcome:
     t0, started = time.monotonic(), time.time()
     build = ctx.store.get(cell.id, "build")
-    wheels_dir = Path(build.artifacts["wheels"])
+    built = BuildDetails.from_outcome(build)
+    wheels_dir = Path(BuildArtifacts.from_outcome(build).wheels)
     tree = wheels_dir.parent / "src"
-    torch = build.details.get("torch", {}).get("version", "")
     files: dict[str, Path | bytes] = {f"wheels/{w.name}": w for w in sorted(wheels_dir.glob("*.whl"))}
-    files["wheels/runtime-requirements.txt"] = runtime_requirements(tree, torch).encode()
+    files["wheels/runtime-requirements.txt"] = runtime_requirements(tree, built.torch_version).encode()
     log = ctx.store.artifact_dir(cell.id, "runtime") / "docker-build.log"
     try:
-        build_image(ctx.client, render_runtime(cell, build.details.get("runtime_debs", [])), cell.runtime_tag, log, files=files)
+        build_image(ctx.client, render_runtime(cell, built.runtime_debs or []), cell.runtime_tag, log, files=files)
     except ImageBuildFailed as exc:
         from images.classify import classify_text
         c = classify_text(exc.log)
@@ -58,4 +59,4 @@ def build_runtime(ctx, cell: Cell) -> StageOutcome:
     size = ctx.client.images.get(cell.runtime_tag).attrs.get("Size", 0)
     return StageOutcome(cell=cell.id, stage="runtime", status="pass", started=started,
                         seconds=time.monotonic() - t0, artifacts={"log": str(log), "image": cell.runtime_tag},
-                        details={"image_size_gb": round(size / 1e9, 2), "wheels": sorted(files)})
+                        details=RuntimeDetails(image_size_gb=round(size / 1e9, 2), wheels=sorted(files)).to_json())

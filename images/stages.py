@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from model.details import BaseDetails, RenderDetails, ToolchainDetails
 from model.results import StageOutcome
 from model.spec import Cell
 from model.stage import Context, Timed
@@ -24,8 +25,8 @@ def render(ctx: Context, cell: Cell) -> StageOutcome:
     evidence = tuple(text.splitlines()[:5]) if ok is False else ()
     return t.done(status, category="hadolint" if status == "fail" else "",
                   evidence=evidence, artifacts={"dockerfile": str(d / "Dockerfile")},
-                  details={"cuda_source": r.cuda_source, "base_image": r.base_image, "sha256": r.digest,
-                             "hadolint": {True: "ok", False: "failed", None: text}[ok]})
+                  details=RenderDetails(cuda_source=r.cuda_source, base_image=r.base_image, sha256=r.digest,
+                                        hadolint={True: "ok", False: "failed", None: text}[ok]).to_json())
 
 
 def base(ctx: Context, cell: Cell) -> StageOutcome:
@@ -38,7 +39,7 @@ def base(ctx: Context, cell: Cell) -> StageOutcome:
                         evidence=(r.reason,),
                         remediation=f"make {cell.distro.image} reachable (a registry or mirror), "
                                     f"or docker load a {cell.distro.name} image tagged {r.tag}")
-    return t.done("pass", details={"how": r.how, "tag": r.tag})
+    return t.done("pass", details=BaseDetails(how=r.how, tag=r.tag).to_json())
 
 
 def toolchain(ctx: Context, cell: Cell) -> StageOutcome:
@@ -47,7 +48,7 @@ def toolchain(ctx: Context, cell: Cell) -> StageOutcome:
     from images.toolchain import build_toolchain
     t = Timed(cell, "toolchain")
     render = ctx.store.get(cell.id, "render")
-    cuda_source = render.details.get("cuda_source") if render else None
+    cuda_source = RenderDetails.from_outcome(render).cuda_source or None if render else None
     log = ctx.store.artifact_dir(cell.id, "toolchain") / "docker-build.log"
     try:
         secs, probe = build_toolchain(ctx.client, render_cell(cell, cuda_source), cell.toolchain_tag, log)
@@ -58,7 +59,8 @@ def toolchain(ctx: Context, cell: Cell) -> StageOutcome:
                         evidence=(str(exc), *c.evidence), remediation=c.remediation, artifacts={"log": str(log)})
     versions = {k: str(v) for k, v in probe.items() if k in ("gcc", "python", "glibc", "cmake", "nvcc", "os")}
     return t.done("pass", versions=versions,
-                  artifacts={"log": str(log), "image": cell.toolchain_tag}, details={"probe": probe})
+                  artifacts={"log": str(log), "image": cell.toolchain_tag},
+                  details=ToolchainDetails(probe=probe).to_json())
 
 
 def _engine_tree(ctx: Context, cell: Cell) -> Path:
@@ -80,7 +82,7 @@ def preflight(ctx: Context, cell: Cell) -> StageOutcome:
     tree = _engine_tree(ctx, cell)
     tc = ctx.store.get(cell.id, "toolchain")
     if tc is not None and tc.status == "pass":
-        probe = dict(tc.details["probe"])
+        probe: dict[str, Any] = dict(ToolchainDetails.from_outcome(tc).probe)
         # Which of the hosts the tree fetches from a container of this image can reach (GitHub: no).
         probe["reachable"] = probe_reachability(ctx.client, cell.toolchain_tag, hosts_of(gates_from_tree(tree)))
         return preflight(cell, tree, probe)
@@ -109,7 +111,7 @@ def build(ctx: Context, cell: Cell, stage: str = "build") -> StageOutcome:
         if p:
             ctx.on_progress(cell.id, stage, phase, p[0], p[1])
     return run_build(ctx.client, req, ctx.store.artifact_dir(cell.id, stage), on_line,
-                     probe=tc.details.get("probe") if tc else None, stage=stage)
+                     probe=ToolchainDetails.from_outcome(tc).probe if tc else None, stage=stage)
 
 
 def rebuild(ctx: Context, cell: Cell) -> StageOutcome:

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from images.build import Attempt, BuildState, Workspace
+from images import fixes
 from images.fixes import offline_inputs
 from model import spec
+from model.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = ROOT / "tests" / "fixtures" / "vllm-0.33.0"
@@ -86,3 +88,18 @@ def test_the_fix_reaches_the_retry_and_the_phases_after_it(tmp_path):
     assert env["wheel.2"]["CMAKE_ARGS"] == "-DCMAKE_PROJECT_INCLUDE=/deploylab/torch_cudart_stub.cmake"
     assert env["wheel.2"]["FETCHCONTENT_SOURCE_DIR_ONEDNN"].startswith("/deps/onednn-3.")
     assert st.blockers[0].fixed and st.verdict.status == "pass"
+
+
+@pytest.mark.parametrize("file, old, new, message", [
+    ("fixes.toml", 'action = "pip"', 'action = "pipx"', r"cmake-too-old\.action: expected .*got str 'pipx' \(did you mean 'pip'\?\)$"),
+    ("fixes.toml", "dead_end = true", "dead_end = 1", r"gcc-gate\.dead_end: expected a valid boolean, got int 1$"),
+    ("offline.toml", 'debian = "onednn"', 'debain = "onednn"', r"onednn\.debain: unknown key \(did you mean 'debian'\?\)$"),
+])
+def test_build_data_faults_are_one_line(tmp_path, file, old, new, message):
+    text = (fixes.HERE / file).read_text()
+    assert old in text
+    bad = tmp_path / file
+    bad.write_text(text.replace(old, new, 1))
+    load = fixes.fixes if file == "fixes.toml" else fixes.offline
+    with pytest.raises(UsageError, match=f"^{bad}: {message}"):
+        load(bad)

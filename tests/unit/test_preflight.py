@@ -228,6 +228,24 @@ def test_bad_inputs_are_usage_errors(tmp_path):
         gt.load_config(bad)
 
 
+@pytest.mark.parametrize("old, new, message", [
+    ('fixable = true', 'fixabel = true', r"remedy\[0\]\.fixabel: unknown key \(did you mean 'fixable'\?\)$"),
+    ('kind = "cmake"', 'kind = "cmak"', r"remedy\[0\]\.kind: expected 'cmake', .*got str 'cmak' \(did you mean 'cmake'\?\)$"),
+    ('CMAKE_VERSION = ["cmake", "cmake"]', 'CMAKE_VERSION = ["cmake"]',
+     r"variables\.CMAKE_VERSION: expected \[probe key, label\], got list \['cmake'\]$"),
+    ('CUDA_FOUND = false', 'CUDA_FOUND = [false]',
+     r"facts\.target\.cpu\.CUDA_FOUND: expected a string, a number or true/false, got list \[False\]$"),
+    ('[tools]', '[toolz]', r"toolz: unknown key \(did you mean 'tools'\?\)$"),
+])
+def test_gates_toml_faults_name_file_key_and_expectation(tmp_path, old, new, message):
+    text = gt.GATES.read_text()
+    assert old in text
+    bad = tmp_path / "gates.toml"
+    bad.write_text(text.replace(old, new, 1))
+    with pytest.raises(UsageError, match=f"^{bad}: {message}"):
+        gt.load_config(bad)
+
+
 @pytest.mark.parametrize("log, gate_id", [
     ("gcc-gate__vllm-0.33.0-configure-bookworm-gcc12.log", "compiler:gxx@cmake/cpu_extension.cmake:136"),
     ("cmake-too-old__vllm-0.33.0-bookworm-cmake.log", "cmake:cmake@CMakeLists.txt:1"),
