@@ -26,7 +26,7 @@ from model import settings  # noqa: E402
 from smoke.image import DEFAULT_TAG  # noqa: E402
 from smoke.workload import WORDS_FILE  # noqa: E402
 
-MODEL_SCRIPT = Path(__file__).with_name("make_model.py")
+MODEL_SCRIPT = Path(__file__).parent / "resources" / "make_model.py"
 MODELS_DIR = settings.models()
 MODEL_NAME = "tiny-llama"
 PORT = 8000
@@ -52,11 +52,11 @@ def ensure_model(client, image: str = DEFAULT_TAG, size: str = "tiny") -> Path:
         return out
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
-    src = MODEL_SCRIPT.parent
+    src = MODEL_SCRIPT.parents[1]
     from docker.errors import DockerException
     try:
         logs = client.containers.run(
-            image, ["python", "/src/make_model.py", "/src/data/words.txt", "/out", size], remove=True,
+            image, ["python", "/src/resources/make_model.py", "/src/data/words.txt", "/out", size], remove=True,
             volumes={str(src.resolve()): {"bind": "/src", "mode": "ro"},
                      str(tmp.resolve()): {"bind": "/out", "mode": "rw"}},
             environment={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, network_mode="none")

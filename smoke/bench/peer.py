@@ -242,7 +242,7 @@ def run_bench(url: str | None = None, image: str | None = None, pairs: int = 8, 
         raise UsageError(f"--pairs: expected at least 4 A/B pairs, got {pairs}")
     if peer not in ("guidellm", "vllm"):
         raise UsageError(f"--peer: expected guidellm or vllm, got {peer!r}")
-    from smoke.make_model import SIZES
+    from smoke.resources.make_model import SIZES
     if model not in SIZES:
         raise UsageError(f"--model: expected one of {', '.join(SIZES)}, got {model!r}")
     dc = client(timeout=3600)
