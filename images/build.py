@@ -10,6 +10,7 @@ the order met with the fix that worked.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import threading
@@ -21,6 +22,8 @@ from typing import Any, NamedTuple
 
 import docker
 
+from containers.labels import labels, remove_container
+from containers.run import SCRIPTS, volumes
 from images import logs
 from images.fixes import fix_env, fixes, offline_inputs
 from images.sources import copy_tree
@@ -30,6 +33,7 @@ from model.results import StageOutcome
 from model.spec import Cell
 
 HERE = Path(__file__).parent
+RESOURCES = HERE / "resources"  # container-side scripts and files, mounted read-only at SCRIPTS
 MAX_ATTEMPTS = 4
 
 OnLine = Callable[[str, str], None]  # (phase, line)
@@ -58,20 +62,15 @@ class Workspace:
     def kvlab(self) -> Path:
         return self.root / "kvlab-src"
 
-    def volumes(self) -> dict[str, dict[str, str]]:
+    def mounts(self) -> dict[str, Path]:
+        """{container path: host folder}, all read-write; made on first use."""
         for p in (self.src, self.deps, self.wheels, self.cache / "pip", self.cache / "ccache"):
             p.mkdir(parents=True, exist_ok=True)
-        vols = {
-            str(self.src): {"bind": "/src", "mode": "rw"},
-            str(self.deps): {"bind": "/deps", "mode": "rw"},
-            str(self.wheels): {"bind": "/out", "mode": "rw"},
-            str(self.cache / "pip"): {"bind": "/cache/pip", "mode": "rw"},
-            str(self.cache / "ccache"): {"bind": "/cache/ccache", "mode": "rw"},
-            str(HERE): {"bind": "/deploylab", "mode": "ro"},
-        }
+        rw = {"/src": self.src, "/deps": self.deps, "/out": self.wheels, "/cache/pip": self.cache / "pip",
+              "/cache/ccache": self.cache / "ccache"}
         if self.kvlab.exists():
-            vols[str(self.kvlab)] = {"bind": "/kvlab", "mode": "rw"}
-        return vols
+            rw["/kvlab"] = self.kvlab
+        return rw
 
 
 @dataclass
@@ -154,17 +153,15 @@ class BuildContainer:
         self.container = None
 
     def __enter__(self) -> BuildContainer:
+        # Long-lived (phases are exec'd into it, sharing its caches), so not a run_once; the toolkit's
+        # labels let cleanup_leftovers find it after a crash.
         self.container = self.client.containers.run(
-            self.image, ["sleep", "infinity"], detach=True, volumes=self.ws.volumes(), environment=self.env,
-            shm_size="1g", labels={"org.deploylab.role": "build"})
+            self.image, ["sleep", "infinity"], detach=True, environment=self.env, shm_size="1g",
+            volumes=volumes(ro={SCRIPTS: RESOURCES}, rw=self.ws.mounts()), labels=labels("build"))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.container is not None:
-            try:
-                self.container.remove(force=True)
-            except docker.errors.DockerException:
-                pass
+        remove_container(self.container)
 
     def _alive(self, killed: bool) -> bool:
         """Is the container still running? After a SIGKILLed exec, give Docker a few seconds to
@@ -181,19 +178,25 @@ class BuildContainer:
                 return True
             time.sleep(0.2)
 
-    def run(self, phase: str, script: str, env: dict[str, str] | None = None, attempt: int = 1) -> Attempt:
-        """Exec `script` in bash, streaming stamped lines to <log_dir>/<phase>[.N].log."""
+    def run(self, phase: str, script: str | Path, env: dict[str, str] | None = None, attempt: int = 1,
+            args: list[str] | tuple[str, ...] = ()) -> Attempt:
+        """Exec a resources/ script (a Path, with args) or a command line (a str) in bash, streaming
+        stamped lines to <log_dir>/<phase>[.N].log."""
         api = self.client.api
         name = phase if attempt == 1 else f"{phase}.{attempt}"
         path = self.log_dir / f"{name}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
-        exec_id = api.exec_create(self.container.id, ["bash", "-o", "pipefail", "-c", script],
-                                  environment={**self.env, **(env or {})}, workdir="/src")["Id"]
+        if isinstance(script, Path):
+            cmd = ["bash", "-o", "pipefail", f"{SCRIPTS}/{script.relative_to(RESOURCES)}", *args]
+            shown = shlex.join(cmd[3:])
+        else:
+            cmd, shown = ["bash", "-o", "pipefail", "-c", script], script.strip()
+        exec_id = api.exec_create(self.container.id, cmd, environment={**self.env, **(env or {})}, workdir="/src")["Id"]
         t0 = time.monotonic()
         buf: list[str] = []
         pending = ""
         with open(path, "w") as fh:
-            fh.write(f"# phase {phase} (attempt {attempt}) in {self.image}\n# $ {script.strip()}\n")
+            fh.write(f"# phase {phase} (attempt {attempt}) in {self.image}\n# $ {shown}\n")
             for chunk in api.exec_start(exec_id, stream=True):
                 pending += chunk.decode(errors="replace")
                 *lines, pending = pending.split("\n")
@@ -220,73 +223,15 @@ class BuildContainer:
 SOURCE_SUITES = ("sid", "trixie", "bookworm")
 
 
-def deps_script(cell: Cell, inputs: dict[str, dict[str, str]]) -> str:
-    """Fetch each offline input; one that cannot be had is reported, not fatal: the build then
-    meets the engine's own fetch (fetch-blocked) or an earlier gate, and says so."""
+def deps_command(cell: Cell, inputs: dict[str, dict[str, str]]) -> tuple[Path, list[str]] | None:
+    """The deps phase's script and arguments: fetch each offline input (None when there is none)."""
     if not inputs:
-        return "true"
+        return None
     if cell.family != "debian":
-        return " && ".join(
-            f"(cd /deps && dnf download --source {spec['fedora']} && rpm2cpio {spec['fedora']}-*.src.rpm | cpio -idm "
-            f"&& echo \"offline-input {name} $(ls -d /deps/{spec['fedora']}-*/ | head -n1)\") "
-            f"|| echo \"offline-input-missing {name}\"" for name, spec in inputs.items())
+        return RESOURCES / "deps-fedora.sh", [x for name, spec in inputs.items() for x in (name, spec["fedora"])]
     from images.bases import MIRROR
-    src_list = "\\n".join(f"deb-src {MIRROR} {suite} main" for suite in SOURCE_SUITES)
-    parts = [f"printf '{src_list}\\n' > /etc/apt/sources.list.d/deploylab-sources.list",
-             "apt-get update -q -o Acquire::Check-Valid-Until=false"]
-    for name, spec in inputs.items():
-        pkg, asked = spec["debian"], spec.get("asked", "")
-        # Debian's sources are de-vendored (+ds): they build against system libraries (spdlog, …).
-        parts.append(
-            f"got=''; for v in $(python3 /deploylab/pick_source.py {pkg} '{asked}'); do "
-            f"d=/deps/{pkg}-${{v%-*}}; d=${{d/*:/}}; "
-            f"if [ -d \"$d\" ] || (cd /deps && apt-get source -q {pkg}=$v); then "
-            f"(cd /deps && apt-get build-dep -y -q --no-install-recommends ./{pkg}_${{v#*:}}.dsc) && got=$d && break; fi; "
-            f"echo \"offline-input-candidate-failed {name} $v\"; done; "
-            f"if [ -n \"$got\" ]; then echo \"offline-input {name} $got\"; else echo \"offline-input-missing {name}\"; fi")
-    return " && \\\n  ".join(parts)
-
-
-# Build requirements from the tree. torch's "+cpu" local pins live only on download.pytorch.org,
-# so PyPI's release of the same version is installed instead: a CUDA build, which needs its CUDA
-# runtime wheels just to import (measured: without them `import torch` fails on libcudart).
-REQS_SCRIPT = r"""
-set -e
-req=requirements/build/{target}.txt
-[ -f "$req" ] || req=requirements/build.txt
-grep -v -E '^\s*torch([=<>; ]|$)' "$req" > /deps/build-reqs.txt
-grep -E '^\s*torch([=<>; ]|$)' "$req" | sed -E 's/\+cpu//' > /deps/torch-reqs.txt || true
-echo "build requirements from $req"; cat /deps/build-reqs.txt /deps/torch-reqs.txt
-python -m pip install -r /deps/build-reqs.txt -r /deps/torch-reqs.txt
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-python -m pip list --format=freeze > /deps/pip-freeze.txt
-"""
-
-WHEEL_SCRIPT = r"""
-set -e
-rm -f /out/vllm-*.whl
-python -m pip wheel --no-build-isolation --no-deps -v . -w /out
-ls -la /out
-"""
-
-# Shared libraries the built extensions link from the distro (not the venv): the runtime image
-# installs the packages that own them (e.g. Debian's de-vendored oneDNN links libspdlog).
-LINKAGE_SCRIPT = r"""
-set -e
-find /src/build -name '*.so' -path '*vllm*' | while read -r so; do ldd "$so"; done \
-  | awk '/=> \// {print $3}' | grep -v -e '^/opt/venv' -e '/src/' | sort -u > /out/linked-libs.txt
-: > /out/runtime-debs.txt
-while read -r lib; do dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib" 2>/dev/null || true; done \
-  < /out/linked-libs.txt | cut -d: -f1 | sort -u > /out/runtime-debs.txt
-echo "linked from the distro:"; cat /out/linked-libs.txt; echo "owning packages:"; cat /out/runtime-debs.txt
-"""
-
-KVLAB_SCRIPT = r"""
-set -e
-rm -f /out/kvlab*.whl
-python -m pip wheel --no-deps -v /kvlab -w /out
-ls -la /out
-"""
+    return RESOURCES / "deps-debian.sh", [MIRROR, " ".join(SOURCE_SUITES), *(
+        x for name, spec in inputs.items() for x in (name, spec["debian"], spec.get("asked", "")))]
 
 
 @dataclass(frozen=True)
@@ -331,21 +276,23 @@ class BuildState:
     def run_phases(self, bc: BuildContainer, ws: Workspace) -> None:
         """deps → requirements → wheel (retried with fixes) → linkage, each only after the one before
         passed; then the kvlab extension, independent of vLLM's outcome (a gated vLLM still gets it)."""
-        a = self.run(bc, "deps", deps_script(self.cell, self.inputs))
+        deps = deps_command(self.cell, self.inputs)
+        a = self.run(bc, "deps", *deps) if deps else self.run(bc, "deps", "true")
         self.read_deps(a)
         if not self.failed(a):
-            a = self.run(bc, "requirements", REQS_SCRIPT.format(target=self.cell.target))
+            a = self.run(bc, "requirements", RESOURCES / "requirements.sh", [self.cell.target])
             self.read_torch(a)
             if not self.failed(a):
                 self.wheel_with_fixes(bc)
         if self.verdict.status == "pass" and self.cell.family == "debian":
-            self.run(bc, "linkage", LINKAGE_SCRIPT)
+            self.run(bc, "linkage", RESOURCES / "linkage.sh")
             self.read_linkage(ws)
         if ws.kvlab.exists():
-            self.read_kvlab(self.run(bc, "kvlab", KVLAB_SCRIPT))
+            self.read_kvlab(self.run(bc, "kvlab", RESOURCES / "kvlab.sh"))
 
-    def run(self, bc: BuildContainer, phase: str, script: str, **kw: Any) -> Attempt:
-        a = bc.run(phase, script, **kw)
+    def run(self, bc: BuildContainer, phase: str, script: str | Path, args: list[str] | None = None,
+            **kw: Any) -> Attempt:
+        a = bc.run(phase, script, args=args or (), **kw)
         self.attempts.append(a.summary())
         return a
 
@@ -383,8 +330,7 @@ class BuildState:
     def wheel_with_fixes(self, bc: BuildContainer) -> None:
         """The wheel phase, retried while each new blocker has a fix in fixes.toml not yet applied."""
         for n in range(1, MAX_ATTEMPTS + 1):
-            pre = self.env.get("DEPLOYLAB_PRE")
-            a = self.run(bc, "wheel", (f"{pre}\n" if pre else "") + WHEEL_SCRIPT, env=self.env, attempt=n)
+            a = self.run(bc, "wheel", RESOURCES / "wheel.sh", env=self.env, attempt=n)  # runs $DEPLOYLAB_PRE first
             if not self.failed(a) or not self.blocked(a.phase):
                 return
 

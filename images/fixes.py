@@ -9,6 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from containers.run import SCRIPTS
 from model.toml import Strict, read_toml, validate
 
 HERE = Path(__file__).parent
@@ -18,7 +19,7 @@ OFFLINE = HERE / "offline.toml"
 
 class Fix(Strict):
     action: Literal["cmake-project-include", "pip", "none"]
-    include: str | None = None  # cmake-project-include: a file under images/, mounted at /deploylab
+    include: str | None = None  # cmake-project-include: a file in images/resources/ (mounted at SCRIPTS)
     packages: list[str] | None = None  # pip: requirement strings installed before the phase
     dead_end: bool = False  # no fix exists on this distro: the build ends "gated"
     note: str | None = None  # "{torch}" is the build venv's torch version
@@ -51,7 +52,7 @@ def fix_env(category: str, env: dict[str, str]) -> tuple[dict[str, str], str] | 
     if not fix or fix.dead_end or fix.action == "none":
         return None
     if fix.action == "cmake-project-include":
-        arg = f"-DCMAKE_PROJECT_INCLUDE=/deploylab/{fix.include}"
+        arg = f"-DCMAKE_PROJECT_INCLUDE={SCRIPTS}/{fix.include}"
         if arg in env.get("CMAKE_ARGS", ""):
             return None
         return {**env, "CMAKE_ARGS": (env.get("CMAKE_ARGS", "") + " " + arg).strip()}, arg

@@ -3,23 +3,24 @@ image; this adds which hosts the tree's fetch and torch gates need a container o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from containers.run import SCRIPTS, run_once, script_mount
 from images.gates import Gate, hosts_of
 from images.toolchain import probe
 
-REACH_SCRIPT = 'for h in "$@"; do if getent hosts "$h" >/dev/null && timeout 5 bash -c "</dev/tcp/$h/443" 2>/dev/null; ' \
-               'then echo "$h=1"; else echo "$h=0"; fi; done'
+REACH = Path(__file__).with_name("resources") / "reach.sh"
 
 
 def probe_reachability(client: Any, image: str, hosts: list[str]) -> dict[str, bool]:
     """Which hosts a container of `image` can open a TCP connection to on 443 (DNS first)."""
     if not hosts:
         return {}
-    raw = client.containers.run(image, ["bash", "-c", REACH_SCRIPT, "reach", *hosts], remove=True,
-                                stdout=True, stderr=False, mem_limit="128m")
+    ran = run_once(client, image, ["bash", f"{SCRIPTS}/{REACH.name}", *hosts], role="probe", ro=script_mount(REACH),
+                   network="bridge", timeout_s=60 + 15 * len(hosts), mem_limit="128m").check("the reachability probe")
     out = {}
-    for line in raw.decode(errors="replace").splitlines():
+    for line in ran.stdout.splitlines():
         host, sep, ok = line.partition("=")
         if sep:
             out[host] = ok.strip() == "1"

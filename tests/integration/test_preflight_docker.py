@@ -41,7 +41,7 @@ def probe_bookworm(client) -> tuple[dict, str]:
     if not _has(client, base):
         pytest.skip(f"neither {tag} nor {base} is built (invoke bases / invoke build)")
     script = ("apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-              "--no-install-recommends gcc g++ cmake python3 >/dev/null 2>&1; " + toolchain.PROBE_SCRIPT)
+              "--no-install-recommends gcc g++ cmake python3 >/dev/null 2>&1; " + toolchain.PROBE.read_text())
     raw = client.containers.run(base, ["bash", "-c", script], remove=True, stdout=True, stderr=False,
                                 mem_limit="1g")
     return toolchain.parse_probe(raw.decode(errors="replace")), base

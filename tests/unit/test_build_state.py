@@ -31,7 +31,7 @@ class Replay:
         self.exits = {a["phase"]: a["exit"] for a in attempts}
         self.calls: list[tuple[str, dict]] = []
 
-    def run(self, phase: str, script: str, env: dict | None = None, attempt: int = 1) -> Attempt:
+    def run(self, phase: str, script, env: dict | None = None, attempt: int = 1, args=()) -> Attempt:
         name = phase if attempt == 1 else f"{phase}.{attempt}"
         self.calls.append((name, dict(env or {})))
         text = (self.dir / f"build-{name}.tail.log").read_text()
