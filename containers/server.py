@@ -27,6 +27,21 @@ from containers.labels import labels as make_labels, remove_container  # noqa: E
 from containers.run import ContainerFailed, Mounts, tail, volumes  # noqa: E402
 
 
+class LoopbackContainer(DockerContainer):
+    """Ports are published on the engine host's 127.0.0.1 only, and that is where we dial them.
+    (testcontainers guesses its connection mode; in a sandbox it took for a container it dialled the
+    bridge gateway, where nothing of ours listens.)"""
+
+    def get_container_host_ip(self) -> str:
+        return "127.0.0.1"
+
+    def get_exposed_port(self, port: int) -> int:
+        mapped = self.get_docker_client().client.api.port(self.get_container_id(), port)
+        if not mapped:
+            raise ConnectionError(f"port {port} of {self.image} is not published (yet)")
+        return int(mapped[0]["HostPort"])
+
+
 class ServerFailed(ContainerFailed):
     """The server could not start, exited, or never became ready; the message ends with its log tail."""
 
@@ -75,7 +90,7 @@ class WhileRunning(WaitStrategy):
             try:
                 self._inner.with_startup_timeout(min(self._slice, max(left, 0.1))).wait_until_ready(container)
                 return
-            except TimeoutError as exc:
+            except (TimeoutError, ConnectionError) as exc:  # ConnectionError: no port published (yet)
                 last = str(exc).split(". ")[0][:200]
 
 
@@ -97,7 +112,7 @@ class Server:
                  timeout_s: float = 300.0, name: str = "server", **create_kw) -> None:
         self.image, self.port, self.name, self.log_path, self.timeout_s = image, port, name, log_path, timeout_s
         self.ready = ready if ready is not None else http_ready(port)
-        c = DockerContainer(image).with_envs(**dict(env or {}))
+        c = LoopbackContainer(image).with_envs(**dict(env or {}))
         if command is not None:
             c.with_command(list(command))
         for host, m in volumes(ro, rw).items():
@@ -136,8 +151,7 @@ class Server:
             raise ServerFailed(f"{self.name} ({self.image}): {exc}") from None
         except TimeoutError as exc:
             raise ServerFailed(f"{self.name} ({self.image}) {exc}; log tail:\n{_log_tail(wrapped)}") from None
-        host_port = self.container.get_docker_client().client.api.port(wrapped.id, self.port)
-        self.url = f"http://127.0.0.1:{int(host_port[0]['HostPort'])}"
+        self.url = f"http://127.0.0.1:{self.container.get_exposed_port(self.port)}"
         self.startup_s = time.monotonic() - self._t0
         return self
 
