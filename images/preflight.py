@@ -44,6 +44,7 @@ class GateResult:
                           when=[show(c) for c in g.when], override=g.override, remediation=self.remediation,
                           evidence=self.evidence)
 
+
 # --- evaluation -----------------------------------------------------------------------------
 
 def facts_for(cell: Any, probe: Mapping[str, Any], config: GatesConfig) -> dict[str, Any]:

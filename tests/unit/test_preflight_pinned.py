@@ -1,8 +1,8 @@
 """Preflight pinned to its own earlier output: every CMake file of the vendored vLLM 0.33.0 tree
 tokenized and every if() parsed and evaluated, every gate the tree declares, and each gate's status
-per cell, compared with tests/fixtures/preflight-pinned.json. That file was written by
-`python tests/unit/test_preflight_pinned.py --write` against the pre-split images/preflight.py
-(commit 8b7a658), so a refactor that changes any of it fails here. No Docker, no network."""
+per cell, compared with tests/fixtures/preflight-pinned.json. That file was written by this file's
+--write mode run against the pre-split images/preflight.py (commit 8b7a658, its functions aliased
+under the new module names), so a refactor that changes any of it fails here. No Docker, no network."""
 
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ def snapshot(monkeypatch=None) -> dict:
                       "details": {k: v for k, v in o.details.items() if k not in ("gates", "source")},
                       "gates": {g["id"]: [g["status"], g["found"], g["fixable"], g["category"], g["remediation"],
                                           g["evidence"]] for g in o.details["gates"]}}
-    return {"_captured": "python tests/unit/test_preflight_pinned.py --write (images/preflight.py at 8b7a658, "
-                         "tests/fixtures/vllm-0.33.0, test_preflight's probes; torch's CUDA stubbed to 13.0)",
+    return {"_captured": "python tests/unit/test_preflight_pinned.py --write against the pre-split images/preflight.py "
+                         "(8b7a658), tests/fixtures/vllm-0.33.0, test_preflight's probes; torch's CUDA stubbed to 13.0",
             "files": tokens_and_conditions(),
             "gates": [{"id": g.id, "need": g.need, "message": g.message, "label": g.label,
                        "when": [cmake.show(c) for c in g.when], "fires": cmake.show(g.fires) if g.fires else None,
