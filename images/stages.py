@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from model.details import BaseDetails, RenderDetails, ToolchainDetails
+from model.details import BaseDetails, PreflightDetails, RenderDetails, ToolchainDetails
 from model.results import StageOutcome
 from model.spec import Cell
 from model.stage import Context, Timed
@@ -89,12 +89,13 @@ def preflight(ctx: Context, cell: Cell) -> StageOutcome:
     out = preflight(cell, tree, declared_probe(cell))
     if out.status == "gated":  # a dead end visible from declared facts alone is still a verdict
         return out
-    checked = [g for g in out.details["gates"] if g["status"] in ("pass", "fail")]
-    unknown = [g for g in out.details["gates"] if g["status"] == "warn"]
+    gates = PreflightDetails.from_outcome(out).gates
+    checked = [g for g in gates if g.status in ("pass", "fail")]
+    unknown = [g for g in gates if g.status == "warn"]
     ev = (f"no image: {len(checked)} gate(s) checked from the rendered Dockerfile and the distro's declared "
-          f"versions ({', '.join(sorted({g['kind'] for g in checked})) or 'none'}), {len(unknown)} need the image",
-          *(f"checked: {g['message']} → {g['status']} (have {g['found']})" for g in checked),
-          *(f"unchecked: {g['evidence']}" for g in unknown if g.get("category") in ("gcc-gate", "cmake-too-old")))
+          f"versions ({', '.join(sorted({g.kind for g in checked})) or 'none'}), {len(unknown)} need the image",
+          *(f"checked: {g.message} → {g.status} (have {g.found})" for g in checked),
+          *(f"unchecked: {g.evidence}" for g in unknown if g.category in ("gcc-gate", "cmake-too-old")))
     return StageOutcome(**{**out.__dict__, "status": "base-unavailable", "category": "base-unavailable",
                            "evidence": ev})
 
