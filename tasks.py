@@ -407,3 +407,14 @@ def sweep(c, profiles=None, mix="default", seed=0, rate=0.0, duration=0.0, scale
     opts = SweepOptions(mix=mix, seed=int(seed), rate_rps=float(rate), duration_s=float(duration),
                         scale=float(scale), image=image, request_timeout_s=float(timeout))
     print(run_sweep(profiles or None, opts, RESULTS, run, Path(notes), report_only=report_only))
+
+
+@task(help={"label": "KEY or KEY=VALUE the containers and networks carry (default: any the toolkit labelled)",
+            "all_": "also those of live processes (default: only those whose owner process is gone)"})
+@one_line_errors
+def leftovers(c, label="", all_=False):
+    """Remove the containers and networks a crashed run left behind, found by their labels."""
+    from containers.engine import client
+    from containers.labels import OWNER, cleanup_leftovers
+    gone = cleanup_leftovers(client(), label or OWNER, orphans_only=not all_)
+    print(f"removed {len(gone)}: {', '.join(gone)}" if gone else "nothing left behind")

@@ -94,11 +94,14 @@ def sweep_network(labels: dict[str, str]) -> Iterator[object]:
     from docker.errors import APIError, NotFound
     from testcontainers.core.network import Network
 
+    from containers.engine import client as docker_client
+    from containers.labels import cleanup_leftovers
+    # A crashed sweep's replicas and network would hold cores and names: a dead owner's go first.
+    cleanup_leftovers(docker_client(), f"{LABEL}={ROLE}", orphans_only=True)
     net = Network(docker_network_kw={"labels": make_labels(ROLE, labels)}).create()
     try:
         yield net
     finally:
-        from containers.engine import client as docker_client
         dc = docker_client()
         for _ in range(10):
             try:
