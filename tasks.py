@@ -200,12 +200,14 @@ def preflight(c, cell, vllm=None, spec=None, set_=None, probe=None, all_gates=Fa
     import json
     import time
     from images import preflight as pf
+    from images.gates import gates_from_tree, resource_gates
+    from images.probe import probe_cell
     from images.sources import fetch_engine
     from model.spec import EngineSource
     t0 = time.monotonic()
     x = _matrix(spec, set_).get(cell)
     tree = fetch_engine(EngineSource.parse(vllm) if vllm else x.engine, settings.work() / "sources")
-    gates = [*pf.resource_gates(x), *pf.gates_from_tree(tree)]
+    gates = [*resource_gates(x), *gates_from_tree(tree)]
     if probe:
         try:
             found = json.loads(Path(probe).read_text())
@@ -219,7 +221,7 @@ def preflight(c, cell, vllm=None, spec=None, set_=None, probe=None, all_gates=Fa
         except Exception:
             raise UsageError(f"{x.toolchain_tag}: no such image; build the cell's toolchain first "
                              f"(invoke build --cell {cell}) or pass --probe FILE.json") from None
-        found = pf.probe_cell(cl, x.toolchain_tag, gates)
+        found = probe_cell(cl, x.toolchain_tag, gates)
     o = pf.preflight(x, tree, found)
     for g in o.details["gates"]:
         if g["status"] != "skip" or all_gates:
@@ -413,3 +415,14 @@ def sweep(c, profiles=None, mix="default", seed=0, rate=0.0, duration=0.0, scale
     opts = SweepOptions(mix=mix, seed=int(seed), rate_rps=float(rate), duration_s=float(duration),
                         scale=float(scale), image=image, request_timeout_s=float(timeout))
     print(run_sweep(profiles or None, opts, RESULTS, run, Path(notes), report_only=report_only))
+
+
+@task(help={"label": "KEY or KEY=VALUE the containers and networks carry (default: any the toolkit labelled)",
+            "all_": "also those of live processes (default: only those whose owner process is gone)"})
+@one_line_errors
+def leftovers(c, label="", all_=False):
+    """Remove the containers and networks a crashed run left behind, found by their labels."""
+    from containers.engine import client
+    from containers.labels import OWNER, cleanup_leftovers
+    gone = cleanup_leftovers(client(), label or OWNER, orphans_only=not all_)
+    print(f"removed {len(gone)}: {', '.join(gone)}" if gone else "nothing left behind")

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
-from docker.errors import APIError, ImageNotFound
+from docker.errors import APIError
 
 from containers.engine import ensure_host_tools
+from containers.images import exists
 from model.spec import Distro
 
 MIRROR = os.environ.get("DEPLOYLAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -94,12 +95,8 @@ def ensure_base(client: docker.DockerClient, distro: Distro, log: Path | None = 
                 force: bool = False) -> BaseResult:
     tag = base_tag(distro)
     t0 = time.monotonic()
-    if not force:
-        try:
-            client.images.get(tag)
-            return BaseResult(distro.name, tag, True, "cached")
-        except ImageNotFound:
-            pass
+    if not force and exists(client, tag):
+        return BaseResult(distro.name, tag, True, "cached")
     pull_err = _try_pull(client, distro, tag)
     if pull_err is None:
         return BaseResult(distro.name, tag, True, "pulled", seconds=time.monotonic() - t0)

@@ -10,26 +10,30 @@ the order met with the fix that worked.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import threading
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import docker
 
+from containers.labels import labels, remove_container
+from containers.run import SCRIPTS, volumes
 from images import logs
+from images.fixes import fix_env, fixes, offline_inputs
 from images.sources import copy_tree
+from model.details import (AttemptRecord, BlockerRecord, BuildArtifacts, BuildDetails, KvlabRecord,
+                           OfflineInputRecord, TorchRecord)
 from model.results import StageOutcome
 from model.spec import Cell
 
 HERE = Path(__file__).parent
-FIXES = tomllib.loads((HERE / "fixes.toml").read_text())
-OFFLINE = tomllib.loads((HERE / "offline.toml").read_text())
+RESOURCES = HERE / "resources"  # container-side scripts and files, mounted read-only at SCRIPTS
 MAX_ATTEMPTS = 4
 
 OnLine = Callable[[str, str], None]  # (phase, line)
@@ -58,20 +62,15 @@ class Workspace:
     def kvlab(self) -> Path:
         return self.root / "kvlab-src"
 
-    def volumes(self) -> dict[str, dict[str, str]]:
+    def mounts(self) -> dict[str, Path]:
+        """{container path: host folder}, all read-write; made on first use."""
         for p in (self.src, self.deps, self.wheels, self.cache / "pip", self.cache / "ccache"):
             p.mkdir(parents=True, exist_ok=True)
-        vols = {
-            str(self.src): {"bind": "/src", "mode": "rw"},
-            str(self.deps): {"bind": "/deps", "mode": "rw"},
-            str(self.wheels): {"bind": "/out", "mode": "rw"},
-            str(self.cache / "pip"): {"bind": "/cache/pip", "mode": "rw"},
-            str(self.cache / "ccache"): {"bind": "/cache/ccache", "mode": "rw"},
-            str(HERE): {"bind": "/deploylab", "mode": "ro"},
-        }
+        rw = {"/src": self.src, "/deps": self.deps, "/out": self.wheels, "/cache/pip": self.cache / "pip",
+              "/cache/ccache": self.cache / "ccache"}
         if self.kvlab.exists():
-            vols[str(self.kvlab)] = {"bind": "/kvlab", "mode": "rw"}
-        return vols
+            rw["/kvlab"] = self.kvlab
+        return rw
 
 
 @dataclass
@@ -134,8 +133,8 @@ class Attempt:
     seconds: float
     log: str
 
-    def summary(self) -> dict[str, Any]:
-        return {"phase": self.phase, "exit": self.exit_code, "seconds": round(self.seconds, 1)}
+    def summary(self) -> AttemptRecord:
+        return AttemptRecord(phase=self.phase, exit=self.exit_code, seconds=round(self.seconds, 1))
 
 
 class BuildInterrupted(KeyboardInterrupt):
@@ -154,17 +153,15 @@ class BuildContainer:
         self.container = None
 
     def __enter__(self) -> BuildContainer:
+        # Long-lived (phases are exec'd into it, sharing its caches), so not a run_once; the toolkit's
+        # labels let cleanup_leftovers find it after a crash.
         self.container = self.client.containers.run(
-            self.image, ["sleep", "infinity"], detach=True, volumes=self.ws.volumes(), environment=self.env,
-            shm_size="1g", labels={"org.deploylab.role": "build"})
+            self.image, ["sleep", "infinity"], detach=True, environment=self.env, shm_size="1g",
+            volumes=volumes(ro={SCRIPTS: RESOURCES}, rw=self.ws.mounts()), labels=labels("build"))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.container is not None:
-            try:
-                self.container.remove(force=True)
-            except docker.errors.DockerException:
-                pass
+        remove_container(self.container)
 
     def _alive(self, killed: bool) -> bool:
         """Is the container still running? After a SIGKILLed exec, give Docker a few seconds to
@@ -181,19 +178,25 @@ class BuildContainer:
                 return True
             time.sleep(0.2)
 
-    def run(self, phase: str, script: str, env: dict[str, str] | None = None, attempt: int = 1) -> Attempt:
-        """Exec `script` in bash, streaming stamped lines to <log_dir>/<phase>[.N].log."""
+    def run(self, phase: str, script: str | Path, env: dict[str, str] | None = None, attempt: int = 1,
+            args: list[str] | tuple[str, ...] = ()) -> Attempt:
+        """Exec a resources/ script (a Path, with args) or a command line (a str) in bash, streaming
+        stamped lines to <log_dir>/<phase>[.N].log."""
         api = self.client.api
         name = phase if attempt == 1 else f"{phase}.{attempt}"
         path = self.log_dir / f"{name}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
-        exec_id = api.exec_create(self.container.id, ["bash", "-o", "pipefail", "-c", script],
-                                  environment={**self.env, **(env or {})}, workdir="/src")["Id"]
+        if isinstance(script, Path):
+            cmd = ["bash", "-o", "pipefail", f"{SCRIPTS}/{script.relative_to(RESOURCES)}", *args]
+            shown = shlex.join(cmd[3:])
+        else:
+            cmd, shown = ["bash", "-o", "pipefail", "-c", script], script.strip()
+        exec_id = api.exec_create(self.container.id, cmd, environment={**self.env, **(env or {})}, workdir="/src")["Id"]
         t0 = time.monotonic()
         buf: list[str] = []
         pending = ""
         with open(path, "w") as fh:
-            fh.write(f"# phase {phase} (attempt {attempt}) in {self.image}\n# $ {script.strip()}\n")
+            fh.write(f"# phase {phase} (attempt {attempt}) in {self.image}\n# $ {shown}\n")
             for chunk in api.exec_start(exec_id, stream=True):
                 pending += chunk.decode(errors="replace")
                 *lines, pending = pending.split("\n")
@@ -215,111 +218,20 @@ class BuildContainer:
 
 # --- what to run -------------------------------------------------------------------------------
 
-def offline_inputs(tree: Path) -> dict[str, dict[str, str]]:
-    """FetchContent inputs this tree lets us supply locally (an env override it reads) → offline.toml."""
-    text = "\n".join(p.read_text(errors="replace") for p in [tree / "CMakeLists.txt", *tree.glob("cmake/*.cmake")]
-                     if p.is_file())
-    found = {}
-    for name, spec in OFFLINE.items():
-        if spec["env"] in text:
-            tags = re.findall(rf"GIT_REPOSITORY\s+\S*{name}\S*\s+GIT_TAG\s+(\S+)", text, re.I)
-            # Prefer a release tag (v3.13) over a pinned commit of another architecture's branch.
-            tags.sort(key=lambda t: not re.match(r"v?\d+\.\d+", t))
-            found[name] = {**spec, "asked": tags[0] if tags else ""}
-    return found
-
-
 # Debian source candidates, nearest to the version the engine asks first (pick_source.py): a suite's
 # own version can be missing from the mirror (measured: sid's onednn 3.12.1 and bookworm's 2.6.3 404).
 SOURCE_SUITES = ("sid", "trixie", "bookworm")
 
 
-def deps_script(cell: Cell, inputs: dict[str, dict[str, str]]) -> str:
-    """Fetch each offline input; one that cannot be had is reported, not fatal: the build then
-    meets the engine's own fetch (fetch-blocked) or an earlier gate, and says so."""
+def deps_command(cell: Cell, inputs: dict[str, dict[str, str]]) -> tuple[Path, list[str]] | None:
+    """The deps phase's script and arguments: fetch each offline input (None when there is none)."""
     if not inputs:
-        return "true"
-    if cell.family != "debian":
-        return " && ".join(
-            f"(cd /deps && dnf download --source {spec['fedora']} && rpm2cpio {spec['fedora']}-*.src.rpm | cpio -idm "
-            f"&& echo \"offline-input {name} $(ls -d /deps/{spec['fedora']}-*/ | head -n1)\") "
-            f"|| echo \"offline-input-missing {name}\"" for name, spec in inputs.items())
-    from images.bases import MIRROR
-    src_list = "\\n".join(f"deb-src {MIRROR} {suite} main" for suite in SOURCE_SUITES)
-    parts = [f"printf '{src_list}\\n' > /etc/apt/sources.list.d/deploylab-sources.list",
-             "apt-get update -q -o Acquire::Check-Valid-Until=false"]
-    for name, spec in inputs.items():
-        pkg, asked = spec["debian"], spec.get("asked", "")
-        # Debian's sources are de-vendored (+ds): they build against system libraries (spdlog, …).
-        parts.append(
-            f"got=''; for v in $(python3 /deploylab/pick_source.py {pkg} '{asked}'); do "
-            f"d=/deps/{pkg}-${{v%-*}}; d=${{d/*:/}}; "
-            f"if [ -d \"$d\" ] || (cd /deps && apt-get source -q {pkg}=$v); then "
-            f"(cd /deps && apt-get build-dep -y -q --no-install-recommends ./{pkg}_${{v#*:}}.dsc) && got=$d && break; fi; "
-            f"echo \"offline-input-candidate-failed {name} $v\"; done; "
-            f"if [ -n \"$got\" ]; then echo \"offline-input {name} $got\"; else echo \"offline-input-missing {name}\"; fi")
-    return " && \\\n  ".join(parts)
-
-
-# Build requirements from the tree. torch's "+cpu" local pins live only on download.pytorch.org,
-# so PyPI's release of the same version is installed instead: a CUDA build, which needs its CUDA
-# runtime wheels just to import (measured: without them `import torch` fails on libcudart).
-REQS_SCRIPT = r"""
-set -e
-req=requirements/build/{target}.txt
-[ -f "$req" ] || req=requirements/build.txt
-grep -v -E '^\s*torch([=<>; ]|$)' "$req" > /deps/build-reqs.txt
-grep -E '^\s*torch([=<>; ]|$)' "$req" | sed -E 's/\+cpu//' > /deps/torch-reqs.txt || true
-echo "build requirements from $req"; cat /deps/build-reqs.txt /deps/torch-reqs.txt
-python -m pip install -r /deps/build-reqs.txt -r /deps/torch-reqs.txt
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-python -m pip list --format=freeze > /deps/pip-freeze.txt
-"""
-
-WHEEL_SCRIPT = r"""
-set -e
-rm -f /out/vllm-*.whl
-python -m pip wheel --no-build-isolation --no-deps -v . -w /out
-ls -la /out
-"""
-
-# Shared libraries the built extensions link from the distro (not the venv): the runtime image
-# installs the packages that own them (e.g. Debian's de-vendored oneDNN links libspdlog).
-LINKAGE_SCRIPT = r"""
-set -e
-find /src/build -name '*.so' -path '*vllm*' | while read -r so; do ldd "$so"; done \
-  | awk '/=> \// {print $3}' | grep -v -e '^/opt/venv' -e '/src/' | sort -u > /out/linked-libs.txt
-: > /out/runtime-debs.txt
-while read -r lib; do dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib" 2>/dev/null || true; done \
-  < /out/linked-libs.txt | cut -d: -f1 | sort -u > /out/runtime-debs.txt
-echo "linked from the distro:"; cat /out/linked-libs.txt; echo "owning packages:"; cat /out/runtime-debs.txt
-"""
-
-KVLAB_SCRIPT = r"""
-set -e
-rm -f /out/kvlab*.whl
-python -m pip wheel --no-deps -v /kvlab -w /out
-ls -la /out
-"""
-
-
-def _fix_env(category: str, env: dict[str, str]) -> tuple[dict[str, str], str] | None:
-    """Apply fixes.toml's fix for `category` to the build env; None when there is none."""
-    fix = FIXES.get(category)
-    if not fix or fix.get("dead_end") or fix["action"] == "none":
         return None
-    if fix["action"] == "cmake-project-include":
-        arg = f"-DCMAKE_PROJECT_INCLUDE=/deploylab/{fix['include']}"
-        if arg in env.get("CMAKE_ARGS", ""):
-            return None
-        return {**env, "CMAKE_ARGS": (env.get("CMAKE_ARGS", "") + " " + arg).strip()}, arg
-    if fix["action"] == "pip":
-        pkgs = " ".join(f"'{p}'" for p in fix["packages"])
-        marker = f"pip install {pkgs}"
-        if marker in env.get("DEPLOYLAB_PRE", ""):
-            return None
-        return {**env, "DEPLOYLAB_PRE": (env.get("DEPLOYLAB_PRE", "") + f" && python -m {marker}").lstrip(" &")}, marker
-    return None
+    if cell.family != "debian":
+        return RESOURCES / "deps-fedora.sh", [x for name, spec in inputs.items() for x in (name, spec["fedora"])]
+    from images.bases import MIRROR
+    return RESOURCES / "deps-debian.sh", [MIRROR, " ".join(SOURCE_SUITES), *(
+        x for name, spec in inputs.items() for x in (name, spec["debian"], spec.get("asked", "")))]
 
 
 @dataclass(frozen=True)
@@ -330,6 +242,127 @@ class BuildRequest:
     image: str
     kvlab_src: Path | None = None
     clean: bool = True  # remove the CMake build dir first (a warm rebuild still hits ccache)
+
+
+
+class Verdict(NamedTuple):
+    status: str
+    category: str
+    evidence: tuple[str, ...]
+    remediation: str
+
+
+PASSED = Verdict("pass", "success", (), "")
+
+
+@dataclass
+class BuildState:
+    """What one build gathers as its phases run: every attempt, the blockers met with the fix tried
+    for each, what the phases found (offline inputs, torch, linked packages, the kvlab extension) and
+    the verdict. `env` is the container's exec env itself: a fix or an offline input changes what
+    every later phase gets."""
+
+    cell: Cell
+    inputs: dict[str, dict[str, str]]  # images.fixes.offline_inputs of the tree
+    env: dict[str, str]
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    blockers: list[BlockerRecord] = field(default_factory=list)
+    offline: dict[str, OfflineInputRecord] = field(default_factory=dict)
+    torch: TorchRecord | None = None
+    runtime_debs: list[str] | None = None
+    kvlab: KvlabRecord | None = None
+    verdict: Verdict = PASSED
+
+    def run_phases(self, bc: BuildContainer, ws: Workspace) -> None:
+        """deps → requirements → wheel (retried with fixes) → linkage, each only after the one before
+        passed; then the kvlab extension, independent of vLLM's outcome (a gated vLLM still gets it)."""
+        deps = deps_command(self.cell, self.inputs)
+        a = self.run(bc, "deps", *deps) if deps else self.run(bc, "deps", "true")
+        self.read_deps(a)
+        if not self.failed(a):
+            a = self.run(bc, "requirements", RESOURCES / "requirements.sh", [self.cell.target])
+            self.read_torch(a)
+            if not self.failed(a):
+                self.wheel_with_fixes(bc)
+        if self.verdict.status == "pass" and self.cell.family == "debian":
+            self.run(bc, "linkage", RESOURCES / "linkage.sh")
+            self.read_linkage(ws)
+        if ws.kvlab.exists():
+            self.read_kvlab(self.run(bc, "kvlab", RESOURCES / "kvlab.sh"))
+
+    def run(self, bc: BuildContainer, phase: str, script: str | Path, args: list[str] | None = None,
+            **kw: Any) -> Attempt:
+        a = bc.run(phase, script, args=args or (), **kw)
+        self.attempts.append(a.summary())
+        return a
+
+    def failed(self, a: Attempt) -> bool:
+        """Did the phase fail? The phase's verdict (its log's classification) becomes the build's."""
+        self.verdict = _verdict(a) if a.exit_code != 0 else PASSED
+        return a.exit_code != 0
+
+    def read_deps(self, a: Attempt) -> None:
+        """The deps phase's report of each offline input; a supplied one goes into the env."""
+        found: dict[str, dict[str, Any]] = {}
+        tried: dict[str, list[str]] = {}
+        for line in a.log.splitlines():
+            if line.startswith("offline-input-candidate-failed "):
+                _, name, version = line.split()[:3]
+                tried.setdefault(name, []).append(version)
+            if line.startswith("offline-input-missing "):
+                name = line.split()[1]
+                spec = self.inputs[name]
+                found[name] = {"asked": spec["asked"], "got": "", "env": spec["env"],
+                               "error": list(classify_text(a.log).evidence[:2])}
+            if line.startswith("offline-input "):
+                _, name, path = line.split(" ", 2)
+                spec, path = self.inputs[name], path.strip().rstrip("/")
+                found[name] = {"asked": spec["asked"], "got": Path(path).name, "env": spec["env"]}
+                self.env[spec["env"]] = path
+        for name, versions in tried.items():
+            found.setdefault(name, {})["unavailable"] = versions
+        self.offline = {name: OfflineInputRecord(**rec) for name, rec in found.items()}
+
+    def read_torch(self, a: Attempt) -> None:
+        if m := re.search(r"^torch (\S+) cuda (\S+)", a.log, re.M):
+            self.torch = TorchRecord(version=m.group(1), cuda=m.group(2))
+
+    def wheel_with_fixes(self, bc: BuildContainer) -> None:
+        """The wheel phase, retried while each new blocker has a fix in fixes.toml not yet applied."""
+        for n in range(1, MAX_ATTEMPTS + 1):
+            a = self.run(bc, "wheel", RESOURCES / "wheel.sh", env=self.env, attempt=n)  # runs $DEPLOYLAB_PRE first
+            if not self.failed(a) or not self.blocked(a.phase):
+                return
+
+    def blocked(self, phase: str) -> bool:
+        """Record the blocker the verdict names; apply its fix. False when there is none to apply."""
+        v = self.verdict
+        fixed = fix_env(v.category, self.env)
+        fix = fixes().get(v.category)
+        note = fix.note if fix and fix.note is not None else v.remediation
+        # fixed=True is provisional: the next attempt shows whether it held
+        self.blockers.append(BlockerRecord(phase=phase, category=v.category, evidence=list(v.evidence),
+                                           fix=fixed[1] if fixed else "", fixed=fixed is not None,
+                                           note=note.format(torch=self.torch.version if self.torch else "?")))
+        if fixed:
+            self.env.clear()
+            self.env.update(fixed[0])
+        return fixed is not None
+
+    def read_linkage(self, ws: Workspace) -> None:
+        debs = ws.wheels / "runtime-debs.txt"
+        self.runtime_debs = debs.read_text().split() if debs.exists() else []
+
+    def read_kvlab(self, k: Attempt) -> None:
+        kv = classify_text(k.log) if k.exit_code else None
+        self.kvlab = KvlabRecord(status="pass" if k.exit_code == 0 else "fail",
+                                 category=kv.category if kv else "success",
+                                 evidence=list(kv.evidence) if kv else [], seconds=round(k.seconds, 1))
+
+    def details(self, sampled: dict[str, Any]) -> BuildDetails:
+        return BuildDetails(max_jobs=self.cell.knobs.max_jobs, offline_inputs=self.offline, torch=self.torch,
+                            runtime_debs=self.runtime_debs, kvlab=self.kvlab, blockers=self.blockers,
+                            attempts=self.attempts, env={k: v for k, v in self.env.items() if v}, **sampled)
 
 
 def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_line: OnLine | None = None,
@@ -344,77 +377,29 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
     if req.kvlab_src and (req.kvlab_src / "pyproject.toml").is_file():
         shutil.rmtree(ws.kvlab, ignore_errors=True)
         shutil.copytree(req.kvlab_src, ws.kvlab)
-    inputs = offline_inputs(ws.src)
-    env = {"VLLM_TARGET_DEVICE": cell.target_device, "MAX_JOBS": str(cell.knobs.max_jobs),
-           "CCACHE_DIR": "/cache/ccache", "PIP_CACHE_DIR": "/cache/pip", "CMAKE_ARGS": "",
-           "DEPLOYLAB_PRE": ""}
-    blockers: list[dict[str, Any]] = []
-    attempts: list[dict[str, Any]] = []
-    details: dict[str, Any] = {"max_jobs": cell.knobs.max_jobs, "offline_inputs": {}}
-    status, category, evidence, remediation = "pass", "success", (), ""
-    with BuildContainer(client, req.image, ws, env, log_dir, on_line) as bc:
+    st = BuildState(cell, offline_inputs(ws.src), {
+        "VLLM_TARGET_DEVICE": cell.target_device, "MAX_JOBS": str(cell.knobs.max_jobs), "CCACHE_DIR": "/cache/ccache",
+        "PIP_CACHE_DIR": "/cache/pip", "CMAKE_ARGS": "", "DEPLOYLAB_PRE": ""})
+    sampled: dict[str, Any] = {}
+    with BuildContainer(client, req.image, ws, st.env, log_dir, on_line) as bc:
         sampler = Sampler(bc.container, ws.root)
         try:
-            a = bc.run("deps", deps_script(cell, inputs))
-            attempts.append(a.summary())
-            tried: dict[str, list[str]] = {}
-            for line in a.log.splitlines():
-                if line.startswith("offline-input-candidate-failed "):
-                    _, name, version = line.split()[:3]
-                    tried.setdefault(name, []).append(version)
-                if line.startswith("offline-input-missing "):
-                    name = line.split()[1]
-                    details["offline_inputs"][name] = {"asked": inputs[name]["asked"], "got": "",
-                                                       "env": inputs[name]["env"],
-                                                       "error": classify_text(a.log).evidence[:2]}
-                if line.startswith("offline-input "):
-                    _, name, path = line.split(" ", 2)
-                    got = Path(path.strip().rstrip("/")).name
-                    details["offline_inputs"][name] = {"asked": inputs[name]["asked"], "got": got,
-                                                       "env": inputs[name]["env"]}
-                    env[inputs[name]["env"]] = path.strip().rstrip("/")
-            for name, versions in tried.items():
-                details["offline_inputs"].setdefault(name, {})["unavailable"] = versions
-            if a.exit_code != 0:
-                status, category, evidence, remediation = _verdict(a)
-            else:
-                a = bc.run("requirements", REQS_SCRIPT.format(target=cell.target))
-                attempts.append(a.summary())
-                m = re.search(r"^torch (\S+) cuda (\S+)", a.log, re.M)
-                if m:
-                    details["torch"] = {"version": m.group(1), "cuda": m.group(2)}
-                if a.exit_code != 0:
-                    status, category, evidence, remediation = _verdict(a)
-                else:
-                    status, category, evidence, remediation = _wheel_with_fixes(bc, env, blockers, attempts, details)
-            if status == "pass" and cell.family == "debian":
-                a = bc.run("linkage", LINKAGE_SCRIPT)
-                attempts.append(a.summary())
-                debs = ws.wheels / "runtime-debs.txt"
-                details["runtime_debs"] = debs.read_text().split() if debs.exists() else []
-            # The kvlab extension is independent of vLLM's outcome: a gated vLLM still gets its build.
-            if ws.kvlab.exists():
-                k = bc.run("kvlab", KVLAB_SCRIPT)
-                attempts.append(k.summary())
-                kv = classify_text(k.log) if k.exit_code else None
-                details["kvlab"] = {"status": "pass" if k.exit_code == 0 else "fail",
-                                    "category": kv.category if kv else "success",
-                                    "evidence": list(kv.evidence) if kv else [], "seconds": round(k.seconds, 1)}
+            st.run_phases(bc, ws)
         finally:
-            details.update(sampler.stop())
-    details.update({"blockers": blockers, "attempts": attempts,
-                    "env": {k: v for k, v in env.items() if v}})
+            sampled = sampler.stop()
+    details = st.details(sampled)
     wheels = sorted(p.name for p in ws.wheels.glob("*.whl"))
     versions = {k: str(v) for k, v in (probe or {}).items() if k in ("gcc", "python", "cmake", "glibc", "nvcc", "os")}
-    if "torch" in details:
-        versions["torch"] = details["torch"]["version"]
-    for name, info in details["offline_inputs"].items():
-        versions[name] = info["got"]
-    return StageOutcome(cell=cell.id, stage=stage, status=status, category=category, evidence=tuple(evidence),
-                        remediation=remediation, started=started, seconds=time.monotonic() - t0,
-                        versions=versions,
-                        artifacts={"logs": str(log_dir), "wheels": str(ws.wheels), **{w: str(ws.wheels / w) for w in wheels}},
-                        details=details)
+    if details.torch:
+        versions["torch"] = details.torch.version
+    for name, info in details.offline_inputs.items():
+        versions[name] = info.got
+    v = st.verdict
+    return StageOutcome(cell=cell.id, stage=stage, status=v.status, category=v.category, evidence=tuple(v.evidence),
+                        remediation=v.remediation, started=started, seconds=time.monotonic() - t0, versions=versions,
+                        artifacts=BuildArtifacts(logs=str(log_dir), wheels=str(ws.wheels),
+                                                 files={w: str(ws.wheels / w) for w in wheels}).to_json(),
+                        details=details.to_json())
 
 
 def classify_text(text: str):
@@ -422,30 +407,7 @@ def classify_text(text: str):
     return classify(text)
 
 
-def _verdict(a: Attempt) -> tuple[str, str, tuple[str, ...], str]:
+def _verdict(a: Attempt) -> Verdict:
     c = classify_text(a.log)
-    dead = FIXES.get(c.category, {}).get("dead_end", False)
-    return ("gated" if dead else "fail"), c.category, tuple(c.evidence), c.remediation
-
-
-def _wheel_with_fixes(bc: BuildContainer, env: dict[str, str], blockers: list, attempts: list,
-                      details: dict) -> tuple[str, str, tuple[str, ...], str]:
-    for n in range(1, MAX_ATTEMPTS + 1):
-        pre = env.get("DEPLOYLAB_PRE")
-        script = (f"{pre}\n" if pre else "") + WHEEL_SCRIPT
-        a = bc.run("wheel", script, env=env, attempt=n)
-        attempts.append(a.summary())
-        if a.exit_code == 0:
-            return "pass", "success", (), ""
-        status, category, evidence, remediation = _verdict(a)
-        fixed = _fix_env(category, env)
-        blockers.append({"phase": a.phase, "category": category, "evidence": list(evidence),
-                         "fix": fixed[1] if fixed else "", "fixed": False,
-                         "note": FIXES.get(category, {}).get("note", remediation).format(
-                             torch=details.get("torch", {}).get("version", "?"))})
-        if not fixed:
-            return status, category, evidence, remediation
-        env.clear()
-        env.update(fixed[0])
-        blockers[-1]["fixed"] = True  # provisional: the next attempt shows whether it held
-    return status, category, evidence, remediation
+    fix = fixes().get(c.category)
+    return Verdict("gated" if fix and fix.dead_end else "fail", c.category, tuple(c.evidence), c.remediation)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jinja2
 
+from containers.images import environment
 from model.errors import UsageError
 from model.spec import Cell
 
@@ -30,15 +31,9 @@ def _packages() -> dict:
     return tomllib.loads(PACKAGES.read_text())
 
 
-@functools.cache
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+    """The one template environment (containers.images: strict, trimmed blocks) over images/templates."""
+    return environment(TEMPLATES)
 
 
 @functools.cache

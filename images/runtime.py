@@ -7,8 +7,10 @@ import re
 import time
 from pathlib import Path
 
-from containers.build import ImageBuildFailed, build_image
-from images.render import _env
+from containers.build import ImageBuildFailed
+from containers.images import ensure_image, render
+from images.render import TEMPLATES
+from model.details import BuildArtifacts, BuildDetails, RuntimeDetails
 from model.results import StageOutcome
 from model.spec import Cell
 
@@ -31,24 +33,32 @@ def runtime_requirements(tree: Path, torch: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+TEMPLATE = "runtime.Dockerfile.j2"
+
+
+def _context(cell: Cell, linked_packages: list[str]) -> dict:
+    base = RUNTIME_PACKAGES.get(cell.family, [])
+    return {"cell": cell, "base_image": cell.base_tag, "packages": [*base, *(p for p in linked_packages if p not in base)]}
+
+
 def render_runtime(cell: Cell, linked_packages: list[str] = ()) -> str:
     """linked_packages: distro packages owning the shared libraries the build linked (build stage)."""
-    base = RUNTIME_PACKAGES.get(cell.family, [])
-    pkgs = [*base, *(p for p in linked_packages if p not in base)]
-    return _env().get_template("runtime.Dockerfile.j2").render(cell=cell, base_image=cell.base_tag, packages=pkgs)
+    return render(TEMPLATE, TEMPLATES, **_context(cell, list(linked_packages)))
 
 
 def build_runtime(ctx, cell: Cell) -> StageOutcome:
     t0, started = time.monotonic(), time.time()
     build = ctx.store.get(cell.id, "build")
-    wheels_dir = Path(build.artifacts["wheels"])
+    built = BuildDetails.from_outcome(build)
+    wheels_dir = Path(BuildArtifacts.from_outcome(build).wheels)
     tree = wheels_dir.parent / "src"
-    torch = build.details.get("torch", {}).get("version", "")
     files: dict[str, Path | bytes] = {f"wheels/{w.name}": w for w in sorted(wheels_dir.glob("*.whl"))}
-    files["wheels/runtime-requirements.txt"] = runtime_requirements(tree, torch).encode()
+    files["wheels/runtime-requirements.txt"] = runtime_requirements(tree, built.torch_version).encode()
     log = ctx.store.artifact_dir(cell.id, "runtime") / "docker-build.log"
     try:
-        build_image(ctx.client, render_runtime(cell, build.details.get("runtime_debs", [])), cell.runtime_tag, log, files=files)
+        # Always built (force): a rerun of this stage follows a new build of the wheels.
+        ensure_image(ctx.client, cell.runtime_tag, TEMPLATE, TEMPLATES, log,
+                     context=_context(cell, built.runtime_debs or []), files=files, force=True)
     except ImageBuildFailed as exc:
         from images.classify import classify_text
         c = classify_text(exc.log)
@@ -58,4 +68,4 @@ def build_runtime(ctx, cell: Cell) -> StageOutcome:
     size = ctx.client.images.get(cell.runtime_tag).attrs.get("Size", 0)
     return StageOutcome(cell=cell.id, stage="runtime", status="pass", started=started,
                         seconds=time.monotonic() - t0, artifacts={"log": str(log), "image": cell.runtime_tag},
-                        details={"image_size_gb": round(size / 1e9, 2), "wheels": sorted(files)})
+                        details=RuntimeDetails(image_size_gb=round(size / 1e9, 2), wheels=sorted(files)).to_json())

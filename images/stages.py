@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from model.details import BaseDetails, PreflightDetails, RenderDetails, ToolchainDetails
 from model.results import StageOutcome
 from model.spec import Cell
 from model.stage import Context, Timed
@@ -24,8 +25,8 @@ def render(ctx: Context, cell: Cell) -> StageOutcome:
     evidence = tuple(text.splitlines()[:5]) if ok is False else ()
     return t.done(status, category="hadolint" if status == "fail" else "",
                   evidence=evidence, artifacts={"dockerfile": str(d / "Dockerfile")},
-                  details={"cuda_source": r.cuda_source, "base_image": r.base_image, "sha256": r.digest,
-                             "hadolint": {True: "ok", False: "failed", None: text}[ok]})
+                  details=RenderDetails(cuda_source=r.cuda_source, base_image=r.base_image, sha256=r.digest,
+                                        hadolint={True: "ok", False: "failed", None: text}[ok]).to_json())
 
 
 def base(ctx: Context, cell: Cell) -> StageOutcome:
@@ -38,7 +39,7 @@ def base(ctx: Context, cell: Cell) -> StageOutcome:
                         evidence=(r.reason,),
                         remediation=f"make {cell.distro.image} reachable (a registry or mirror), "
                                     f"or docker load a {cell.distro.name} image tagged {r.tag}")
-    return t.done("pass", details={"how": r.how, "tag": r.tag})
+    return t.done("pass", details=BaseDetails(how=r.how, tag=r.tag).to_json())
 
 
 def toolchain(ctx: Context, cell: Cell) -> StageOutcome:
@@ -47,7 +48,7 @@ def toolchain(ctx: Context, cell: Cell) -> StageOutcome:
     from images.toolchain import build_toolchain
     t = Timed(cell, "toolchain")
     render = ctx.store.get(cell.id, "render")
-    cuda_source = render.details.get("cuda_source") if render else None
+    cuda_source = RenderDetails.from_outcome(render).cuda_source or None if render else None
     log = ctx.store.artifact_dir(cell.id, "toolchain") / "docker-build.log"
     try:
         secs, probe = build_toolchain(ctx.client, render_cell(cell, cuda_source), cell.toolchain_tag, log)
@@ -58,7 +59,8 @@ def toolchain(ctx: Context, cell: Cell) -> StageOutcome:
                         evidence=(str(exc), *c.evidence), remediation=c.remediation, artifacts={"log": str(log)})
     versions = {k: str(v) for k, v in probe.items() if k in ("gcc", "python", "glibc", "cmake", "nvcc", "os")}
     return t.done("pass", versions=versions,
-                  artifacts={"log": str(log), "image": cell.toolchain_tag}, details={"probe": probe})
+                  artifacts={"log": str(log), "image": cell.toolchain_tag},
+                  details=ToolchainDetails(probe=probe).to_json())
 
 
 def _engine_tree(ctx: Context, cell: Cell) -> Path:
@@ -74,23 +76,26 @@ def declared_probe(cell: Cell) -> dict[str, Any]:
 
 
 def preflight(ctx: Context, cell: Cell) -> StageOutcome:
-    from images.preflight import gates_from_tree, hosts_of, preflight, probe_reachability
+    from images.gates import gates_from_tree, hosts_of
+    from images.preflight import preflight
+    from images.probe import probe_reachability
     tree = _engine_tree(ctx, cell)
     tc = ctx.store.get(cell.id, "toolchain")
     if tc is not None and tc.status == "pass":
-        probe = dict(tc.details["probe"])
+        probe: dict[str, Any] = dict(ToolchainDetails.from_outcome(tc).probe)
         # Which of the hosts the tree fetches from a container of this image can reach (GitHub: no).
         probe["reachable"] = probe_reachability(ctx.client, cell.toolchain_tag, hosts_of(gates_from_tree(tree)))
         return preflight(cell, tree, probe)
     out = preflight(cell, tree, declared_probe(cell))
     if out.status == "gated":  # a dead end visible from declared facts alone is still a verdict
         return out
-    checked = [g for g in out.details["gates"] if g["status"] in ("pass", "fail")]
-    unknown = [g for g in out.details["gates"] if g["status"] == "warn"]
+    gates = PreflightDetails.from_outcome(out).gates
+    checked = [g for g in gates if g.status in ("pass", "fail")]
+    unknown = [g for g in gates if g.status == "warn"]
     ev = (f"no image: {len(checked)} gate(s) checked from the rendered Dockerfile and the distro's declared "
-          f"versions ({', '.join(sorted({g['kind'] for g in checked})) or 'none'}), {len(unknown)} need the image",
-          *(f"checked: {g['message']} → {g['status']} (have {g['found']})" for g in checked),
-          *(f"unchecked: {g['evidence']}" for g in unknown if g.get("category") in ("gcc-gate", "cmake-too-old")))
+          f"versions ({', '.join(sorted({g.kind for g in checked})) or 'none'}), {len(unknown)} need the image",
+          *(f"checked: {g.message} → {g.status} (have {g.found})" for g in checked),
+          *(f"unchecked: {g.evidence}" for g in unknown if g.category in ("gcc-gate", "cmake-too-old")))
     return StageOutcome(**{**out.__dict__, "status": "base-unavailable", "category": "base-unavailable",
                            "evidence": ev})
 
@@ -107,7 +112,7 @@ def build(ctx: Context, cell: Cell, stage: str = "build") -> StageOutcome:
         if p:
             ctx.on_progress(cell.id, stage, phase, p[0], p[1])
     return run_build(ctx.client, req, ctx.store.artifact_dir(cell.id, stage), on_line,
-                     probe=tc.details.get("probe") if tc else None, stage=stage)
+                     probe=ToolchainDetails.from_outcome(tc).probe if tc else None, stage=stage)
 
 
 def rebuild(ctx: Context, cell: Cell) -> StageOutcome:

@@ -4,7 +4,8 @@ build stage compiled, run inside the cell's own images.
 Where the runtime image exists the oracle runs there, on the extension it installed. Where vLLM did
 not build (bookworm's GCC gate) the extension still did: the oracle then runs in the toolchain image
 on the wheel the build stage wrote, with numpy and ml_dtypes installed from pip first.
-The repo's kvlab package (pure Python + numpy/ml_dtypes) is mounted read-only.
+Mounted read-only: the container-side scripts (kvlab/resources/) and the kvlab package (pure Python +
+numpy/ml_dtypes), nothing else of the repository.
 """
 
 from __future__ import annotations
@@ -13,33 +14,15 @@ import json
 import time
 from pathlib import Path
 
+from containers.run import SCRIPTS, run_once, script_mount
 from model.results import ResultsStore, StageOutcome
 from model.stage import Timed
 
 ROOT = Path(__file__).resolve().parent.parent
 RANDOM_CASES = 200
-
-SCRIPT = f"""
-import json, sys
-sys.path.insert(0, "/deploylab-src")
-from kvlab import ext, oracle as orc, scenario
-kvx = ext.load(None)
-named = scenario.named_cases()
-results = orc.run(named + scenario.random_cases({RANDOM_CASES}), ext.cpu_backend, "ext")
-print(orc.table(results, {{x.name for x in named}}))
-failed = [r for r in results if not r.ok]
-print("ORACLE-SUMMARY " + json.dumps({{"checks": len(results), "failed": len(failed), "named": len(named),
-      "random": {RANDOM_CASES}, "first_failures": [f"{{r.case}} / {{r.layout}}" for r in failed[:5]],
-      "kvx": getattr(kvx, "__file__", "")}}))
-"""
-
-# In the toolchain image: a throwaway venv with the cell's wheel (no vLLM there to share one with).
-TOOLCHAIN_PREP = """set -e
-python -m venv /tmp/oracle-venv
-/tmp/oracle-venv/bin/pip install -q --cache-dir /cache/pip --no-deps /wheels/kvlab_kvx-*.whl
-/tmp/oracle-venv/bin/pip install -q --cache-dir /cache/pip numpy ml_dtypes
-exec /tmp/oracle-venv/bin/python -c "$ORACLE_SCRIPT"
-"""
+RESOURCES = Path(__file__).resolve().parent / "resources"
+ORACLE = RESOURCES / "oracle_run.py"
+TOOLCHAIN_PREP = RESOURCES / "oracle_toolchain.sh"   # a throwaway venv with the cell's wheel, then ORACLE
 
 
 def run_oracle_stage(cell, image: str, store: ResultsStore, client, wheels: Path | None = None,
@@ -47,22 +30,17 @@ def run_oracle_stage(cell, image: str, store: ResultsStore, client, wheels: Path
     """`wheels` set: run in `image` (a toolchain image) on the wheel in that folder; else on `image`'s own."""
     t0, started = time.monotonic(), time.time()
     out_dir = store.artifact_dir(cell.id, "oracle")
-    vols = {str(ROOT / "kvlab"): {"bind": "/deploylab-src/kvlab", "mode": "ro"},
-            str(ROOT / "matrix"): {"bind": "/deploylab-src/matrix", "mode": "ro"}}
+    ro = {"/deploylab-src/kvlab": ROOT / "kvlab", **script_mount(ORACLE)}
+    rw = {}
     if wheels is None:
-        cmd, env, net = ["python", "-c", SCRIPT], {}, "none"
+        cmd, net = ["python", f"{SCRIPTS}/{ORACLE.name}", str(RANDOM_CASES)], "none"
     else:
-        vols[str(wheels)] = {"bind": "/wheels", "mode": "ro"}
+        ro.update({"/wheels": wheels, **script_mount(TOOLCHAIN_PREP)})
         if pip_cache is not None:
-            vols[str(pip_cache)] = {"bind": "/cache/pip", "mode": "rw"}
-        cmd, env, net = ["bash", "-c", TOOLCHAIN_PREP], {"ORACLE_SCRIPT": SCRIPT}, "bridge"
-    container = client.containers.run(image, cmd, detach=True, network_mode=net, environment=env,
-                                      labels={"org.deploylab.role": "oracle"}, volumes=vols)
-    try:
-        code = container.wait(timeout=1800).get("StatusCode", -1)
-        log = container.logs().decode(errors="replace")
-    finally:
-        container.remove(force=True)
+            rw["/cache/pip"] = pip_cache
+        cmd, net = ["bash", f"{SCRIPTS}/{TOOLCHAIN_PREP.name}", str(RANDOM_CASES)], "bridge"
+    ran = run_once(client, image, cmd, role="oracle", ro=ro, rw=rw, network=net, timeout_s=1800)
+    code, log = ran.exit_code, ran.log
     (out_dir / "oracle.log").write_text(log)
     summary = next((json.loads(line.split(" ", 1)[1]) for line in reversed(log.splitlines())
                     if line.startswith("ORACLE-SUMMARY ")), None)

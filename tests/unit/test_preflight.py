@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from images import preflight as pf
+from images import cmake, gates as gt, preflight as pf
 from model import spec
 from model.errors import UsageError
 
@@ -35,7 +35,7 @@ def matrix():
 
 @pytest.fixture(scope="module")
 def gates():
-    return pf.gates_from_tree(TREE)
+    return gt.gates_from_tree(TREE)
 
 
 def by(results, kind, source_prefix=""):
@@ -139,7 +139,7 @@ def test_declared_probe_without_tools_is_undecided_not_gated(matrix):
 
 def test_unprobed_network_is_a_warning(matrix):
     probe = {k: v for k, v in TRIXIE.items() if k != "reachable"}
-    results = pf.evaluate(pf.gates_from_tree(TREE), probe, matrix.get("debian-trixie-cpu"))
+    results = pf.evaluate(gt.gates_from_tree(TREE), probe, matrix.get("debian-trixie-cpu"))
     onednn = next(r for r in results if r.gate.subject == "oneDNN" and r.status != "skip")
     assert onednn.status == "warn" and "not probed" in onednn.evidence
 
@@ -159,7 +159,7 @@ def test_a_different_tree_gives_different_gates(tmp_path, matrix):
     (tmp_path / "cmake" / "cpu.cmake").write_text(
         "if(CMAKE_CXX_COMPILER_ID STREQUAL \"GNU\" AND\n   CMAKE_CXX_COMPILER_VERSION VERSION_LESS \"14.1\")\n"
         "  message(FATAL_ERROR \"need \" \"GCC 14.1\") # split message\nendif()\n")
-    gates = pf.gates_from_tree(tmp_path)
+    gates = gt.gates_from_tree(tmp_path)
     assert [(g.kind, g.need, g.source) for g in gates] == [
         ("cmake", ">=3.28", "CMakeLists.txt:1"),
         ("compiler", ">=14.1", "cmake/cpu.cmake:3"),
@@ -179,7 +179,7 @@ def test_older_requirements_layout_with_an_index(tmp_path, matrix):
     (tmp_path / "requirements" / "build.txt").write_text("cmake>=3.26\nninja\n")
     (tmp_path / "requirements" / "cpu-build.txt").write_text(
         "--extra-index-url https://download.pytorch.org/whl/cpu\ncmake>=3.26.1\ntorch==2.6.0+cpu\n")
-    gates = pf.gates_from_tree(tmp_path)
+    gates = gt.gates_from_tree(tmp_path)
     torch = next(g for g in gates if g.kind == "torch")
     assert (torch.need, torch.index, torch.source) == ("torch==2.6.0+cpu", "https://download.pytorch.org/whl/cpu",
                                                        "requirements/cpu-build.txt:3")
@@ -204,28 +204,46 @@ def test_older_requirements_layout_with_an_index(tmp_path, matrix):
     ('${CMAKE_CUDA_COMPILER_VERSION} VERSION_GREATER_EQUAL 12.8', {"CMAKE_CUDA_COMPILER_VERSION": "12.8.1"}, True),
 ])
 def test_condition_evaluation(cond, facts, expected):
-    toks = tuple(next(pf._commands(f"if({cond})")).args)
-    assert pf.evaluate_condition(pf.parse_condition(toks), facts) is expected
+    toks = tuple(next(cmake.commands(f"if({cond})")).args)
+    assert cmake.evaluate_condition(cmake.parse_condition(toks), facts) is expected
 
 
 def test_comments_are_dropped_between_and_inside_commands():
     text = ('# line comment (not a command)\n#[[ bracket comment\nfoo(x) ]]\n'
             'set(A #[[ x ) y ]] b # to the end of the line )\n  c)\nfoo(#[==[ ]] ]==] "d")\n')
-    got = [(c.name, c.args, c.line) for c in pf._commands(text)]
+    got = [(c.name, c.args, c.line) for c in cmake.commands(text)]
     assert got == [("set", (("A", False), ("b", False), ("c", False)), 4), ("foo", (("d", True),), 6)]
 
 
 def test_bad_inputs_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="no CMakeLists.txt"):
-        pf.gates_from_tree(tmp_path)
+        gt.gates_from_tree(tmp_path)
     bad = tmp_path / "gates.toml"
     bad.write_text('[variables]\n[tools]\n[facts]\n[[remedy]]\nkind = "cmake"\nfixable = "yes"\n'
                    'remediation = "x"\ncategory = "c"\n')
-    with pytest.raises(UsageError, match=r"gates.toml: remedy\[0\].fixable: expected true or false"):
-        pf.load_config(bad)
+    with pytest.raises(UsageError, match=r"gates.toml: remedy\[0\].fixable: expected a valid boolean, got str 'yes'$"):
+        gt.load_config(bad)
     bad.write_text("[variables\n")
     with pytest.raises(UsageError, match="not valid TOML"):
-        pf.load_config(bad)
+        gt.load_config(bad)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('fixable = true', 'fixabel = true', r"remedy\[0\]\.fixabel: unknown key \(did you mean 'fixable'\?\)$"),
+    ('kind = "cmake"', 'kind = "cmak"', r"remedy\[0\]\.kind: expected 'cmake', .*got str 'cmak' \(did you mean 'cmake'\?\)$"),
+    ('CMAKE_VERSION = ["cmake", "cmake"]', 'CMAKE_VERSION = ["cmake"]',
+     r"variables\.CMAKE_VERSION: expected \[probe key, label\], got list \['cmake'\]$"),
+    ('CUDA_FOUND = false', 'CUDA_FOUND = [false]',
+     r"facts\.target\.cpu\.CUDA_FOUND: expected a string, a number or true/false, got list \[False\]$"),
+    ('[tools]', '[toolz]', r"toolz: unknown key \(did you mean 'tools'\?\)$"),
+])
+def test_gates_toml_faults_name_file_key_and_expectation(tmp_path, old, new, message):
+    text = gt.GATES.read_text()
+    assert old in text
+    bad = tmp_path / "gates.toml"
+    bad.write_text(text.replace(old, new, 1))
+    with pytest.raises(UsageError, match=f"^{bad}: {message}"):
+        gt.load_config(bad)
 
 
 @pytest.mark.parametrize("log, gate_id", [

@@ -1,0 +1,66 @@
+"""Typed stage details (model/details.py) read every record that earlier real runs left in notes/*.json
+(the matrix runs behind the committed notes), lose nothing of them, and write them back unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model.details import BY_STAGE, BuildArtifacts, BuildDetails, PreflightDetails, ToolchainDetails
+from model.errors import UsageError
+from model.results import StageOutcome
+
+NOTES = sorted((Path(__file__).resolve().parents[2] / "notes").glob("*.json"))  # debian-*, fedora-44
+RECORDS = [(f"{f.name}:{cell}:{stage}", o) for f in NOTES
+           for cell, stages in json.loads(f.read_text())["cells"].items()
+           for stage, o in stages.items() if stage in BY_STAGE]
+
+
+def test_the_notes_hold_records_of_every_typed_stage():
+    assert len(NOTES) == 4 and len(RECORDS) == 49
+    assert {o["stage"] for _, o in RECORDS} >= {"render", "base", "toolchain", "preflight", "build", "rebuild",
+                                                  "runtime"}
+
+
+@pytest.mark.parametrize("name, raw", RECORDS, ids=[n for n, _ in RECORDS])
+def test_every_committed_record_parses_and_round_trips(name, raw):
+    o = StageOutcome.from_json(raw)
+    rec = BY_STAGE[o.stage].from_outcome(o)
+    assert set(o.details) <= set(type(rec).model_fields), "a key the record does not know"
+    if o.details:  # a stage that did not run has none
+        assert rec.to_json() == o.details
+    if o.stage in ("build", "rebuild") and o.artifacts:
+        assert BuildArtifacts.from_outcome(o).to_json() == o.artifacts
+
+
+def _outcome(stage: str, cell: str):
+    for f in NOTES:
+        data = json.loads(f.read_text())["cells"]
+        if cell in data:
+            return StageOutcome.from_json(data[cell][stage])
+    raise KeyError(cell)
+
+
+def test_typed_reads_of_real_records():
+    b = BuildDetails.from_outcome(_outcome("build", "debian-trixie-cpu"))
+    assert b.torch_version == "2.14.0+cu130" and b.torch.cuda == "13.0"
+    assert b.offline_inputs["onednn"].got.startswith("onednn-3.")
+    assert [x.category for x in b.blockers] == ["torch-cuda-config"] and b.blockers[0].fixed
+    assert b.measured is None, "the first trixie build predates the per-build measure"
+    assert BuildDetails.from_outcome(_outcome("rebuild", "debian-trixie-cpu")).measured
+    gated = BuildDetails.from_outcome(_outcome("build", "debian-bookworm-cpu"))
+    assert gated.runtime_debs is None and gated.kvlab.status == "pass"
+    p = PreflightDetails.from_outcome(_outcome("preflight", "debian-bookworm-cpu"))
+    assert p.first_dead_end == "compiler:gxx@cmake/cpu_extension.cmake:136"
+    assert sum(p.counts.values()) == len(p.gates) and all(g.status != "skip" for g in p.reached)
+    assert ToolchainDetails.from_outcome(_outcome("toolchain", "debian-bookworm-cpu")).probe["gxx"].startswith("12.2")
+    skipped = BuildDetails.from_outcome(_outcome("build", "debian-bookworm-cuda"))
+    assert (skipped.torch, skipped.blockers, skipped.max_jobs) == (None, [], None)
+
+
+def test_a_malformed_record_is_one_line():
+    o = StageOutcome(cell="c", stage="build", status="pass", details={"attempts": [{"phase": "wheel", "exit": "x"}]})
+    with pytest.raises(UsageError, match=r"^c/build: details\.attempts\[0\]\.exit: .*got str 'x'$"):
+        BuildDetails.from_outcome(o)
