@@ -1,6 +1,6 @@
 """The build's phase sequence and bookkeeping (images.build.BuildState) replayed over real builds:
-the phase log tails and outcome records that the full vLLM 0.33.0 source builds left in notes/builds/
-and notes/debian-*.json (bookworm: torch::cudart fixed, then the GCC dead end; sid: the fix, then a
+the phase log tails and outcome records that the full vLLM 0.33.0 source builds left in notes/deploy/builds/
+and notes/deploy/debian-*.json (bookworm: torch::cudart fixed, then the GCC dead end; sid: the fix, then a
 pass and the linkage). The replay hands each phase the log that phase really printed, with its exit
 code, in place of the container; the record BuildState makes must match what the real build wrote."""
 
@@ -27,7 +27,7 @@ class Replay:
     """Stands where the build container does: each phase gets the log and exit of the real run."""
 
     def __init__(self, cell: str, attempts: list[dict]) -> None:
-        self.dir = ROOT / "notes" / "builds" / cell
+        self.dir = ROOT / "notes" / "deploy" / "builds" / cell
         self.exits = {a["phase"]: a["exit"] for a in attempts}
         self.calls: list[tuple[str, dict]] = []
 
@@ -41,7 +41,7 @@ class Replay:
 
 def _recorded(cell: str) -> dict:
     distro = cell.rsplit("-", 1)[0]
-    return json.loads((ROOT / "notes" / f"{distro}.json").read_text())["cells"][cell]["build"]
+    return json.loads((ROOT / "notes" / "deploy" / f"{distro}.json").read_text())["cells"][cell]["build"]
 
 
 def _replay(cell_id: str, tmp_path: Path) -> tuple[BuildState, Replay, dict]:
@@ -49,7 +49,7 @@ def _replay(cell_id: str, tmp_path: Path) -> tuple[BuildState, Replay, dict]:
     cell = spec.load(None, machine=spec.Machine(cores=2, mem_gib=24)).get(cell_id)
     ws = Workspace(tmp_path / "cell", tmp_path / "cache")
     ws.kvlab.mkdir(parents=True)  # the real builds had the kvlab extension's source
-    linkage = ROOT / "notes" / "builds" / cell_id / "build-linkage.tail.log"
+    linkage = ROOT / "notes" / "deploy" / "builds" / cell_id / "build-linkage.tail.log"
     if linkage.exists():  # the linkage phase writes the owning packages where the stage reads them
         text = "\n".join(STAMP.sub("", ln) for ln in linkage.read_text().splitlines() if STAMP.match(ln))
         ws.wheels.mkdir(parents=True)
@@ -91,8 +91,8 @@ def test_the_fix_reaches_the_retry_and_the_phases_after_it(tmp_path):
 
 
 @pytest.mark.parametrize("file, old, new, message", [
-    ("fixes.toml", 'action = "pip"', 'action = "pipx"', r"cmake-too-old\.action: expected .*got str 'pipx' \(did you mean 'pip'\?\)$"),
-    ("fixes.toml", "dead_end = true", "dead_end = 1", r"gcc-gate\.dead_end: expected a valid boolean, got int 1$"),
+    ("fixes.toml", 'action = "pip"', 'action = "pipx"', r"cmake-too-old\.action: expected one of .*pip.*, got 'pipx' \(did you mean 'pip'\?\)$"),
+    ("fixes.toml", "dead_end = true", "dead_end = 1", r"gcc-gate\.dead_end: expected true or false, got 1$"),
     ("offline.toml", 'debian = "onednn"', 'debain = "onednn"', r"onednn\.debain: unknown key \(did you mean 'debian'\?\)$"),
 ])
 def test_build_data_faults_are_one_line(tmp_path, file, old, new, message):

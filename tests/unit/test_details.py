@@ -1,4 +1,4 @@
-"""Typed stage details (model/details.py) read every record that earlier real runs left in notes/*.json
+"""Typed stage details (model/details.py) read every record that earlier real runs left in notes/deploy/*.json
 (the matrix runs behind the committed notes), lose nothing of them, and write them back unchanged."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from model.details import BY_STAGE, BuildArtifacts, BuildDetails, PreflightDetai
 from model.errors import UsageError
 from model.results import StageOutcome
 
-NOTES = sorted((Path(__file__).resolve().parents[2] / "notes").glob("*.json"))  # debian-*, fedora-44
+NOTES = sorted((Path(__file__).resolve().parents[2] / "notes" / "deploy").glob("*.json"))  # debian-*, fedora-44
 RECORDS = [(f"{f.name}:{cell}:{stage}", o) for f in NOTES
            for cell, stages in json.loads(f.read_text())["cells"].items()
            for stage, o in stages.items() if stage in BY_STAGE]
@@ -62,5 +62,5 @@ def test_typed_reads_of_real_records():
 
 def test_a_malformed_record_is_one_line():
     o = StageOutcome(cell="c", stage="build", status="pass", details={"attempts": [{"phase": "wheel", "exit": "x"}]})
-    with pytest.raises(UsageError, match=r"^c/build: details\.attempts\[0\]\.exit: .*got str 'x'$"):
+    with pytest.raises(UsageError, match=r"^c/build: details\.attempts\[0\]\.exit: .*got 'x'$"):
         BuildDetails.from_outcome(o)
