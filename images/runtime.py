@@ -4,7 +4,6 @@ tcmalloc and libiomp preloaded. The smoke and oracle stages start this image."""
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 from containers.build import ImageBuildFailed
@@ -13,6 +12,7 @@ from images.render import TEMPLATES
 from model.details import BuildArtifacts, BuildDetails, RuntimeDetails
 from model.results import StageOutcome
 from model.spec import Cell
+from model.stage import Timed
 
 RUNTIME_PACKAGES = {
     "debian": ["python3", "python3-venv", "libnuma1", "numactl", "libtcmalloc-minimal4", "libgomp1",
@@ -47,7 +47,7 @@ def render_runtime(cell: Cell, linked_packages: list[str] = ()) -> str:
 
 
 def build_runtime(ctx, cell: Cell) -> StageOutcome:
-    t0, started = time.monotonic(), time.time()
+    t = Timed(cell, "runtime")
     build = ctx.store.get(cell.id, "build")
     built = BuildDetails.from_outcome(build)
     wheels_dir = Path(BuildArtifacts.from_outcome(build).wheels)
@@ -62,10 +62,12 @@ def build_runtime(ctx, cell: Cell) -> StageOutcome:
     except ImageBuildFailed as exc:
         from images.classify import classify_text
         c = classify_text(exc.log)
-        return StageOutcome(cell=cell.id, stage="runtime", status="fail", category=c.category,
-                            evidence=(str(exc)[:300], *c.evidence), remediation=c.remediation,
-                            started=started, seconds=time.monotonic() - t0, artifacts={"log": str(log)})
-    size = ctx.client.images.get(cell.runtime_tag).attrs.get("Size", 0)
-    return StageOutcome(cell=cell.id, stage="runtime", status="pass", started=started,
-                        seconds=time.monotonic() - t0, artifacts={"log": str(log), "image": cell.runtime_tag},
-                        details=RuntimeDetails(image_size_gb=round(size / 1e9, 2), wheels=sorted(files)).to_json())
+        return t.done("fail", category=c.category, evidence=(str(exc)[:300], *c.evidence),
+                      remediation=c.remediation, artifacts={"log": str(log)})
+    image = ctx.client.images.get(cell.runtime_tag)
+    config = image.attrs.get("Config") or {}
+    env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
+    return t.done("pass", artifacts={"log": str(log), "image": cell.runtime_tag},
+                  details=RuntimeDetails(image_size_gb=round(image.attrs.get("Size", 0) / 1e9, 2),
+                                         wheels=sorted(files), image_id=image.id, user=config.get("User") or "root",
+                                         preload=env.get("LD_PRELOAD", "").replace(":", " ").split() or None).to_json())

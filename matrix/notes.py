@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from model.details import BuildArtifacts, BuildDetails, PreflightDetails, RuntimeDetails
 from model.results import ResultsStore, StageOutcome, provenance
 from model.stages import NAMES as ORDER
 
@@ -35,6 +36,80 @@ def _from(o: StageOutcome) -> str:
     return f"{p.get('run', '?')}, {p.get('date', '?')[:10]}, {p.get('host', '?')}" if p else "?"
 
 
+def _q(v: object) -> object:
+    return "?" if v is None else v
+
+
+def _preflight(pf: StageOutcome | None) -> list[str]:
+    if pf is None:
+        return []
+    d = PreflightDetails.from_outcome(pf)
+    lines = [f"**Preflight** ({pf.status}, {_fmt_secs(pf.seconds)}): predicted {pf.status}"
+             f"{' (' + pf.category + ')' if pf.category else ''}", ""]
+    if d.reached:  # a gate with status "skip" is not reached for this target
+        lines += ["| gate | where | needs | have | result | fix | remediation |", "|---|---|---|---|---|---|---|"]
+        for g in d.reached:
+            # Only a gate that failed against a probe is fixable or a dead end; an unprobed one is open.
+            fix = {"fail": "fixable" if g.fixable else "dead end", "warn": "unchecked"}.get(g.status, "")
+            lines.append(f"| {g.message} | {g.source} | {g.need} | {g.found} | {g.status} | {fix} | {g.remediation} |")
+        lines.append("")
+    return lines
+
+
+def _build(b: StageOutcome | None, rb: StageOutcome | None) -> list[str]:
+    if b is None:
+        return []
+    d = BuildDetails.from_outcome(b)
+    lines = [f"**Build:** {b.status} ({b.category}) in {_fmt_secs(b.seconds)}; "
+             f"MAX_JOBS={_q(d.max_jobs)}, disk high-water {_q(d.disk_high_water_gb)} GB, "
+             f"peak memory {_q(d.peak_mem_gib)} GiB"
+             + ("" if d.measured is not None else " (an early record: host-wide disk delta and cgroup max usage "
+                "with page cache, both inflated by other work on the machine; see the rebuild for the per-build "
+                "measure)"), ""]
+    if d.blockers or b.status != "pass":
+        lines += ["Blockers, in the order met:", ""]
+        for i, bl in enumerate(d.blockers, 1):
+            fix = f" → fix: `{bl.fix}` ({'worked' if bl.fixed else 'not enough'})" if bl.fix else " → no fix"
+            ev = bl.evidence[0] if bl.evidence else ""
+            lines.append(f"{i}. **{bl.category}** in {bl.phase}: `{ev}`{fix}. {bl.note}")
+        if b.status != "pass" and not any(bl.fix == "" and bl.category == b.category for bl in d.blockers):
+            lines.append(f"{len(d.blockers) + 1}. **{b.category}**: `{(b.evidence or [''])[0]}`. {b.remediation}")
+        lines.append("")
+    for name, info in d.offline_inputs.items():
+        lines.append(f"- offline input **{name}**: engine asks `{info.asked}`, supplied `{info.got}` "
+                     f"from the distro's source package via `{info.env}`")
+    if d.torch:
+        lines.append(f"- torch {d.torch.version} (CUDA {d.torch.cuda}) from PyPI: the engine pins a "
+                     "`+cpu` build that only download.pytorch.org serves")
+    if d.env:
+        lines.append("- build env: " + ", ".join(f"`{k}={v}`" for k, v in sorted(d.env.items())))
+    if d.runtime_debs:
+        lines.append("- distro libraries the build links: " + ", ".join(d.runtime_debs))
+    if d.kvlab:
+        lines.append(f"- kvlab extension: {d.kvlab.status} ({d.kvlab.category}) in {_fmt_secs(d.kvlab.seconds)}")
+    wheels = [n for n in BuildArtifacts.from_outcome(b).files if n.endswith(".whl")]
+    if wheels:
+        lines.append("- wheels: " + ", ".join(f"`{w}`" for w in wheels))
+    lines.append("")
+    if rb and b.status == "pass" and rb.status == "pass" and rb.seconds > 0:
+        r = BuildDetails.from_outcome(rb)
+        lines += [f"**Warm rebuild (ccache):** {_fmt_secs(rb.seconds)} vs cold {_fmt_secs(b.seconds)}: "
+                  f"cold/warm = {b.seconds / rb.seconds:.1f}×; disk high-water {_q(r.disk_high_water_gb)} GB, "
+                  f"peak memory {_q(r.peak_mem_gib)} GiB"
+                  + (f"; kvlab extension: {r.kvlab.status} in {_fmt_secs(r.kvlab.seconds)}" if r.kvlab else ""), ""]
+    return lines
+
+
+def _runtime(rt: StageOutcome | None) -> list[str]:
+    if rt is None or rt.status != "pass":
+        return []
+    d = RuntimeDetails.from_outcome(rt)
+    how = ([f"runs as `{d.user}`"] if d.user else []) + (
+        ["preloads " + ", ".join(f"`{Path(x).name}`" for x in d.preload)] if d.preload else [])
+    return [f"**Runtime image:** `{rt.artifacts.get('image')}`, {_q(d.image_size_gb)} GB"
+            + (f" ({'; '.join(how)})" if how else ""), ""]
+
+
 def cell_section(cell: str, outs: dict[str, StageOutcome]) -> list[str]:
     lines = [f"## {cell}", ""]
     lines += ["| stage | status | category | time | from (run, date, host) |", "|---|---|---|---|---|"]
@@ -53,72 +128,9 @@ def cell_section(cell: str, outs: dict[str, StageOutcome]) -> list[str]:
     if base and base.status == "base-unavailable":
         lines += [f"**Base unavailable:** {base.evidence[0] if base.evidence else ''}",
                   f"Remediation: {base.remediation}", ""]
-    pf = outs.get("preflight")
-    if pf:
-        gates = pf.details.get("gates", [])
-        lines += [f"**Preflight** ({pf.status}, {_fmt_secs(pf.seconds)}): predicted {pf.status}{' (' + pf.category + ')' if pf.category else ''}", ""]
-        reached = [g for g in gates if g.get("status") != "skip"]  # "skip": not reached for this target
-        if reached:
-            lines += ["| gate | where | needs | have | result | fix | remediation |", "|---|---|---|---|---|---|---|"]
-            for g in reached:
-                # Only a gate that failed against a probe is fixable or a dead end; an unprobed one is open.
-                fix = {"fail": "fixable" if g.get("fixable") else "dead end", "warn": "unchecked"}.get(g.get("status"), "")
-                lines.append(f"| {g.get('message', '')} | {g.get('source', '')} | {g.get('need', '')} | "
-                             f"{g.get('found', '')} | {g.get('status', '')} | {fix} | {g.get('remediation', '')} |")
-            lines.append("")
-    b = outs.get("build")
-    if b:
-        d = b.details
-        lines += [f"**Build:** {b.status} ({b.category}) in {_fmt_secs(b.seconds)}; "
-                  f"MAX_JOBS={d.get('max_jobs', '?')}, disk high-water {d.get('disk_high_water_gb', '?')} GB, "
-                  f"peak memory {d.get('peak_mem_gib', '?')} GiB"
-                  + ("" if "measured" in d else " (an early record: host-wide disk delta and cgroup max usage with "
-                     "page cache, both inflated by other work on the machine; see the rebuild for the per-build "
-                     "measure)"), ""]
-        blockers = d.get("blockers", [])
-        if blockers or b.status != "pass":
-            lines += ["Blockers, in the order met:", ""]
-            for i, bl in enumerate(blockers, 1):
-                fix = f" → fix: `{bl['fix']}` ({'worked' if bl.get('fixed') else 'not enough'})" if bl.get("fix") else " → no fix"
-                ev = bl["evidence"][0] if bl.get("evidence") else ""
-                lines.append(f"{i}. **{bl['category']}** in {bl['phase']}: `{ev}`{fix}. {bl.get('note', '')}")
-            if b.status != "pass" and not any(bl.get("fix") == "" and bl["category"] == b.category for bl in blockers):
-                lines.append(f"{len(blockers) + 1}. **{b.category}**: `{(b.evidence or [''])[0]}`. {b.remediation}")
-            lines.append("")
-        for name, info in d.get("offline_inputs", {}).items():
-            lines.append(f"- offline input **{name}**: engine asks `{info['asked']}`, supplied `{info['got']}` "
-                         f"from the distro's source package via `{info['env']}`")
-        if d.get("torch"):
-            lines.append(f"- torch {d['torch']['version']} (CUDA {d['torch']['cuda']}) from PyPI: the engine pins a "
-                         "`+cpu` build that only download.pytorch.org serves")
-        if d.get("env"):
-            lines.append("- build env: " + ", ".join(f"`{k}={v}`" for k, v in sorted(d["env"].items())))
-        if d.get("runtime_debs"):
-            lines.append("- distro libraries the build links: " + ", ".join(d["runtime_debs"]))
-        if d.get("kvlab"):
-            k = d["kvlab"]
-            lines.append(f"- kvlab extension: {k['status']} ({k['category']}) in {_fmt_secs(k['seconds'])}")
-        wheels = [n for n in b.artifacts if n.endswith(".whl")]
-        if wheels:
-            lines.append("- wheels: " + ", ".join(f"`{w}`" for w in wheels))
-        lines.append("")
-    rb = outs.get("rebuild")
-    if b and rb and b.status == "pass" and rb.status == "pass" and rb.seconds > 0:
-        rd = rb.details
-        lines += [f"**Warm rebuild (ccache):** {_fmt_secs(rb.seconds)} vs cold {_fmt_secs(b.seconds)}: "
-                  f"cold/warm = {b.seconds / rb.seconds:.1f}×; disk high-water {rd.get('disk_high_water_gb', '?')} GB, "
-                  f"peak memory {rd.get('peak_mem_gib', '?')} GiB"
-                  + (f"; kvlab extension: {rd['kvlab']['status']} in {_fmt_secs(rd['kvlab']['seconds'])}"
-                     if rd.get("kvlab") else ""), ""]
-    rt = outs.get("runtime")
-    if rt and rt.status == "pass":
-        how = []
-        if rt.details.get("user"):
-            how.append(f"runs as `{rt.details['user']}`")
-        if rt.details.get("preload"):
-            how.append("preloads " + ", ".join(f"`{Path(x).name}`" for x in rt.details["preload"]))
-        lines += [f"**Runtime image:** `{rt.artifacts.get('image')}`, {rt.details.get('image_size_gb', '?')} GB"
-                  + (f" ({'; '.join(how)})" if how else ""), ""]
+    lines += _preflight(outs.get("preflight"))
+    lines += _build(outs.get("build"), outs.get("rebuild"))
+    lines += _runtime(outs.get("runtime"))
     for stage in ("smoke", "oracle"):
         o = outs.get(stage)
         if o and o.status != "skipped":

@@ -165,6 +165,9 @@ class RuntimeDetails(Details):
     STAGES = ("runtime",)
     image_size_gb: float | None = None
     wheels: list[str] = []  # the files handed to the image build (wheels and requirements)
+    image_id: str | None = None
+    user: str | None = None  # the image's USER, as its config says
+    preload: list[str] | None = None  # LD_PRELOAD of the image's env, as its config says
 
 
 BY_STAGE: dict[str, type[Details]] = {s: cls for cls in (RenderDetails, BaseDetails, ToolchainDetails,
