@@ -32,6 +32,7 @@ from smoke.records import read as read_records
 from smoke.workload import Trace, TraceRequest, words
 
 PEER_TAG = "deploylab/smoke-peer:guidellm-0.8.1"
+PEER_TEMPLATE = "smoke-peer.Dockerfile.j2"
 BENCH_SCRIPT = Path(__file__).parents[1] / "resources" / "vllm_bench_serve.py"
 ROOT = Path(__file__).resolve().parents[2]
 GUIDELLM = "0.8.1"
@@ -57,7 +58,7 @@ def ensure_peer_image(dc, log: Path) -> str:
     def prepare() -> None:
         ensure_runtime_image(dc)  # the peer image is built FROM it
 
-    return ensure_image(dc, PEER_TAG, "smoke-peer.Dockerfile.j2", TEMPLATES, log,
+    return ensure_image(dc, PEER_TAG, PEER_TEMPLATE, TEMPLATES, log,
                         context={"runtime_image": DEFAULT_TAG, "guidellm": GUIDELLM}, prepare=prepare).tag
 
 

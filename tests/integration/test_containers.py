@@ -29,6 +29,7 @@ RUN apt-get update -q && apt-get install -y -q --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/*
 COPY {{ ca_file }} /usr/local/share/deploylab-test/ca.crt
 RUN echo "{{ greeting }}" > /greeting
+COPY from-prepare.txt /from-prepare.txt
 """
 
 
@@ -52,22 +53,28 @@ def image(docker_client, tmp_path_factory):
     (tdir / "tiny.Dockerfile.j2").write_text(TEMPLATE)
     tag = f"deploylab/test-toolkit:{uuid.uuid4().hex[:8]}"
     log = tdir / "build.log"
-    first = images.ensure_image(docker_client, tag, "tiny.Dockerfile.j2", tdir, log,
+    calls = []
+
+    def prepare():  # runs only when a build is needed; what it returns joins the context
+        calls.append(1)
+        return {"from-prepare.txt": b"prepared\n"}
+
+    first = images.ensure_image(docker_client, tag, "tiny.Dockerfile.j2", tdir, log, prepare=prepare,
                                 context={"base_image": BASE, "greeting": "hello from the template"})
     try:
-        assert first.built and first.seconds > 0 and "Successfully tagged" in log.read_text()
-        again = images.ensure_image(docker_client, tag, "tiny.Dockerfile.j2", tdir, log,
+        assert first.built and first.seconds > 0 and "Successfully tagged" in log.read_text() and calls == [1]
+        again = images.ensure_image(docker_client, tag, "tiny.Dockerfile.j2", tdir, log, prepare=prepare,
                                     context={"base_image": BASE, "greeting": "ignored: the tag exists"})
-        assert not again.built and again.seconds == 0
+        assert not again.built and again.seconds == 0 and calls == [1]
         yield tag
     finally:
         docker_client.images.remove(tag, force=True)
 
 
 def test_the_built_image_is_the_rendered_template(docker_client, image):
-    r = run.run_once(docker_client, image, ["cat", "/greeting", "/usr/local/share/deploylab-test/ca.crt"],
+    r = run.run_once(docker_client, image, ["cat", "/greeting", "/from-prepare.txt", "/usr/local/share/deploylab-test/ca.crt"],
                      role="test", labels=TEST)
-    assert r.ok and r.stdout.startswith("hello from the template\n") and "BEGIN CERTIFICATE" in r.stdout
+    assert r.ok and r.stdout.startswith("hello from the template\nprepared\n") and "BEGIN CERTIFICATE" in r.stdout
 
 
 def test_run_once_returns_exit_code_and_both_streams_and_removes_the_container(docker_client, image, tmp_path):

