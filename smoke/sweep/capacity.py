@@ -290,45 +290,54 @@ class Step:
     why: str
 
 
-def step(runs: Sequence[Run], rules: Rules) -> Step:
-    """The next rate to run for one profile, from every run so far (discarded ones included)."""
-    s, need, thr = rules.search, rules.repetitions.per_point, rules.attainment.threshold
+def step(runs: Sequence[Run], rules: Rules, reps: int | None = None) -> Step:
+    """The next rate to run for one profile, from every run so far (discarded ones included).
+
+    reps: valid runs wanted at each deciding point in this pass (1 .. repetitions.per_point; default
+    per_point). New points run repetitions.coarse times. Deciding points are the system bracket's two
+    ends before each bisection, and, once the system search ends, every class's bracket ends too (or
+    its censored end), so each stated capacity rests on `reps` runs at both of its points."""
+    s, thr = rules.search, rules.attainment.threshold
+    need = min(reps or rules.repetitions.per_point, rules.repetitions.per_point)
     bad = Counter(r.rate for r in runs if discard_reason(r, rules))
     if over := [r for r, k in bad.items() if k > rules.discard.max_discards_per_rate]:
         return Step(None, f"stopped: {bad[over[0]]} runs discarded at {over[0]:g} req/s")
     pts = {p.rate: p for p in points(runs, rules)}
-
-    def top_up(rate: float, then: Step) -> Step:
-        return Step(rate, "repeat") if len(pts[rate].runs) < need else then
-
-    def new(rate: float, why: str) -> Step:
-        return Step(rate, why) if len(pts) < s.max_distinct_rates else Step(None, "stopped: max_distinct_rates reached")
-
     if not pts:
         return Step(s.start_rps, "coarse")
     if few := [r for r, p in pts.items() if len(p.runs) < rules.repetitions.coarse]:
         return Step(few[0], "repeat")
+
+    def short(rates) -> float | None:
+        return next((r for r in rates if r is not None and len(pts[r].runs) < need), None)
+
+    def finish(why: str) -> Step:
+        ordered = list(pts.values())
+        caps = [capacity(ordered, thr, c) for c in (None, *ordered[0].runs[0].requests)]
+        r = short(x for c in caps for x in (c.lo, c.hi))
+        return Step(r, "repeat") if r is not None else Step(None, why)
+
+    def new(rate: float, why: str) -> Step:
+        return Step(rate, why) if len(pts) < s.max_distinct_rates else finish("stopped: max_distinct_rates reached")
+
     fail = [r for r, p in pts.items() if p.mean() < thr]
     if not fail:
-        top = max(pts)  # coarse points run `repetitions.coarse` times; a censored end is topped up
-        return (top_up(top, Step(None, "censored above max_rps")) if top >= s.max_rps
-                else new(min(top * s.factor, s.max_rps), "coarse up"))
+        top = max(pts)
+        return finish("censored above max_rps") if top >= s.max_rps else new(min(top * s.factor, s.max_rps), "coarse up")
     hi = min(fail)
     below = [r for r, p in pts.items() if r < hi and p.mean() >= thr]
     if not below:
-        return (top_up(hi, Step(None, "censored below min_rps")) if hi <= s.min_rps
-                else new(max(hi / s.factor, s.min_rps), "coarse down"))
+        return finish("censored below min_rps") if hi <= s.min_rps else new(max(hi / s.factor, s.min_rps), "coarse down")
     lo = max(below)
-    for r in (lo, hi):
-        if len(pts[r].runs) < need:
-            return Step(r, "repeat")
+    if (r := short((lo, hi))) is not None:
+        return Step(r, "repeat")
     if hi - lo <= s.resolution * lo:
-        return Step(None, "resolved")
+        return finish("resolved")
     return new(round((lo + hi) / 2, 4), "bisect")
 
 
-def next_rate(runs: Sequence[Run], rules: Rules) -> float | None:
-    return step(runs, rules).rate
+def next_rate(runs: Sequence[Run], rules: Rules, reps: int | None = None) -> float | None:
+    return step(runs, rules, reps).rate
 
 
 # --- confidence intervals and verdicts ----------------------------------------------------------
@@ -379,6 +388,8 @@ def _boot(data: tuple[np.ndarray, ...], statistic, rules: Rules, est: float, n: 
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if math.isnan(lo) or math.isnan(hi):  # every resample equal: the interval is the value itself
         lo = hi = est
+    # A percentile interval of a kinked statistic (interpolation, min over classes) can miss the
+    # point estimate; it is widened to hold it, never narrowed.
     return Interval(est, min(lo, est), max(hi, est), n)
 
 

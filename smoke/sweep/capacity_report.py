@@ -121,6 +121,7 @@ class CapacityReport(_Out):
     model: str
     engine: str
     engine_image: str
+    threshold: float
     slo: dict[str, cap.SLOBound]
     profiles: dict[str, ProfileCapacity]
     equal_load_rps: float | None = None
@@ -155,6 +156,19 @@ def profile_capacity(runs: Sequence[cap.Run], rules: Rules, total_cpus: float) -
                      client_overhead_ms=r.client_ttft_mean_ms - r.server_ttft_mean_ms,
                      send_lag_p99_ms=r.send_lag_p99_ms, discarded=cap.discard_reason(r, rules)) for r in runs],
         search=cap.step(runs, rules).why)
+
+
+def capacity_figures(profiles: dict[str, ProfileCapacity]) -> dict[str, dict[str, cap.Interval]]:
+    """The searched metrics of the claims (C1, C2, C3c), per profile, for capacity.judge."""
+    return {"system_capacity": {k: cap.Interval(p.system.capacity_rps, p.system.ci_low, p.system.ci_high,
+                                                p.system.repetitions) for k, p in profiles.items()},
+            "combined_score": {k: cap.Interval(p.combined_score.estimate, p.combined_score.low, p.combined_score.high,
+                                               p.combined_score.n) for k, p in profiles.items()}}
+
+
+def equal_load_figures(values: dict[str, dict[str, list[float | None]]], rules: Rules) -> dict[str, dict[str, cap.Interval]]:
+    """metric → variant → one value per valid equal-load run (None: the run had no such figure)."""
+    return {m: {v: cap.mean_ci(xs, rules) for v, xs in per.items()} for m, per in values.items()}
 
 
 def claims_out(rules: Rules, verdicts: dict[str, cap.Verdict]) -> dict[str, ClaimOut]:
@@ -201,6 +215,14 @@ def render(report: CapacityReport, repo: Path) -> str:
                 "| metric | profile | mean [95 % CI] | runs |", "|---|---|---|---|"]
         for m, per in report.equal_load.items():
             out += [f"| {m} | {p} | {i.estimate:.3g} [{i.low:.3g}, {i.high:.3g}] | {i.n} |" for p, i in per.items()]
+    out += ["", "## Attainment per point (mean over valid runs; requests per class in the windows)", "",
+            "| profile | rate | runs | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 3)]
+    for name, p in report.profiles.items():
+        for pt in p.curve:
+            cells = [f"{sum(pt.attainment[c]) / len(pt.attainment[c]):.2f} ({sum(pt.requests[c])})"
+                     if c in pt.attainment else "-" for c in classes]
+            out.append(f"| {name} | {pt.rate_rps:g} | {len(next(iter(pt.attainment.values())))} | "
+                       + " | ".join(cells) + " |")
     out += ["", "## Runs (host load, client overhead; discarded runs are not averaged in)", "",
             "| profile | rate | seed | load start / end | client overhead ms | send lag p99 ms | discarded |",
             "|---|---|---|---|---|---|---|"]
@@ -208,3 +230,35 @@ def render(report: CapacityReport, repo: Path) -> str:
         out += [f"| {name} | {r.rate_rps:g} | {r.seed} | {r.load1[0]:.2f} / {r.load1[1]:.2f} | "
                 f"{r.client_overhead_ms:.0f} | {r.send_lag_p99_ms:.0f} | {r.discarded or '-'} |" for r in p.runs]
     return "\n".join(out) + "\n"
+
+
+def plot(report: CapacityReport, path: Path) -> None:
+    """Attainment vs rate, one panel per profile, one line per class, the threshold dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(report.profiles)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), sharey=True, squeeze=False)
+    for ax, (name, p) in zip(axes[0], report.profiles.items()):
+        for c in p.classes:
+            xs = [pt.rate_rps for pt in p.curve]
+            ax.plot(xs, [sum(pt.attainment[c]) / len(pt.attainment[c]) for pt in p.curve], marker="o", label=c)
+        ax.axhline(report.threshold, ls="--", c="k", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("sessions/s")
+    axes[0][0].set_ylabel("SLO attainment")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(report: CapacityReport, repo: Path, out_dir: Path) -> Path:
+    """capacity.json, README.md and attainment.png under out_dir; nothing when the guard refuses."""
+    text = render(report, repo)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "capacity.json").write_text(report.model_dump_json(indent=1) + "\n")
+    plot(report, out_dir / "attainment.png")
+    (out_dir / "README.md").write_text(text.replace("## SLOs", "![attainment vs rate](attainment.png)\n\n## SLOs", 1))
+    return out_dir / "README.md"

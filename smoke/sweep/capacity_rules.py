@@ -111,7 +111,7 @@ class _Hol(Strict):
 
 
 class _Budget(Strict):
-    minutes: PositiveNumber
+    search_minutes: PositiveNumber
 
 
 class Rules(Strict):

@@ -64,3 +64,16 @@ def test_guard_refuses_an_uncommitted_score(tmp_path):
     git(tmp_path, "init", "-q")
     with pytest.raises(UsageError, match="not committed"):
         rep.score_commit(tmp_path)
+
+
+def test_write_puts_json_markdown_and_png_only_when_the_guard_passes(repo, tmp_path):
+    c = rep.score_commit(repo)
+    report = rep.CapacityReport(**_report(score_commit=c))
+    md = rep.write(report, repo, tmp_path / "out")
+    assert (tmp_path / "out/attainment.png").read_bytes()[:4] == b"\x89PNG"
+    assert rep.CapacityReport.model_validate_json((tmp_path / "out/capacity.json").read_text()) == report
+    assert "![attainment vs rate](attainment.png)" in md.read_text()
+    (repo / "smoke/sweep/capacity.py").write_text("# edited\n")
+    with pytest.raises(UsageError):
+        rep.write(report, repo, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()

@@ -37,7 +37,7 @@ def test_profile_capacity_states_system_and_class_capacities_with_intervals():
 def _report(**over) -> dict:
     p = rep.profile_capacity(runs_for("p", 3.3), FAST, 2.0)
     b = cap.SLOBound(ttft_ms=500, tpot_ms=50, unloaded_ttft_ms=100, unloaded_tpot_ms=10, ttft_multiple=5, tpot_multiple=5)
-    d = {"score_commit": "a" * 40, "model": "m", "engine": "vllm 0.33.0", "engine_image": "img", "slo": {"a": b, "b": b},
+    d = {"score_commit": "a" * 40, "model": "m", "engine": "vllm 0.33.0", "engine_image": "img", "threshold": 0.9, "slo": {"a": b, "b": b},
          "profiles": {"p": p}, "elapsed_s": 60.0, "budget_s": 5400.0}
     return {**d, **over}
 
@@ -54,3 +54,13 @@ def test_capacity_json_round_trips_and_rejects_what_the_issue_forbids():
         rep.ClassCapacity(**{**c, "capacity_rps": c["ci_high"] + 1})
     with pytest.raises(ValidationError, match="verdict"):
         rep.ClaimOut(what="x", verdict="partly reproduced", text="")
+
+
+def test_searches_to_verdict_class_aware_vs_one_pool():
+    profiles = {"class-aware": rep.profile_capacity(runs_for("class-aware", 6.5), FAST, 2.0),
+                "balanced": rep.profile_capacity(runs_for("balanced", 3.3), FAST, 2.0)}
+    only_c1 = FAST.model_copy(update={"claims": {"C1": FAST.claims["C1"]}})
+    v = cap.judge(only_c1, rep.capacity_figures(profiles), {"class-aware": 2.0, "balanced": 2.0})
+    assert v["C1"].word == cap.REPRODUCED and "intervals separate" in v["C1"].text
+    el = rep.equal_load_figures({"rag_ttft_p50_ms": {"a": [100.0, 110.0, None, 120.0]}}, FAST)
+    assert el["rag_ttft_p50_ms"]["a"].n == 3 and el["rag_ttft_p50_ms"]["a"].estimate == pytest.approx(110.0)
