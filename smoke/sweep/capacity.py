@@ -91,6 +91,7 @@ class Run:
     requests: Mapping[str, int]       # per class, requests in the window
     load1: tuple[float, float]        # 1-min load average at the run's start and end
     cores: int
+    foreign_cpu_share: float          # host CPU busy time outside the pools, router and client / (cores x wall)
     client_ttft_mean_ms: float        # all answered requests of the run (the histogram's population)
     server_ttft_mean_ms: float        # the engines' own TTFT histogram, delta over the run
     send_lag_p99_ms: float
@@ -102,7 +103,7 @@ class Run:
 
 def measure(records: Sequence[RequestRecord], duration_s: float, bounds: Mapping[str, SLOBound], rules: Rules, *,
             profile: str, rate: float, seed: int, load1: tuple[float, float], cores: int,
-            server_ttft_mean_ms: float) -> Run:
+            foreign_cpu_share: float, server_ttft_mean_ms: float) -> Run:
     win = window(records, duration_s, rules)
     good, n = Counter(), Counter({c: 0 for c in bounds})
     for r in win:
@@ -112,7 +113,7 @@ def measure(records: Sequence[RequestRecord], duration_s: float, bounds: Mapping
         good[r.cls] += meets(r, bounds[r.cls])
     ttfts = [r.ttft_s * 1000 for r in records if r.ok and r.ttft_s is not None]
     lags = [(r.sent_s - r.scheduled_s) * 1000 for r in records]
-    return Run(profile, rate, seed, {c: good[c] for c in n}, dict(n), load1, cores,
+    return Run(profile, rate, seed, {c: good[c] for c in n}, dict(n), load1, cores, foreign_cpu_share,
                mean(ttfts) if ttfts else math.nan, server_ttft_mean_ms,
                float(np.percentile(lags, 99)) if lags else 0.0)
 
@@ -122,6 +123,8 @@ def discard_reason(run: Run, rules: Rules) -> str:
     d = rules.discard
     if max(run.load1) > d.max_load_per_core * run.cores:
         return f"host load {max(run.load1):.2f} > {d.max_load_per_core:g} x {run.cores} cores"
+    if run.foreign_cpu_share > d.max_foreign_cpu_share:
+        return f"foreign CPU {run.foreign_cpu_share:.0%} of the host > {d.max_foreign_cpu_share:.0%}"
     over = run.client_ttft_mean_ms - run.server_ttft_mean_ms
     allowed = max(d.max_client_overhead_ms, d.max_client_overhead_fraction * run.server_ttft_mean_ms)
     if not over <= allowed:  # NaN (nothing answered) is a discard too

@@ -61,7 +61,7 @@ def estimate(rules: Rules, knee_rps: Mapping[str, float], per_session: Mapping[s
             att = rules.window.min_requests_per_class if rate <= knee_rps[p] else 0
             runs[p].append(cap.Run(p, rate, len(runs[p]), dict.fromkeys(classes, att),
                                    dict.fromkeys(classes, rules.window.min_requests_per_class), (0.0, 0.0), 1,
-                                   0.0, 0.0, 0.0))
+                                   0.0, 0.0, 0.0, 0.0))
             seconds += cap.duration_for(rate, per_session, rules) + run_overhead_s
             ran = True
         starts += ran

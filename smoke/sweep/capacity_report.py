@@ -94,6 +94,7 @@ class RunLog(_Out):
     rate_rps: float
     seed: int
     load1: tuple[float, float]             # host 1-min load average at start and end
+    foreign_cpu_share: float
     client_overhead_ms: float
     send_lag_p99_ms: float
     discarded: str                         # '' or why it was not averaged in
@@ -152,7 +153,7 @@ def profile_capacity(runs: Sequence[cap.Run], rules: Rules, total_cpus: float) -
         combined_score=IntervalOut.of(cap.points_ci(pts, rules, lambda ps: cap.combined_score(ps, thr))),
         curve=[CurvePoint(rate_rps=p.rate, attainment={c: [r.attainment[c] for r in p.runs] for c in classes},
                           requests={c: [r.requests[c] for r in p.runs] for c in classes}) for p in pts],
-        runs=[RunLog(rate_rps=r.rate, seed=r.seed, load1=r.load1,
+        runs=[RunLog(rate_rps=r.rate, seed=r.seed, load1=r.load1, foreign_cpu_share=r.foreign_cpu_share,
                      client_overhead_ms=r.client_ttft_mean_ms - r.server_ttft_mean_ms,
                      send_lag_p99_ms=r.send_lag_p99_ms, discarded=cap.discard_reason(r, rules)) for r in runs],
         search=cap.step(runs, rules).why)
@@ -224,10 +225,10 @@ def render(report: CapacityReport, repo: Path) -> str:
             out.append(f"| {name} | {pt.rate_rps:g} | {len(next(iter(pt.attainment.values())))} | "
                        + " | ".join(cells) + " |")
     out += ["", "## Runs (host load, client overhead; discarded runs are not averaged in)", "",
-            "| profile | rate | seed | load start / end | client overhead ms | send lag p99 ms | discarded |",
-            "|---|---|---|---|---|---|---|"]
+            "| profile | rate | seed | load start / end | foreign CPU | client overhead ms | send lag p99 ms | discarded |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, p in report.profiles.items():
-        out += [f"| {name} | {r.rate_rps:g} | {r.seed} | {r.load1[0]:.2f} / {r.load1[1]:.2f} | "
+        out += [f"| {name} | {r.rate_rps:g} | {r.seed} | {r.load1[0]:.2f} / {r.load1[1]:.2f} | {r.foreign_cpu_share:.0%} | "
                 f"{r.client_overhead_ms:.0f} | {r.send_lag_p99_ms:.0f} | {r.discarded or '-'} |" for r in p.runs]
     return "\n".join(out) + "\n"
 

@@ -76,6 +76,7 @@ class _Bootstrap(Strict):
 
 class _Discard(Strict):
     max_load_per_core: PositiveNumber
+    max_foreign_cpu_share: float = Field(gt=0, lt=1, description="a fraction in (0, 1)")
     max_client_overhead_ms: PositiveNumber
     max_client_overhead_fraction: PositiveNumber
     max_send_lag_p99_ms: PositiveNumber

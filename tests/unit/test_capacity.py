@@ -25,11 +25,11 @@ def rec(i, cls="chat", sched=20.0, ttft=0.1, e2e=1.0, n=11, status="ok", sent=No
                          output_tokens=n if status == "ok" else None, streamed_tokens=n, read_bytes_per_s=bps)
 
 
-def run(rate, att=None, *, load=(0.5, 0.5), over=0.0, lag=0.0, seed=0, n=100, profile="p") -> cap.Run:
+def run(rate, att=None, *, load=(0.5, 0.5), over=0.0, lag=0.0, seed=0, n=100, profile="p", foreign=0.0) -> cap.Run:
     """A run whose class attainments are `att` (class → fraction) over n requests per class."""
     att = att if att is not None else {"chat": 1.0}
     return cap.Run(profile, rate, seed, {c: round(a * n) for c, a in att.items()}, {c: n for c in att},
-                   load, 2, 100.0 + over, 100.0, lag)
+                   load, 2, foreign, 100.0 + over, 100.0, lag)
 
 
 # --- rules ---------------------------------------------------------------------------------------
@@ -79,13 +79,13 @@ def test_measure_counts_attainment_in_the_window_and_client_figures_over_the_run
             for i in range(40)]
     recs += [rec(100, sched=1.0, ttft=0.9, sent=1.5)]                                     # warm-up: not scored
     r = cap.measure(recs, 85.0, {"chat": B}, RULES, profile="p", rate=2.0, seed=7, load1=(1.0, 1.5), cores=2,
-                    server_ttft_mean_ms=150.0)
+                    foreign_cpu_share=0.01, server_ttft_mean_ms=150.0)
     assert r.requests == {"chat": 40} and r.good == {"chat": 30} and r.attainment == {"chat": 0.75}
     assert r.client_ttft_mean_ms == pytest.approx((30 * 100 + 11 * 900) / 41)
     assert r.send_lag_p99_ms == pytest.approx(500 * 0.6, rel=0.05)
     with pytest.raises(UsageError, match="class 'rag' has no SLO"):
         cap.measure([rec(0, cls="rag")], 85.0, {"chat": B}, RULES, profile="p", rate=2.0, seed=0,
-                    load1=(0, 0), cores=2, server_ttft_mean_ms=1.0)
+                    load1=(0, 0), cores=2, foreign_cpu_share=0.0, server_ttft_mean_ms=1.0)
 
 
 def test_duration_sizes_the_window_for_the_rarest_class():
@@ -98,9 +98,11 @@ def test_duration_sizes_the_window_for_the_rarest_class():
 
 def test_discard_reasons():
     assert cap.discard_reason(run(2.0), RULES) == ""
-    assert cap.discard_reason(run(2.0, load=(1.0, 4.5)), RULES).startswith("host load 4.50 > 2 x 2 cores")
+    assert cap.discard_reason(run(2.0, load=(1.0, 8.5)), RULES).startswith("host load 8.50 > 4 x 2 cores")
+    assert cap.discard_reason(run(2.0, load=(7.9, 7.9)), RULES) == ""
+    assert cap.discard_reason(run(2.0, foreign=0.15), RULES) == "foreign CPU 15% of the host > 10%"
     assert "client TTFT overhead 101 ms > 100 ms" in cap.discard_reason(run(2.0, over=101), RULES)
-    big = cap.Run("p", 2.0, 0, {"chat": 100}, {"chat": 100}, (0, 0), 2, 1300.0, 1000.0, 0.0)
+    big = cap.Run("p", 2.0, 0, {"chat": 100}, {"chat": 100}, (0, 0), 2, 0.0, 1300.0, 1000.0, 0.0)
     assert "300 ms > 250 ms" in cap.discard_reason(big, RULES)        # 25 % of 1000 ms is the larger bound
     assert "send lag p99 300 ms" in cap.discard_reason(run(2.0, lag=300), RULES)
     assert cap.discard_reason(run(2.0, n=9), RULES) == "too few requests in the window: chat 9"

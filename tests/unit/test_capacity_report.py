@@ -18,13 +18,13 @@ def runs_for(profile: str, knee: float, load=(0.5, 0.5)) -> list[cap.Run]:
     while (rate := cap.next_rate(runs, FAST)) is not None:
         k = len(runs)
         b = 100 - (k % 3) if rate <= knee else 60 + (k % 3) * 5
-        runs.append(cap.Run(profile, rate, k, {"a": 100, "b": b}, {"a": 100, "b": 100}, load, 2, 120.0, 100.0, 10.0))
+        runs.append(cap.Run(profile, rate, k, {"a": 100, "b": b}, {"a": 100, "b": 100}, load, 2, 0.02, 120.0, 100.0, 10.0))
     return runs
 
 
 def test_profile_capacity_states_system_and_class_capacities_with_intervals():
     runs = runs_for("p", 3.3)
-    runs.append(cap.Run("p", 2.0, 99, {"a": 0, "b": 0}, {"a": 100, "b": 100}, (9.0, 9.0), 2, 120.0, 100.0, 10.0))
+    runs.append(cap.Run("p", 2.0, 99, {"a": 0, "b": 0}, {"a": 100, "b": 100}, (9.0, 9.0), 2, 0.02, 120.0, 100.0, 10.0))
     p = rep.profile_capacity(runs, FAST, 2.0)
     assert p.system.ci_low <= p.system.capacity_rps <= p.system.ci_high
     assert p.system.bracket[0] <= 3.3 < p.system.bracket[1] and p.system.repetitions >= 3
@@ -62,5 +62,7 @@ def test_searches_to_verdict_class_aware_vs_one_pool():
     only_c1 = FAST.model_copy(update={"claims": {"C1": FAST.claims["C1"]}})
     v = cap.judge(only_c1, rep.capacity_figures(profiles), {"class-aware": 2.0, "balanced": 2.0})
     assert v["C1"].word == cap.REPRODUCED and "intervals separate" in v["C1"].text
+    (c1,) = rep.claims_out(only_c1, v).values()
+    assert c1.verdict == "reproduced" and c1.what.startswith("one shared pool saturates")
     el = rep.equal_load_figures({"rag_ttft_p50_ms": {"a": [100.0, 110.0, None, 120.0]}}, FAST)
     assert el["rag_ttft_p50_ms"]["a"].n == 3 and el["rag_ttft_p50_ms"]["a"].estimate == pytest.approx(110.0)
