@@ -27,7 +27,7 @@ from scipy import stats
 from model.errors import UsageError
 from model.toml import load
 from smoke.records import RequestRecord
-from smoke.sweep.capacity_rules import Rules
+from smoke.sweep.capacity_rules import SEARCHED, Rules
 
 RULES_FILE = Path(__file__).with_name("capacity.toml")
 REPRODUCED, NOT_REPRODUCED, NO_DIFFERENCE = "reproduced", "not reproduced", "no difference detectable at this power"
@@ -435,7 +435,7 @@ def judge(rules: Rules, figures: Mapping[str, Mapping[str, Interval]], cpus: Map
         got = figures.get(c.metric, {})
         if missing := [p for p in (c.profile, *c.versus) if p not in got]:
             raise UsageError(f"claim {name}: no {c.metric} for profile {missing[0]!r}")
-        if c.metric in ("system_capacity", "combined_score"):
+        if c.metric in SEARCHED:
             if unequal := [p for p in c.versus if cpus.get(p) != cpus.get(c.profile)]:
                 raise UsageError(f"claim {name}: {c.profile} had {cpus.get(c.profile)} CPUs, {unequal[0]} "
                                  f"{cpus.get(unequal[0])}: capacities compare at equal CPU only")

@@ -12,7 +12,9 @@ from pydantic import Field, model_validator
 
 from model.toml import Fault, NonEmptyStr, NonNegativeNumber, PositiveInt, PositiveNumber, Strict
 
-METRICS = ("system_capacity", "combined_score", "rag_ttft_p50_ms", "slow_tpot_ratio", "hol_ttft_p50_ms", "tpot_p50_ms")
+SEARCHED = ("system_capacity", "combined_score")                               # per profile, from its search
+EQUAL_LOAD = ("rag_ttft_p50_ms", "slow_tpot_ratio", "hol_ttft_p50_ms", "tpot_p50_ms")  # per equal-load variant
+METRICS = SEARCHED + EQUAL_LOAD
 
 Fraction = Field(gt=0, lt=1, description="a fraction in (0, 1)")
 
@@ -86,6 +88,7 @@ class _Discard(Strict):
 class _EqualLoad(Strict):
     fraction: float = Fraction
     reference: NonEmptyStr
+    variants: dict[str, NonEmptyStr] = Field(min_length=1, description="a table of variant = what it runs")
 
 
 class _Claim(Strict):
@@ -131,11 +134,17 @@ class Rules(Strict):
     budget: _Budget
 
     @model_validator(mode="after")
-    def _parts_known(self) -> Rules:
+    def _names_known(self) -> Rules:
+        variants = self.equal_load.variants
         for name, c in self.claims.items():
             for p in c.parts:
                 if p not in self.claims or self.claims[p].parts:
                     raise Fault(f"claims.{name}.parts", f"expected names of claims with a metric, got {p!r}")
+            if c.metric in EQUAL_LOAD:
+                for v in (c.profile, *c.versus):
+                    for need in (v, f"{v}/no-slow") if c.metric == "slow_tpot_ratio" else (v,):
+                        if need not in variants:
+                            raise Fault(f"claims.{name}", f"expected variants of equal_load.variants, got {need!r}")
         return self
 
 

@@ -52,6 +52,10 @@ def test_bad_rules_are_one_line():
     with pytest.raises(UsageError, match=r"claims.C3.parts: expected names of claims with a metric, got 'C9'"):
         validate(Rules, doc, "x.toml")
     doc = RULES.model_dump()
+    del doc["equal_load"]["variants"]["slow-isolation/no-slow"]
+    with pytest.raises(UsageError, match=r"claims.C3b: expected variants of equal_load.variants, got 'slow-isolation/no-slow'"):
+        validate(Rules, doc, "x.toml")
+    doc = RULES.model_dump()
     doc["search"]["start_rps"] = 64.0
     with pytest.raises(UsageError, match=r"search.start_rps: expected min_rps <= start_rps <= max_rps"):
         validate(Rules, doc, "x.toml")
@@ -246,7 +250,7 @@ def test_capacity_ci_over_repetitions():
 def test_judge_combines_parts_and_requires_equal_cpu():
     i = lambda lo, hi: cap.Interval((lo + hi) / 2, lo, hi, 3)    # noqa: E731
     prof = ["class-aware", "balanced", "large-token", "small-interactive", "prefix-cache", "slow-isolation",
-            "long-prefill-limit", "balanced+tcmalloc", "balanced-no-tcmalloc"]
+            "long-prefill-limit", "balanced/no-tcmalloc"]
     fig = {m: {p: i(1, 2) for p in prof} for m in ("system_capacity", "combined_score", "rag_ttft_p50_ms",
                                                    "slow_tpot_ratio", "hol_ttft_p50_ms", "tpot_p50_ms")}
     fig["system_capacity"]["class-aware"] = i(5, 6)
