@@ -235,7 +235,7 @@ class Point:
         """Mean attainment over runs; cls None: the binding class (min over classes)."""
         if cls is None:
             return min(self.mean(c) for c in self.runs[0].requests)
-        return mean(r.attainment[cls] for r in self.runs)
+        return sum(r.good[cls] / r.requests[cls] if r.requests[cls] else 0.0 for r in self.runs) / len(self.runs)
 
 
 def points(runs: Sequence[Run], rules: Rules) -> list[Point]:
@@ -257,10 +257,10 @@ class Capacity:
 
     def describe(self) -> str:
         if self.censored == "above":
-            return f">= {self.rps:g} req/s (no measured rate failed)"
+            return f">= {self.rps:g} sessions/s (no measured rate failed)"
         if self.censored == "below":
-            return f"< {self.hi:g} req/s (the lowest measured rate failed)"
-        return f"{self.rps:.3g} req/s (interpolated between {self.lo:g} and {self.hi:g})"
+            return f"< {self.hi:g} sessions/s (the lowest measured rate failed)"
+        return f"{self.rps:.3g} sessions/s (interpolated between {self.lo:g} and {self.hi:g})"
 
 
 def capacity(pts: Sequence[Point], threshold: float, cls: str | None = None, interpolate: bool = True) -> Capacity:
@@ -279,9 +279,9 @@ def capacity(pts: Sequence[Point], threshold: float, cls: str | None = None, int
     return Capacity(rps, lo.rate, hi.rate, "", min(len(lo.runs), len(hi.runs)))
 
 
-def combined_score(pts: Sequence[Point], threshold: float) -> float:
+def combined_score(pts: Sequence[Point], threshold: float, interpolate: bool = True) -> float:
     """C2: geometric mean over classes of class capacity (0 when any class is censored below)."""
-    caps = [capacity(pts, threshold, c).rps for c in pts[0].runs[0].requests]
+    caps = [capacity(pts, threshold, c, interpolate).rps for c in pts[0].runs[0].requests]
     return 0.0 if min(caps) <= 0 else math.exp(sum(map(math.log, caps)) / len(caps))
 
 
@@ -304,7 +304,7 @@ def step(runs: Sequence[Run], rules: Rules, reps: int | None = None) -> Step:
     need = min(reps or rules.repetitions.per_point, rules.repetitions.per_point)
     bad = Counter(r.rate for r in runs if discard_reason(r, rules))
     if over := [r for r, k in bad.items() if k > rules.discard.max_discards_per_rate]:
-        return Step(None, f"stopped: {bad[over[0]]} runs discarded at {over[0]:g} req/s")
+        return Step(None, f"stopped: {bad[over[0]]} runs discarded at {over[0]:g} sessions/s")
     pts = {p.rate: p for p in points(runs, rules)}
     if not pts:
         return Step(s.start_rps, "coarse")

@@ -146,11 +146,11 @@ def profile_capacity(runs: Sequence[cap.Run], rules: Rules, total_cpus: float) -
     if not pts:
         raise UsageError(f"{runs[0].profile if runs else '?'}: no valid run: no capacity")
     classes = list(pts[0].runs[0].requests)
-    thr = rules.attainment.threshold
+    thr, interp = rules.attainment.threshold, rules.capacity.interpolate
     return ProfileCapacity(
         total_cpus=total_cpus, system=_class_capacity(pts, rules, None),
         classes={c: _class_capacity(pts, rules, c) for c in classes},
-        combined_score=IntervalOut.of(cap.points_ci(pts, rules, lambda ps: cap.combined_score(ps, thr))),
+        combined_score=IntervalOut.of(cap.points_ci(pts, rules, lambda ps: cap.combined_score(ps, thr, interp))),
         curve=[CurvePoint(rate_rps=p.rate, attainment={c: [r.attainment[c] for r in p.runs] for c in classes},
                           requests={c: [r.requests[c] for r in p.runs] for c in classes}) for p in pts],
         runs=[RunLog(rate_rps=r.rate, seed=r.seed, load1=r.load1, foreign_cpu_share=r.foreign_cpu_share,

@@ -196,7 +196,7 @@ def test_search_repeats_discarded_runs_and_stops_after_too_many():
     c = cap.capacity(cap.points(runs, RULES), 0.9, "chat")
     assert c.lo <= 3.3 < c.hi and len(valid) < len(runs)
     stuck = drive(lambda r, k: 1.0, discard_every=1)
-    assert len(stuck) == 3 and cap.step(stuck, RULES).why == "stopped: 3 runs discarded at 2 req/s"
+    assert len(stuck) == 3 and cap.step(stuck, RULES).why == "stopped: 3 runs discarded at 2 sessions/s"
 
 
 def test_search_rechecks_a_coarse_point_whose_repetitions_flip_it():
