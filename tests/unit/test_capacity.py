@@ -5,6 +5,7 @@ the discard rule and SLO calibration. Records and runs are constructed here; not
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from model.errors import UsageError
 from model.toml import validate
@@ -217,6 +218,19 @@ def test_search_in_interleaved_passes_repeats_only_the_deciding_points():
     a, b = cap.capacity(pts, 0.9, "a"), cap.capacity(pts, 0.9, "b")
     assert (a.lo, a.hi, a.repetitions) == (6.0, 8.0, 3) and (b.lo, b.hi, b.repetitions) == (5.0, 6.0, 3)
     assert cap.step(runs, RULES).why == "resolved"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(min_value=0.26, max_value=31.0))
+def test_search_in_passes_brackets_any_knee_inside_the_bounds(knee):
+    truth = lambda r, k: 1.0 if r <= knee else 0.4      # noqa: E731
+    runs: list = []
+    for reps in (1, 2, 3):
+        runs = drive(truth, reps=reps, runs=runs)
+    c = cap.capacity(cap.points(runs, RULES), 0.9, "chat")
+    assert c.lo <= knee < c.hi and c.repetitions == 3
+    why = cap.step(runs, RULES).why
+    assert why == "resolved" and c.hi - c.lo <= RULES.search.resolution * c.lo or why.startswith("stopped: max")
 
 
 # --- intervals and verdicts ----------------------------------------------------------------------
