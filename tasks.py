@@ -163,9 +163,20 @@ def matrix(c, spec=None, set_=None, cells=None, stages=None, run="latest", force
     check_names(stages or (), "--stages")
     for line in plan(ctx, m.select(cells), stages or PIPELINE):
         _console().print(line)
+    _remove_orphans()
     with LiveProgress(ctx):
         run_matrix(ctx, m.select(cells), stages)
     _console().print(summary_table(ctx.store, [x.id for x in m.select(cells)]))
+
+
+def _remove_orphans():
+    """What a crashed earlier run left (its owner process is gone) goes before a new run starts."""
+    from containers.engine import answers, client
+    from containers.labels import OWNER, cleanup_leftovers
+    if answers():
+        gone = cleanup_leftovers(client(), OWNER, orphans_only=True)
+        if gone:
+            _console().print(f"removed what a crashed run left behind: {', '.join(gone)}")
 
 
 @task(help={"run": "results run name", "out": "notes folder"})
