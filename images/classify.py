@@ -86,11 +86,19 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Kind:
+    name: str
+    crashed: str
+    remediation: str
+    patterns: tuple[re.Pattern[str], ...]
+
+
+@dataclass(frozen=True)
 class Rules:
     rules: tuple[Rule, ...]
     fatal: tuple[re.Pattern[str], ...]
     exception: re.Pattern[str]
-    kinds: tuple[tuple[str, str, str, tuple[re.Pattern[str], ...]], ...]  # (name, crashed, remediation, patterns)
+    kinds: tuple[Kind, ...]
 
     def categories(self, severity: str) -> set[str]:
         return {r.category for r in self.rules if r.severity == severity}
@@ -153,15 +161,16 @@ def load_rules(path: Path = RULES) -> Rules:
         i, r = next((i, r) for i, r in enumerate(doc.rule) if r.category in shared and r.severity == "warning")
         raise UsageError(f"{path}: rule[{i}].category: {r.category!r} is used by warning and non-warning rules; "
                          "expected a category of its own")
-    for i, k in enumerate(doc.kind[:-1]):
-        if not k.patterns:
-            raise UsageError(f"{path}: kind[{i}].patterns: expected patterns (only the last kind is the default)")
+    for i, k in enumerate(doc.kind):
+        if bool(k.patterns) == (i == len(doc.kind) - 1):
+            raise UsageError(f"{path}: kind[{i}].patterns: expected " + (
+                "none: the last kind is the default" if k.patterns else "patterns: only the last kind is the default"))
     return Rules(
         rules=tuple(Rule(r.id, r.category, r.severity, tuple(re.compile(p) for p in r.patterns), r.remediation,
                          r.before) for r in doc.rule),
         fatal=tuple(re.compile(p) for p in doc.outcome.fatal),
         exception=re.compile(doc.outcome.exception),
-        kinds=tuple((k.name, k.crashed, k.remediation, tuple(re.compile(p) for p in k.patterns)) for k in doc.kind))
+        kinds=tuple(Kind(k.name, k.crashed, k.remediation, tuple(re.compile(p) for p in k.patterns)) for k in doc.kind))
 
 
 _DEFAULT: Rules | None = None
@@ -200,29 +209,29 @@ def classify_text(text: str, rules: Rules | None = None) -> Classification:
         m = HEADER_EXIT.search(lines[0])
         exit_code = int(m.group(1)) if m else None
         lines, offset = lines[1:], 1
-    kind = next(k for k in rs.kinds if not k[3] or any(p.search(ln) for ln in lines for p in k[3]))
+    kind = next(k for k in rs.kinds if not k.patterns or any(p.search(ln) for ln in lines for p in k.patterns))
     findings = _findings(lines, [r for r in rs.rules if r.severity == "warning"], offset)
     by = {s: [r for r in rs.rules if r.severity == s] for s in ("fatal", "error", "success")}
 
     cause = _first(lines, by["fatal"])
     if cause:
-        return _named(lines, cause, "fatal", kind[0], findings, offset)
+        return _named(lines, cause, "fatal", kind.name, findings, offset)
     error = _first(lines, by["error"])
     last_ok = _last(lines, tuple(p for r in by["success"] for p in r.patterns))
     died = bool(exit_code) or _last(lines, rs.fatal) > last_ok
     if died:
         if error:
-            return _named(lines, error, "error", kind[0], findings, offset)
+            return _named(lines, error, "error", kind.name, findings, offset)
         return _crashed(lines, rs, kind, findings, offset)
     if last_ok >= 0:
         ok = _first(lines, by["success"])
         assert ok is not None
-        return _named(lines, ok, "success", kind[0], findings, offset)
+        return _named(lines, ok, "success", kind.name, findings, offset)
     if error:
-        return _named(lines, error, "error", kind[0], findings, offset)
+        return _named(lines, error, "error", kind.name, findings, offset)
     tail = tuple(_clip(ln) for ln in lines if ln.strip())[-MAX_EVIDENCE:]
     return Classification(UNKNOWN, tail, "no rule matched: read the log's last lines and add a rule to "
-                          "images/rules.toml", "", 0, UNKNOWN, kind[0], findings)
+                          "images/rules.toml", "", 0, UNKNOWN, kind.name, findings)
 
 
 def _findings(lines: list[str], warnings: list[Rule], offset: int) -> tuple[Finding, ...]:
@@ -254,7 +263,7 @@ def _named(lines: list[str], hit: tuple[int, Rule, re.Match[str]], severity: str
                           severity, kind, findings)
 
 
-def _crashed(lines: list[str], rs: Rules, kind: tuple, findings: tuple[Finding, ...],
+def _crashed(lines: list[str], rs: Rules, kind: Kind, findings: tuple[Finding, ...],
              offset: int) -> Classification:
     """A log that died of a cause no rule names: the last exception line (else the last fatal line) as evidence."""
     idx = _last(lines, (rs.exception,))
@@ -263,7 +272,7 @@ def _crashed(lines: list[str], rs: Rules, kind: tuple, findings: tuple[Finding, 
     if idx < 0:  # only the exit code says it failed
         idx = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     evidence = (_clip(lines[idx]),) if idx >= 0 else ()
-    return Classification(kind[1], evidence, kind[2], "", idx + 1 + offset if idx >= 0 else 0, "crashed", kind[0],
+    return Classification(kind.crashed, evidence, kind.remediation, "", idx + 1 + offset if idx >= 0 else 0, "crashed", kind.name,
                           findings)
 
 

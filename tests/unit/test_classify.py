@@ -3,6 +3,7 @@ run; its first line says how) and on rule-selection edge cases. No Docker here."
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +22,21 @@ INVOKE = Path(sys.executable).with_name("invoke")
 
 
 def test_there_are_fixtures_with_capture_headers():
-    assert len(FIXTURES) >= 8
+    assert len(FIXTURES) >= 25
     for f in FIXTURES:
         first = f.read_text(errors="replace").splitlines()[0]
-        assert first.startswith("# captured: ") and " | date: " in first, f.name
+        assert first.startswith("# captured: ") and " | image: " in first and " | date: " in first, f.name
         assert "__" in f.name, f"{f.name}: expected <category>__<short-name>.log"
+
+
+def test_every_fixture_comes_from_a_capture_scenario_or_a_build():
+    """Each log is re-creatable: capture.py has its scenario, or its header names the `invoke build` run."""
+    spec = importlib.util.spec_from_file_location("capture", LOGS / "capture.py")
+    capture = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(capture)
+    known = {*capture.SCENARIOS, *capture.FAILS, *capture.SERVERS}
+    orphans = [f.name for f in FIXTURES if f.stem not in known and "invoke build" not in f.read_text().splitlines()[0]]
+    assert orphans == []
 
 
 @pytest.mark.parametrize("log", FIXTURES, ids=[f.stem for f in FIXTURES])
@@ -189,6 +200,8 @@ TOP = '[outcome]\nfatal = ["Traceback"]\nexception = "Error"\n[[kind]]\nname = "
      r"rule\[1\].category: 'a' is used by warning and non-warning rules"),
     ("[[rule]]\n" + RULE, r"rules.toml: outcome: missing"),
     (TOP + "[[rule]]\n" + RULE.replace("severity", "# severity"), r"rule\[0\].severity: missing"),
+    (TOP.replace('remediation = ""', 'remediation = ""\npatterns = ["x"]') + "[[rule]]\n" + RULE,
+     r"kind\[0\].patterns: expected none: the last kind is the default"),
 ])
 def test_bad_rules_are_one_line_usage_errors(tmp_path, rules, message):
     path = tmp_path / "rules.toml"

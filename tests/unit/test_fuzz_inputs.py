@@ -77,8 +77,41 @@ def test_rules_loader_mutated_real_file(tmp_path, path, value, delete):
     """The real rules.toml with one key removed or given another value: loads, or one UsageError line."""
     f = tmp_path / "rules.toml"
     f.write_text(tomli_w.dumps(_mutate(REAL, path, value, delete)))
+    _loads_and_classifies(f)
+
+
+KEYS = ["id", "category", "severity", "patterns", "remediation", "before", "name", "crashed", "fatal", "exception",
+        "priority", "note"]
+
+
+def _at(doc, path):
+    for k in path:
+        doc = doc[k]
+    return doc
+
+
+TABLES = [()] + [path for path in PATHS if isinstance(_at(REAL, path), dict)]
+
+
+@FUZZ
+@given(table=st.sampled_from(TABLES), key=st.sampled_from(KEYS) | st.text(min_size=1, max_size=6), value=toml_values)
+def test_rules_loader_added_key(tmp_path, table, key, value):
+    """A key added to any table of the real file (a known key in the wrong table, or an unknown one)."""
+    import copy
+    doc = copy.deepcopy(REAL)
+    _at(doc, table)[key] = value
+    f = tmp_path / "rules.toml"
+    f.write_text(tomli_w.dumps(doc))
+    _loads_and_classifies(f)
+
+
+def _loads_and_classifies(f: Path) -> None:
+    """A rules file that loads must also classify: a bad one may only fail at load, as one line."""
     got = _contract(load_rules, f)
     assert isinstance(got, (Rules, UsageError))
+    if isinstance(got, Rules):
+        for text in ("", "Traceback (most recent call last):\nValueError: x\n", "Application startup complete"):
+            assert isinstance(classify_text(text, got), Classification)
 
 
 @FUZZ
