@@ -144,6 +144,12 @@ def test_warnings_are_findings_beside_the_outcome():
     assert classify_text(WARN).category == "unknown"  # a warning alone says nothing of the outcome
 
 
+def test_printed_lines_carry_the_findings():
+    lines = classify_text(WARN + "INFO:     Application startup complete.\n").lines()
+    assert lines[0].startswith("category: success  (rule success, line 2)")
+    assert any(ln.startswith("finding: tcmalloc-not-preloaded (line 1): ") and "LD_PRELOAD" in ln for ln in lines)
+
+
 def test_a_fatal_log_no_rule_explains_is_crashed_with_the_last_exception():
     server = ("INFO 12-06 [api_server.py:1] vLLM API server version 0.32.0\n" + WARN +
               "(EngineCore_DP0 pid=9) Traceback (most recent call last):\n"
