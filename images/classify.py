@@ -203,7 +203,7 @@ def _last(lines: list[str], patterns: tuple[re.Pattern[str], ...]) -> int:
 
 def classify_text(text: str, rules: Rules | None = None) -> Classification:
     rs = rules if rules is not None else _default_rules()
-    lines = text.splitlines()
+    lines = text.replace("\r\n", "\n").split("\n")  # numbered as editors and grep -n number them
     offset, exit_code = 0, None
     if lines and lines[0].startswith(HEADER):  # the header names the command: never a log line to match
         m = HEADER_EXIT.search(lines[0])

@@ -93,8 +93,12 @@ def _at(doc, path):
 TABLES = [()] + [path for path in PATHS if isinstance(_at(REAL, path), dict)]
 
 
+# A key with a line break in it is pinned by the xfail below (model/toml.py), not fuzzed here.
+printable_keys = st.text(st.characters(blacklist_categories=("Cc", "Zl", "Zp")), min_size=1, max_size=6)
+
+
 @FUZZ
-@given(table=st.sampled_from(TABLES), key=st.sampled_from(KEYS) | st.text(min_size=1, max_size=6), value=toml_values)
+@given(table=st.sampled_from(TABLES), key=st.sampled_from(KEYS) | printable_keys, value=toml_values)
 def test_rules_loader_added_key(tmp_path, table, key, value):
     """A key added to any table of the real file (a known key in the wrong table, or an unknown one)."""
     import copy
@@ -112,6 +116,14 @@ def _loads_and_classifies(f: Path) -> None:
     if isinstance(got, Rules):
         for text in ("", "Traceback (most recent call last):\nValueError: x\n", "Application startup complete"):
             assert isinstance(classify_text(text, got), Classification)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="model/toml.py:43 (_key) puts a key's text into the "
+                   "message unescaped: a quoted TOML key with a line break gives a two-line UsageError")
+def test_rules_loader_key_with_a_line_break(tmp_path):
+    f = tmp_path / "rules.toml"
+    f.write_text(RULES.read_text() + '"\\n" = 1\n')
+    _contract(load_rules, f)
 
 
 @FUZZ
