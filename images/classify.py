@@ -16,6 +16,7 @@ Outcome by severity, never by which line came first across severities:
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -44,7 +45,20 @@ def _regex(p: str) -> str:
     return p
 
 
+def _template(text: str) -> str:
+    """A remediation: {name} placeholders only, filled from the pattern's named groups."""
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a valid template: {exc}") from None
+    bad = next((n for n in names if not re.fullmatch(r"[A-Za-z_]\w*", n)), None)
+    if bad is not None:
+        raise ValueError(f"not a valid template: {{{bad}}} (expected {{name}} of a named group)")
+    return text
+
+
 Regex = Annotated[str, AfterValidator(_regex)]
+Template = Annotated[str, AfterValidator(_template)]
 Name = Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 
 
@@ -53,7 +67,7 @@ class RuleSpec(Strict):
     category: Name
     severity: Literal["fatal", "error", "warning", "success"]
     patterns: Annotated[list[Regex], Field(min_length=1)]
-    remediation: str = ""
+    remediation: Template = ""
     before: Annotated[int, Field(ge=0, le=5)] = 0  # lines above the match kept as evidence (CMake's file:line)
 
 

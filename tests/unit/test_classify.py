@@ -206,6 +206,8 @@ TOP = '[outcome]\nfatal = ["Traceback"]\nexception = "Error"\n[[kind]]\nname = "
      r"rule\[1\].category: 'a' is used by warning and non-warning rules"),
     ("[[rule]]\n" + RULE, r"rules.toml: outcome: missing"),
     (TOP + "[[rule]]\n" + RULE.replace("severity", "# severity"), r"rule\[0\].severity: missing"),
+    (TOP + "[[rule]]\n" + RULE + 'remediation = "need {need"\n', r"rule\[0\].remediation: not a valid template"),
+    (TOP + "[[rule]]\n" + RULE + 'remediation = "{0} {a.b}"\n', r"rule\[0\].remediation: not a valid template: \{0\}"),
     (TOP.replace('remediation = ""', 'remediation = ""\npatterns = ["x"]') + "[[rule]]\n" + RULE,
      r"kind\[0\].patterns: expected none: the last kind is the default"),
 ])

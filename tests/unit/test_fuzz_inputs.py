@@ -18,7 +18,7 @@ import tomli_w
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from images.classify import RULES, Classification, Rules, classify_text, load_rules
+from images.classify import RULES, Classification, Rules, _fill, classify_text, load_rules
 from model.errors import UsageError
 from smoke import records, workload
 
@@ -40,7 +40,7 @@ def _contract(read, path: Path):
 
 REAL = tomllib.loads(RULES.read_text())
 toml_scalars = (st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=20)
-                | st.sampled_from(["(", "[a-", "*", "(?P<x>", "fatal", "warning", "success", "error", "x"]))
+                | st.sampled_from(["(", "[a-", "*", "(?P<x>", "fatal", "warning", "success", "error", "x", "{", "{0}", "{a.b}"]))
 toml_values = st.recursive(toml_scalars, lambda inner: st.lists(inner, max_size=3) |
                            st.dictionaries(st.text(min_size=1, max_size=8), inner, max_size=3), max_leaves=8)
 
@@ -93,6 +93,15 @@ def _at(doc, path):
 TABLES = [()] + [path for path in PATHS if isinstance(_at(REAL, path), dict)]
 
 
+@FUZZ
+@given(i=st.integers(0, len(REAL["rule"]) - 1), text=st.text(alphabet="{}ab_0.[]:!r ", max_size=10))
+def test_rules_loader_any_remediation(tmp_path, i, text):
+    """Remediations are templates ({group} from the pattern): a broken one fails at load, not mid-classify."""
+    f = tmp_path / "rules.toml"
+    f.write_text(tomli_w.dumps(_mutate(REAL, ("rule", i, "remediation"), text, False)))
+    _loads_and_classifies(f)
+
+
 # A key with a line break in it is pinned by the xfail below (model/toml.py), not fuzzed here.
 printable_keys = st.text(st.characters(blacklist_categories=("Cc", "Zl", "Zp")), min_size=1, max_size=6)
 
@@ -116,6 +125,8 @@ def _loads_and_classifies(f: Path) -> None:
     if isinstance(got, Rules):
         for text in ("", "Traceback (most recent call last):\nValueError: x\n", "Application startup complete"):
             assert isinstance(classify_text(text, got), Classification)
+        for rule in got.rules:  # what classify does with the remediation of a rule that matched
+            assert isinstance(_fill(rule.remediation, None), str)
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason="model/toml.py:43 (_key) puts a key's text into the "
