@@ -168,6 +168,14 @@ def test_a_fatal_log_no_rule_explains_is_crashed_with_the_last_exception():
     assert (c.category, c.evidence) == ("build-failed", ("nothing to see",))
 
 
+def test_a_failed_docker_build_after_an_earlier_success_line_is_not_success():
+    log = ("Step 3/5 : RUN pip install vllm\nSuccessfully installed torch-2.13.0 vllm-0.32.0\n"
+           "Step 4/5 : RUN python -c 'import nope'\nModuleNotFoundError: No module named 'nope'\n"
+           "ERROR: The command '/bin/sh -c python -c 'import nope'' returned a non-zero code: 1\n")
+    c = classify_text(log)
+    assert (c.category, c.evidence) == ("build-failed", ("ModuleNotFoundError: No module named 'nope'",))
+
+
 def test_a_crash_after_start_up_is_not_success():
     log = "INFO:     Application startup complete.\nTraceback (most recent call last):\nKeyError: 'x'\n"
     assert classify_text(log).category == "build-failed"  # no server marker in these lines
