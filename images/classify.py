@@ -1,35 +1,131 @@
-"""Classify a build or server log: category, the evidence line(s), and what to do about it.
+"""Classify a build or server log: the outcome, its evidence line(s), what to do, and the warnings beside it.
 
-Rules are data (rules.toml). Parsing only: this module never talks to Docker, so its tests need
-no engine. Selection: the highest priority tier that matched, then the earliest line in it, so
-the first fatal cause wins over the errors that cascade from it.
+Rules are data (rules.toml), validated through model.toml like every file a user edits. Parsing only:
+this module never talks to Docker, so its tests need no engine.
+
+Outcome by severity, never by which line came first across severities:
+  1. a `fatal` rule (a named cause: the shm check, no C++ compiler, port in use, ...) — the earliest wins,
+     so the first cause beats the errors that cascade from it;
+  2. the process died (a traceback, "failed to start", a non-zero exit, killed: [outcome].fatal) after
+     the last success line: an `error` rule if one matched, else the log kind's crash category
+     (server-crashed / build-failed) with the last exception line as evidence — never unknown or success;
+  3. `success` when a success line matched, else an `error` rule, else `unknown`.
+`warning` rules never decide the outcome: they are reported as findings beside it.
 """
 
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field
 
 from model.errors import UsageError
-from model.spec import read_toml
+from model.toml import Strict, load
 
 RULES = Path(__file__).with_name("rules.toml")
 MAX_EVIDENCE = 3
 MAX_LINE = 300  # pip prints every rejected version on one line
 UNKNOWN = "unknown"
 SUCCESS = "success"
+HEADER = "# captured: "  # a fixture's first line (tests/fixtures/logs): how it was captured, and its exit code
+HEADER_EXIT = re.compile(r"\| exit: (-?\d+)")
+
+
+def _regex(p: str) -> str:
+    try:
+        re.compile(p)
+    except re.error as exc:
+        raise ValueError(f"not a valid regex: {exc}") from None
+    except (RecursionError, OverflowError):  # found by fuzzing: "(" * 1000 overflows re's parser
+        raise ValueError("not a valid regex: nested too deep for Python's re") from None
+    return p
+
+
+def _template(text: str) -> str:
+    """A remediation: {name} placeholders only, filled from the pattern's named groups."""
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a valid template: {exc}") from None
+    bad = next((n for n in names if not re.fullmatch(r"[A-Za-z_]\w*", n)), None)
+    if bad is not None:
+        raise ValueError(f"not a valid template: {{{bad}}} (expected {{name}} of a named group)")
+    return text
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+Template = Annotated[str, AfterValidator(_template)]
+Name = Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+
+
+class RuleSpec(Strict):
+    id: Name
+    category: Name
+    severity: Literal["fatal", "error", "warning", "success"]
+    patterns: Annotated[list[Regex], Field(min_length=1)]
+    remediation: Template = ""
+    before: Annotated[int, Field(ge=0, le=5)] = 0  # lines above the match kept as evidence (CMake's file:line)
+
+
+class KindSpec(Strict):
+    name: Name
+    crashed: Name  # the category of a log of this kind that died of a cause no rule names
+    remediation: str
+    patterns: list[Regex] = []  # empty: the default kind (listed last)
+
+
+class OutcomeSpec(Strict):
+    fatal: Annotated[list[Regex], Field(min_length=1)]  # the process died
+    exception: Regex  # the line quoted when no rule names the cause (the last one that matches)
+
+
+class RulesFile(Strict):
+    outcome: OutcomeSpec
+    kind: Annotated[list[KindSpec], Field(min_length=1)]
+    rule: Annotated[list[RuleSpec], Field(min_length=1)]
 
 
 @dataclass(frozen=True)
 class Rule:
     id: str
     category: str
+    severity: str
     patterns: tuple[re.Pattern[str], ...]
     remediation: str
-    priority: int
-    before: int = 0  # lines before the match kept as evidence (CMake puts the file:line there)
-    note: bool = False  # a runtime note: reported only when the log otherwise succeeded (or matched nothing)
+    before: int = 0
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    crashed: str
+    remediation: str
+    patterns: tuple[re.Pattern[str], ...]
+
+
+@dataclass(frozen=True)
+class Rules:
+    rules: tuple[Rule, ...]
+    fatal: tuple[re.Pattern[str], ...]
+    exception: re.Pattern[str]
+    kinds: tuple[Kind, ...]
+
+    def categories(self, severity: str) -> set[str]:
+        return {r.category for r in self.rules if r.severity == severity}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A warning beside the outcome (e.g. tcmalloc not preloaded): worth fixing, never the verdict."""
+    category: str
+    evidence: str
+    remediation: str
+    rule: str
+    line: int
 
 
 @dataclass(frozen=True)
@@ -37,8 +133,20 @@ class Classification:
     category: str
     evidence: tuple[str, ...]
     remediation: str
-    rule: str  # the rule id, "" when nothing matched
-    line: int = 0  # 1-based line that matched, 0 when nothing matched
+    rule: str  # the rule id; "" when no rule named it (unknown, or a crash no rule explains)
+    line: int = 0  # 1-based line of the evidence, 0 when none
+    severity: str = ""  # fatal | crashed | error | success | unknown
+    kind: str = ""  # server | build (rules.toml [[kind]])
+    findings: tuple[Finding, ...] = ()
+
+    def lines(self) -> list[str]:
+        """What `invoke classify` prints."""
+        out = [f"category: {self.category}" + (f"  (rule {self.rule}, line {self.line})" if self.rule else "")]
+        out += [f"evidence: {e}" for e in self.evidence]
+        if self.remediation:
+            out.append(f"remediation: {self.remediation}")
+        out += [f"finding: {f.category} (line {f.line}): {f.evidence} -> {f.remediation}" for f in self.findings]
+        return out
 
 
 def _clip(line: str) -> str:
@@ -53,76 +161,111 @@ class _Blank(dict):
         return f"<{key}>"
 
 
-def load_rules(path: Path = RULES) -> tuple[Rule, ...]:
-    doc = read_toml(path)
-    raw = doc.get("rule")
-    if not isinstance(raw, list) or not raw:
-        raise UsageError(f"{path}: rule: expected an array of [[rule]] tables")
-    rules, seen = [], set()
-    for i, r in enumerate(raw):
-        where = f"{path}: rule[{i}]"
-        if not isinstance(r, dict):
-            raise UsageError(f"{where}: expected a table")
-        unknown = set(r) - {"id", "category", "patterns", "remediation", "priority", "before", "note"}
-        if unknown:
-            raise UsageError(f"{where}.{sorted(unknown)[0]}: unknown key (expected id, category, patterns, "
-                             "remediation, priority, before, note)")
-        if not isinstance(r.get("note", False), bool):
-            raise UsageError(f"{where}.note: expected true or false")
-        for key in ("id", "category"):
-            if not isinstance(r.get(key), str) or not r[key]:
-                raise UsageError(f"{where}.{key}: expected a non-empty string")
-        if r["id"] in seen:
-            raise UsageError(f"{where}.id: duplicate rule id {r['id']!r}")
-        seen.add(r["id"])
-        pats = r.get("patterns")
-        if not isinstance(pats, list) or not pats or not all(isinstance(p, str) for p in pats):
-            raise UsageError(f"{where}.patterns: expected a non-empty list of regex strings")
-        compiled = []
-        for j, p in enumerate(pats):
-            try:
-                compiled.append(re.compile(p))
-            except re.error as exc:
-                raise UsageError(f"{where}.patterns[{j}]: not a valid regex: {exc}") from None
-        rem = r.get("remediation", "")
-        if not isinstance(rem, str):
-            raise UsageError(f"{where}.remediation: expected a string")
-        prio = r.get("priority", 100)
-        if not isinstance(prio, int) or isinstance(prio, bool):
-            raise UsageError(f"{where}.priority: expected an integer, got {prio!r}")
-        before = r.get("before", 0)
-        if not isinstance(before, int) or isinstance(before, bool) or not 0 <= before <= 5:
-            raise UsageError(f"{where}.before: expected an integer 0..5, got {before!r}")
-        rules.append(Rule(r["id"], r["category"], tuple(compiled), rem, prio, before, r.get("note", False)))
-    return tuple(rules)
+def load_rules(path: Path = RULES) -> Rules:
+    doc = load(RulesFile, path)
+    seen: set[str] = set()
+    for i, r in enumerate(doc.rule):
+        if r.id in seen:
+            raise UsageError(f"{path}: rule[{i}].id: duplicate rule id {r.id!r}")
+        seen.add(r.id)
+    # a warning's category must never name a failure: the outcome could then read like a warning
+    shared = {r.category for r in doc.rule if r.severity == "warning"} & {
+        r.category for r in doc.rule if r.severity != "warning"}
+    if shared:
+        i, r = next((i, r) for i, r in enumerate(doc.rule) if r.category in shared and r.severity == "warning")
+        raise UsageError(f"{path}: rule[{i}].category: {r.category!r} is used by warning and non-warning rules; "
+                         "expected a category of its own")
+    for i, k in enumerate(doc.kind):
+        if bool(k.patterns) == (i == len(doc.kind) - 1):
+            raise UsageError(f"{path}: kind[{i}].patterns: expected " + (
+                "none: the last kind is the default" if k.patterns else "patterns: only the last kind is the default"))
+    return Rules(
+        rules=tuple(Rule(r.id, r.category, r.severity, tuple(re.compile(p) for p in r.patterns), r.remediation,
+                         r.before) for r in doc.rule),
+        fatal=tuple(re.compile(p) for p in doc.outcome.fatal),
+        exception=re.compile(doc.outcome.exception),
+        kinds=tuple(Kind(k.name, k.crashed, k.remediation, tuple(re.compile(p) for p in k.patterns)) for k in doc.kind))
 
 
-_DEFAULT: tuple[Rule, ...] | None = None
+_DEFAULT: Rules | None = None
 
 
-def _default_rules() -> tuple[Rule, ...]:
+def _default_rules() -> Rules:
     global _DEFAULT
     if _DEFAULT is None:
         _DEFAULT = load_rules()
     return _DEFAULT
 
 
-def classify_text(text: str, rules: tuple[Rule, ...] | None = None) -> Classification:
-    """The category of one log's text; 'unknown' with the last lines as evidence when no rule matched."""
-    rules = rules if rules is not None else _default_rules()
-    lines = text.splitlines()
-    best, best_match = _pick(lines, [(i, r) for i, r in enumerate(rules) if not r.note])
-    if best is None or rules[best[2]].category == SUCCESS:
-        # notes (e.g. tcmalloc not preloaded) matter only when nothing failed
-        note, note_match = _pick(lines, [(i, r) for i, r in enumerate(rules) if r.note])
-        if note is not None:
-            best, best_match = note, note_match
-    if best is None:
-        tail = tuple(_clip(ln) for ln in lines if ln.strip() and not ln.startswith("# captured:"))[-MAX_EVIDENCE:]
-        return Classification(UNKNOWN, tail, "no rule matched: read the log's last lines and add a rule to "
-                              "images/rules.toml", "", 0)
-    rule = rules[best[2]]
-    first = best[1]
+def _first(lines: list[str], rules: list[Rule]) -> tuple[int, Rule, re.Match[str]] | None:
+    """The earliest matching line over `rules`; on one line, the rule listed first."""
+    best = None
+    for order, rule in enumerate(rules):
+        for idx, line in enumerate(lines):
+            if best is not None and (idx, order) >= best[0]:
+                break
+            m = next((m for p in rule.patterns if (m := p.search(line))), None)
+            if m:
+                best = ((idx, order), rule, m)
+                break
+    return None if best is None else (best[0][0], best[1], best[2])
+
+
+def _last(lines: list[str], patterns: tuple[re.Pattern[str], ...]) -> int:
+    return next((i for i in range(len(lines) - 1, -1, -1) if any(p.search(lines[i]) for p in patterns)), -1)
+
+
+def classify_text(text: str, rules: Rules | None = None) -> Classification:
+    rs = rules if rules is not None else _default_rules()
+    lines = text.replace("\r\n", "\n").split("\n")  # numbered as editors and grep -n number them
+    offset, exit_code = 0, None
+    if lines and lines[0].startswith(HEADER):  # the header names the command: never a log line to match
+        m = HEADER_EXIT.search(lines[0])
+        exit_code = int(m.group(1)) if m else None
+        lines, offset = lines[1:], 1
+    kind = next(k for k in rs.kinds if not k.patterns or any(p.search(ln) for ln in lines for p in k.patterns))
+    findings = _findings(lines, [r for r in rs.rules if r.severity == "warning"], offset)
+    by = {s: [r for r in rs.rules if r.severity == s] for s in ("fatal", "error", "success")}
+
+    cause = _first(lines, by["fatal"])
+    if cause:
+        return _named(lines, cause, "fatal", kind.name, findings, offset)
+    error = _first(lines, by["error"])
+    last_ok = _last(lines, tuple(p for r in by["success"] for p in r.patterns))
+    died = bool(exit_code) or _last(lines, rs.fatal) > last_ok
+    if died:
+        if error:
+            return _named(lines, error, "error", kind.name, findings, offset)
+        return _crashed(lines, rs, kind, findings, offset)
+    if last_ok >= 0:
+        ok = _first(lines, by["success"])
+        assert ok is not None
+        return _named(lines, ok, "success", kind.name, findings, offset)
+    if error:
+        return _named(lines, error, "error", kind.name, findings, offset)
+    tail = tuple(_clip(ln) for ln in lines if ln.strip())[-MAX_EVIDENCE:]
+    return Classification(UNKNOWN, tail, "no rule matched: read the log's last lines and add a rule to "
+                          "images/rules.toml", "", 0, UNKNOWN, kind.name, findings)
+
+
+def _findings(lines: list[str], warnings: list[Rule], offset: int) -> tuple[Finding, ...]:
+    out = []
+    for rule in warnings:
+        for idx, line in enumerate(lines):
+            m = next((m for p in rule.patterns if (m := p.search(line))), None)
+            if m:
+                out.append(Finding(rule.category, _clip(line), _fill(rule.remediation, m), rule.id, idx + 1 + offset))
+                break
+    return tuple(sorted(out, key=lambda f: f.line))
+
+
+def _fill(remediation: str, m: re.Match[str] | None) -> str:
+    return remediation.format_map(_Blank({k: v for k, v in (m.groupdict() if m else {}).items() if v}))
+
+
+def _named(lines: list[str], hit: tuple[int, Rule, re.Match[str]], severity: str, kind: str,
+           findings: tuple[Finding, ...], offset: int) -> Classification:
+    first, rule, m = hit
     evidence = [_clip(ln) for ln in lines[max(0, first - rule.before):first] if ln.strip()]
     evidence.append(_clip(lines[first]))
     for line in lines[first + 1:]:
@@ -130,28 +273,24 @@ def classify_text(text: str, rules: tuple[Rule, ...] | None = None) -> Classific
             break
         if any(p.search(line) for p in rule.patterns) and _clip(line) not in evidence:
             evidence.append(_clip(line))
-    values = _Blank({k: v for k, v in (best_match.groupdict() if best_match else {}).items() if v})
-    return Classification(rule.category, tuple(evidence), rule.remediation.format_map(values), rule.id, first + 1)
+    return Classification(rule.category, tuple(evidence), _fill(rule.remediation, m), rule.id, first + 1 + offset,
+                          severity, kind, findings)
 
 
-def _pick(lines: list[str], rules: list[tuple[int, Rule]]) -> tuple[tuple[int, int, int] | None, re.Match[str] | None]:
-    """(-priority, line index, rule order) of the winner: highest tier, then earliest line, then file order."""
-    best: tuple[int, int, int] | None = None
-    best_match: re.Match[str] | None = None
-    for order, rule in rules:
-        if best is not None and -rule.priority > best[0]:
-            continue  # a higher tier already matched
-        for idx, line in enumerate(lines):
-            if best is not None and (-rule.priority, idx, order) >= best:
-                break
-            m = next((m for p in rule.patterns if (m := p.search(line))), None)
-            if m:
-                best, best_match = (-rule.priority, idx, order), m
-                break
-    return best, best_match
+def _crashed(lines: list[str], rs: Rules, kind: Kind, findings: tuple[Finding, ...],
+             offset: int) -> Classification:
+    """A log that died of a cause no rule names: the last exception line (else the last fatal line) as evidence."""
+    idx = _last(lines, (rs.exception,))
+    if idx < 0:
+        idx = _last(lines, rs.fatal)
+    if idx < 0:  # only the exit code says it failed
+        idx = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    evidence = (_clip(lines[idx]),) if idx >= 0 else ()
+    return Classification(kind.crashed, evidence, kind.remediation, "", idx + 1 + offset if idx >= 0 else 0, "crashed", kind.name,
+                          findings)
 
 
-def classify_file(path: Path | str, rules: tuple[Rule, ...] | None = None) -> Classification:
+def classify_file(path: Path | str, rules: Rules | None = None) -> Classification:
     p = Path(path)
     try:
         data = p.read_bytes()
