@@ -204,11 +204,11 @@ TOP = '[outcome]\nfatal = ["Traceback"]\nexception = "Error"\n[[kind]]\nname = "
 
 @pytest.mark.parametrize("rules, message", [
     (TOP + '[[rule]]\nid = "a"\ncategory = "a"\nseverity = "fatal"\npatterns = ["("]\n',
-     r"rules.toml: rule\[0\].patterns\[0\]: not a valid regex"),
+     r"rules.toml: rule\[0\].patterns: item 0: not a valid regex"),
     (TOP + '[[rule]]\nid = "a"\ncategory = "a"\nseverity = "fatal"\npatterns = "x"\n',
-     r"rules.toml: rule\[0\].patterns: expected a valid list, got str 'x'"),
+     r"rules.toml: rule\[0\].patterns: expected a list, got 'x'"),
     (TOP + "[[rule]]\n" + RULE + "prio = 3\n", r"rule\[0\].prio: unknown key"),
-    (TOP + "[[rule]]\n" + RULE.replace('"fatal"', '"fatl"'), r"rule\[0\].severity: expected 'fatal', .*did you mean 'fatal'"),
+    (TOP + "[[rule]]\n" + RULE.replace('"fatal"', '"fatl"'), r"rule\[0\].severity: expected one of fatal, .*got 'fatl' \(did you mean 'fatal'\?\)"),
     (TOP + "[[rule]]\n" + RULE + "[[rule]]\n" + RULE, r"rule\[1\].id: duplicate rule id 'a'"),
     (TOP + "[[rule]]\n" + RULE + "[[rule]]\n" + RULE.replace('"a"\ncat', '"b"\ncat').replace("fatal", "warning"),
      r"rule\[1\].category: 'a' is used by warning and non-warning rules"),
