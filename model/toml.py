@@ -9,6 +9,8 @@ is printed verbatim; `Fault(key, text)` from a model validator blames one key of
 
 from __future__ import annotations
 
+import json
+
 import re
 import tomllib
 import types
@@ -155,7 +157,9 @@ def _key(keys: list[Any], prefix: str) -> str:
         if isinstance(p, int):
             out += f": item {p}" if i == len(keys) - 1 else f"[{p}]"
         else:
-            out += f".{p}" if out else str(p)
+            # A key that is not a plain word (a line break, a dot, a space) is quoted as TOML would.
+            p = str(p) if str(p).replace("_", "").replace("-", "").isalnum() else json.dumps(str(p))
+            out += f".{p}" if out else p
     return out or "(top level)"
 
 
