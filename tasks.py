@@ -252,15 +252,9 @@ def preflight(c, cell, vllm=None, spec=None, set_=None, probe=None, all_gates=Fa
 @task(help={"log": "a build or server log file", "rules": "rules file (default images/rules.toml)"})
 @one_line_errors
 def classify(c, log, rules=None):
-    """Print the outcome category, the evidence line(s) and the remediation for a log."""
+    """Print the outcome category, the evidence line(s), the remediation and the warnings found beside it."""
     from images.classify import RULES, classify_file, load_rules
-    r = classify_file(log, load_rules(Path(rules) if rules else RULES))
-    print(f"category: {r.category}" + (f"  (rule {r.rule}, line {r.line})" if r.rule else ""))
-    for e in r.evidence:
-        print(f"evidence: {e}")
-    if r.remediation:
-        print(f"remediation: {r.remediation}")
-
+    print("\n".join(classify_file(log, load_rules(Path(rules) if rules else RULES)).lines()))
 
 
 # --- smoke ---------------------------------------------------------------------------------
