@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from collections import Counter
 
 import pytest
 
+from containers.labels import OWNER
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.docker
@@ -58,8 +60,8 @@ def test_interrupted_matrix_resumes_without_redoing(tmp_path, docker_client, sig
     assert "interrupted: results written so far are kept" in out1
     assert "Traceback" not in out1
     assert first.returncode == 130
-    # nothing of the interrupted stage is left behind (every container the tool starts is labelled)
-    assert not docker_client.containers.list(all=True, filters={"label": "org.deploylab.role"})
+    # nothing of the interrupted stage is left behind (every container the tool starts names its owner)
+    assert not docker_client.containers.list(all=True, filters={"label": f"{OWNER}={socket.gethostname()}:{first.pid}"})
 
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout + second.stderr
