@@ -24,7 +24,9 @@ def parse_help(text: str) -> frozenset[str]:
         stripped = line.lstrip()
         if not stripped.startswith("-") or len(line) - len(stripped) > 6:  # deeper: a wrapped description
             continue
-        head = re.split(r"\s{2,}", stripped, maxsplit=1)[0]
+        # llama.cpp pads after a short option's comma (`-a,    --alias`): one space there, then the head
+        # ends at the first run of two or more spaces (the description column).
+        head = re.split(r"\s{2,}", re.sub(r",\s+", ", ", stripped), maxsplit=1)[0]
         flags.update(f.rstrip(".,") for f in _OPT.findall(head))
     return frozenset(flags)
 

@@ -27,7 +27,8 @@ from model.toml import Strict, load
 CHECKS_FILE = Path(__file__).with_name("conform.toml")
 PROMPT = "alpha beta gamma delta"  # any text: the test model's words are single tokens
 TOOL = {"type": "function", "function": {"name": "lookup", "description": "look a word up",
-                                         "parameters": {"type": "object", "properties": {}}}}
+                                         "parameters": {"type": "object", "properties": {},
+                                                                        "additionalProperties": False}}}
 
 
 class CompletionStreamChoice(CompletionChoice):
@@ -375,7 +376,7 @@ class Conformance:
         return "n=2 refused: " + _refused(r, "n=2")
 
     def tool_call(self) -> str:
-        body = self.chat_body(max_tokens=64, tools=[TOOL], tool_choice="required")
+        body = self.chat_body(max_tokens=128, tools=[TOOL], tool_choice="required")
         r = self.c.post("/v1/chat/completions", body)
         if r.status_code != 200:
             raise Unsupported(f"tool_choice required answered {r.status_code}: {r.text[:120]}")

@@ -37,7 +37,10 @@ def http_client(url: str, api_key_env: str = "") -> httpx.Client:
             raise UsageError(f"--api-key-env: environment variable {api_key_env} is not set (or empty)")
         headers["Authorization"] = f"Bearer {key}"
     # ssl's default context: the system CA bundle (SSL_CERT_FILE honoured), not a bundled one.
-    return httpx.Client(base_url=url.rstrip("/"), headers=headers, verify=ssl.create_default_context())
+    # A fresh connection per request: llama.cpp's server closes an idle keep-alive connection as the
+    # next request arrives on it (seen here after streams), and that race is not the contract's.
+    return httpx.Client(base_url=url.rstrip("/"), headers=headers, verify=ssl.create_default_context(),
+                        limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def served_model(http: httpx.Client) -> str:

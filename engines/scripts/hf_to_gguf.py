@@ -57,10 +57,15 @@ def main(model_dir: str, out: str) -> None:
     by_id = sorted(vocab.items(), key=lambda kv: kv[1])
     if [i for _, i in by_id] != list(range(len(by_id))):
         sys.exit(f"{src}/tokenizer.json: token ids are not 0..{len(by_id) - 1}")
+    # The embedding has config.vocab_size rows, more than the tokenizer's tokens: the rest are padding
+    # (as the converter names them), so every id the random weights may pick is a token.
+    tokens = [t for t, _ in by_id] + [f"[PAD{i}]" for i in range(len(by_id), cfg["vocab_size"])]
+    types = [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for _, i in by_id]
+    types += [gguf.TokenType.UNUSED] * (len(tokens) - len(by_id))
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
-    w.add_token_list([t for t, _ in by_id])
-    w.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for _, i in by_id])
+    w.add_token_list(tokens)
+    w.add_token_types(types)
     gguf.SpecialVocab(src, load_merges=True).add_to_gguf(w)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
@@ -81,7 +86,8 @@ def main(model_dir: str, out: str) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    print(json.dumps({"out": out, "tokens": len(by_id), "special": len(special), "layers": n_layer}))
+    print(json.dumps({"out": out, "tokens": len(by_id), "padding": len(tokens) - len(by_id), "special": len(special),
+                      "layers": n_layer}))
 
 
 if __name__ == "__main__":
