@@ -57,3 +57,12 @@ def translate(spec: EngineSpec, knobs: dict[str, Any], accepted: frozenset[str],
         else:
             args += [flag, str(value)]
     return args
+
+
+def unaccepted(command: list[str], help_command: list[str], accepted: frozenset[str]) -> list[str]:
+    """The options of `command` its server does not accept. The program part (what the command shares
+    with the help command, e.g. `python -m vllm.entrypoints.openai.api_server`) is not checked."""
+    n = 0
+    while n < min(len(command), len(help_command)) and command[n] == help_command[n]:
+        n += 1
+    return [a.split("=", 1)[0] for a in command[n:] if a.startswith("-") and a.split("=", 1)[0] not in accepted]

@@ -399,7 +399,9 @@ class Conformance:
                      "tool_calls": [{"id": call_id, "type": "function",
                                      "function": {"name": "lookup", "arguments": "{}"}}]}
         tool = {"role": "tool", "content": "alpha means beta", **({"tool_call_id": call_id} if with_id else {})}
-        return {**self.chat_body(tools=[TOOL]), "messages": [{"role": "user", "content": PROMPT}, assistant, tool]}
+        # No `tools` in this request: a tool result in the history stands on its own (vLLM answers
+        # 400 to `tools` with the default tool_choice auto unless started with a tool-call parser).
+        return {**self.chat_body(), "messages": [{"role": "user", "content": PROMPT}, assistant, tool]}
 
     def tool_result(self) -> str:
         body = self._tool_conversation(with_id=True)
@@ -493,6 +495,7 @@ def run_checks(conf: Conformance, checks: dict[str, CheckDef] | None = None,
                 res = Result(name, "unsupported", str(exc), d.required)
             except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
                 res = Result(name, "fail", f"unexpected answer ({exc.__class__.__name__}: {str(exc)[:160]})", d.required)
+        res = Result(res.check, res.status, " ".join(res.evidence.split()), res.required)  # one line, always
         results.append(res)
         if on_result:
             on_result(res)

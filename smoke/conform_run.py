@@ -89,6 +89,7 @@ def conform_url(url: str, store: ResultsStore, api_key_env: str = "", model: str
 
 def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=None) -> StageOutcome:
     from engines.adapters import adapter as get_adapter
+    from engines.flags import unaccepted
     from engines.run import EngineFailed, accepted_flags, serve
     from engines.spec import check_name
     ad = get_adapter(check_name(name))
@@ -124,7 +125,7 @@ def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=Non
     hf = ensure_model(dc)
     model_dir = ad.model_for(dc, hf, image)
     accepted = accepted_flags(dc, ad, image)
-    unknown = [a for a in ad.command(MODEL_NAME, MAX_MODEL_LEN) if a.startswith("-") and a not in accepted]
+    unknown = unaccepted(ad.command(MODEL_NAME, MAX_MODEL_LEN), ad.spec.serve.help, accepted)
     if unknown:
         raise UsageError(f"engines/{name}.toml: serve.command: {image} does not accept {', '.join(unknown)} "
                          "(read from its --help)")
