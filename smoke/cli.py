@@ -57,8 +57,11 @@ def conform(engine: str, url: str, cell: str, api_key_env: str, model: str, exte
         o = conform_engine(engine, store, cell=cell, on_result=show)
     else:
         o = conform_url(url, store, api_key_env=api_key_env, model=model, extensions=tuple(extensions), on_result=show)
+    if o.status == "engine-unavailable":  # never a pass: nothing was checked, and why
+        print(f"conform {o.cell}: engine-unavailable: {o.evidence[0]}")
+        return 2
     if o.status != "pass" and o.category != "contract":  # the check lines are already printed
         for line in o.evidence:
             print("  " + line)
     print(f"conform {o.cell}: {o.status} ({o.seconds:.0f} s)" + (f": {o.remediation}" if o.remediation else ""))
-    return {"pass": 0, "engine-unavailable": 2}.get(o.status, 1)
+    return 0 if o.status == "pass" else 1

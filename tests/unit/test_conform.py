@@ -73,3 +73,42 @@ def test_result_line_format():
     assert r.line() == "models pass 1 model(s): tiny-llama"
     assert conform.Result("tool-call", "fail", "x", required=False).line() == "tool-call fail [optional] x"
     assert conform.exit_code([conform.Result("tool-call", "fail", "x", required=False)]) == 0
+
+
+def test_api_key_comes_from_the_named_variable_and_is_never_stored(monkeypatch, tmp_path):
+    from model.errors import UsageError
+    from model.results import ResultsStore
+    from smoke import conform_run
+    monkeypatch.setenv("DEPLOYLAB_KEY", "sk-secret-42")
+    http = conform_run.http_client("https://staging.example.test/", "DEPLOYLAB_KEY")
+    assert http.headers["Authorization"] == "Bearer sk-secret-42" and str(http.base_url) == "https://staging.example.test"
+    with pytest.raises(UsageError, match="environment variable DEPLOYLAB_NOPE is not set"):
+        conform_run.http_client("https://staging.example.test", "DEPLOYLAB_NOPE")
+    with pytest.raises(UsageError, match="expected an http:// or https:// URL"):
+        conform_run.http_client("ftp://x", "")
+
+    fake = FakeOpenAI()
+    seen = []
+
+    def mock_client(url, key_env=""):  # the same key handling, the fake server behind it
+        c = client(fake)
+        c.headers["Authorization"] = "Bearer " + __import__("os").environ[key_env]
+        seen.append(c)
+        return c
+    monkeypatch.setattr(conform_run, "http_client", mock_client)
+    store = ResultsStore(tmp_path, "t")
+    o = conform_run.conform_url("https://staging.example.test", store, api_key_env="DEPLOYLAB_KEY")
+    assert o.status == "pass" and o.cell == "url-staging-example-test"
+    assert "sk-secret-42" not in "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+    assert seen
+
+
+@pytest.mark.parametrize("engine, why", [("sglang", "Intel AMX"), ("tgi", "only as a container image")])
+def test_an_engine_that_cannot_be_obtained_is_engine_unavailable_never_a_pass(engine, why, tmp_path, capsys):
+    from model.results import ResultsStore
+    from smoke.cli import conform as cli_conform
+    assert cli_conform(engine, "", "", "", "", [], "t", tmp_path) == 2
+    out = capsys.readouterr().out
+    assert out.startswith(f"conform engine-{engine}: engine-unavailable: ") and why in out
+    o = ResultsStore(tmp_path, "t").get(f"engine-{engine}", "conform")
+    assert o.status == "engine-unavailable" and why in o.evidence[0]
