@@ -30,8 +30,9 @@ class Adapter:
 
     def command(self, served_name: str, context: int, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
         assert self.spec.serve is not None
-        fill = {"{model_dir}": "/model", "{served_name}": served_name, "{port}": str(self.spec.serve.port),
-                "{context}": str(context)}
+        s = self.spec.serve
+        fill = {"{model_dir}": "/model", "{served_name}": served_name, "{port}": str(s.port),
+                "{context_total}": str(context * s.sequences), "{context}": str(context), "{sequences}": str(s.sequences)}
         out = []
         for arg in self.spec.serve.command:
             for k, v in fill.items():

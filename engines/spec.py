@@ -29,7 +29,10 @@ class Obtain(Strict):
 
 
 class Serve(Strict):
-    command: list[str]      # {model_dir} {served_name} {port} {context} are filled in
+    # {model_dir} {served_name} {port} {context} (tokens per sequence), {sequences} and {context_total}
+    # (context x sequences, for an engine that sizes one cache for all its slots) are filled in.
+    command: list[str]
+    sequences: int = 1            # requests the engine serves side by side (its slots)
     port: int
     model_format: Literal["hf", "gguf"]
     help: list[str]         # prints every flag the server accepts
