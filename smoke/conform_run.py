@@ -149,6 +149,7 @@ def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=Non
             with http_client(eng.url) as http:
                 details["version"] = _version(http)
                 results = check(http, MODEL_NAME, exts, on_result)
+            details["memory_bytes"], details["memory_kind"] = _memory(dc, eng.container_id)
     except EngineFailed as exc:
         tail = [ln for ln in str(exc).splitlines() if ln.strip()][-8:]
         return store.write(StageOutcome(cell_id, "conform", "fail", category="server-start", evidence=tuple(tail),
@@ -157,6 +158,16 @@ def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=Non
                                         artifacts={"server_log": str(log)}))
     return store.write(_outcome(cell_id, results, started, t0, details, {name: details["version"], "image": image},
                                 {"server_log": str(log)}))
+
+
+def _memory(dc, container_id: str) -> tuple[int, str]:
+    """The engine container's memory after the checks: the peak where the cgroup keeps one (v1),
+    else the usage at that moment (cgroup v2 reports no peak through Docker)."""
+    try:
+        m = dc.containers.get(container_id).stats(stream=False).get("memory_stats") or {}
+    except Exception:  # docker's errors: the figure is optional, the checks are not
+        return 0, ""
+    return (int(m["max_usage"]), "peak") if m.get("max_usage") else (int(m.get("usage", 0)), "at-end")
 
 
 def _version(http: httpx.Client) -> str:
@@ -169,3 +180,25 @@ def _version(http: httpx.Client) -> str:
         except (httpx.HTTPError, ValueError, AttributeError):
             continue
     return ""
+
+
+def adapter_rows(store: ResultsStore) -> list[dict[str, Any]]:
+    """One row per engine conformed in this run: the conformance half of the adapter-matrix report.
+
+    The report joins these with each engine's smoke outcome on the same trace (SLO attainment,
+    TTFT/TPOT p50/p99 from its summary.json) and, for a source build, the cell's build outcome.
+    """
+    rows = []
+    for cell in store.cells():
+        o = store.get(cell, "conform")
+        if o is None or not cell.startswith("engine-"):
+            continue
+        d = o.details
+        checks = d.get("checks", [])
+        rows.append({"engine": d.get("engine", cell.removeprefix("engine-")), "cell": cell, "status": o.status,
+                     "reason": o.evidence[0] if o.status == "engine-unavailable" and o.evidence else "",
+                     "required_failed": [c["check"] for c in checks if c["required"] and c["status"] == "fail"],
+                     "passed": sum(c["status"] == "pass" for c in checks), "checks": len(checks),
+                     **{k: d.get(k) for k in ("version", "image", "image_bytes", "image_build_s", "startup_s",
+                                              "memory_bytes", "memory_kind")}})
+    return rows

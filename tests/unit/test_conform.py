@@ -112,3 +112,16 @@ def test_an_engine_that_cannot_be_obtained_is_engine_unavailable_never_a_pass(en
     assert out.startswith(f"conform engine-{engine}: engine-unavailable: ") and why in out
     o = ResultsStore(tmp_path, "t").get(f"engine-{engine}", "conform")
     assert o.status == "engine-unavailable" and why in o.evidence[0]
+
+
+def test_adapter_rows_read_back_what_conform_wrote(tmp_path, monkeypatch):
+    from model.results import ResultsStore
+    from smoke import conform_run
+    from smoke.cli import conform as cli_conform
+    cli_conform("sglang", "", "", "", "", [], "t", tmp_path)
+    monkeypatch.setattr(conform_run, "http_client", lambda url, key_env="": client(FakeOpenAI(Breaks(no_usage=True))))
+    store = ResultsStore(tmp_path, "t")
+    conform_run.conform_url("http://127.0.0.1:9", store)
+    rows = conform_run.adapter_rows(store)
+    assert [(r["engine"], r["status"]) for r in rows] == [("sglang", "engine-unavailable")]
+    assert "AMX" in rows[0]["reason"] and rows[0]["checks"] == 0
