@@ -26,6 +26,11 @@ def smoke(cell: str, url: str, image: str, mix: str, seed: int, duration: float,
     if url and not url.startswith(("http://", "https://")):
         raise UsageError(f"--url: expected an http:// or https:// URL, got {url!r}")
     target: object = url
+    if url:
+        # Engine extensions only where the engine's adapter declares them: tell the replay which.
+        from smoke.replay import declare_extensions, engine_extensions
+        from smoke.stage import served_model
+        declare_extensions(url.rstrip("/"), engine_extensions(url, served_model(url)))
     if cell:
         from model import spec as specmod
         target = specmod.load(spec).get(cell)

@@ -40,6 +40,11 @@ CLASS_HEADER = "X-Request-Class"
 # [extensions]): vLLM's ignore_eos (fixed output lengths: a random-weight model stops anywhere
 # otherwise) and return_token_ids (each chunk lists its token ids, so a chunk that carries several
 # tokens times several, with gaps of 0). Other engines get the OpenAI contract only.
+VLLM_EXTENSIONS = ("ignore_eos", "return_token_ids")
+# Extensions declared per base URL by whoever identified the engine there (`invoke smoke --url`).
+# Callers that start vLLM themselves (the smoke stage, the sweep, the benches) declare nothing and
+# get vLLM's; the replay itself never sends a side request (a router would log and count it).
+_DECLARED: dict[str, tuple[str, ...]] = {}
 # The agent loop's tool: every turn after the first answers a call of it.
 TOOL_NAME = "lookup"
 
@@ -49,7 +54,7 @@ class ReplayOptions:
     max_concurrency: int = 16
     request_timeout_s: float = 600.0     # the whole request, first byte to [DONE]
     temperature: float | None = None  # None: the server's default
-    # None: the extensions the engine's adapter declares, the engine told by /v1/models' owned_by.
+    # None: those declared for the URL (declare_extensions), else vLLM's (the project's engine).
     extensions: tuple[str, ...] | None = None
     time_scale: float = 1.0          # >1 stretches the schedule (slower arrivals)
     headers: tuple[tuple[str, str], ...] = ()   # e.g. Authorization (never written to a record)
@@ -303,7 +308,7 @@ async def replay(trace: Trace, base_url: str, model: str, out: Path | None, opts
     count_tokens = tokenizer_counter(opts.tokenizer or test_model_tokenizer(model))
 
     if opts.extensions is None:
-        opts = replace(opts, extensions=await declared_extensions(base_url, model, headers))
+        opts = replace(opts, extensions=_DECLARED.get(base_url, VLLM_EXTENSIONS))
     fast = ClientPool(opts.max_concurrency)
     slow = ClientPool(opts.max_concurrency, recv or 4096) if any(r.read_bytes_per_s for r in trace.requests) else fast
     try:
@@ -371,15 +376,17 @@ def tool_result(call_id: str, content: str) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call_id, "content": content}
 
 
-async def declared_extensions(base_url: str, model: str, headers: dict[str, str]) -> tuple[str, ...]:
-    """The extensions the serving engine's adapter declares; () when it is not one the project knows."""
+def declare_extensions(base_url: str, extensions: Sequence[str]) -> None:
+    _DECLARED[base_url.rstrip("/")] = tuple(extensions)
+
+
+def engine_extensions(base_url: str, model: str, headers: dict[str, str] | None = None) -> tuple[str, ...]:
+    """The extensions the adapter of the engine at base_url declares, the engine told by what its
+    /v1/models says owns `model`; () for an engine the project does not know (plain OpenAI)."""
+    from engines.adapters import by_owner
     try:
-        from engines.adapters import by_owner
-    except ImportError:  # the peer image's copy of the replay: plain OpenAI
-        return ()
-    try:
-        async with httpx.AsyncClient(verify=_ssl_context(), headers=headers) as c:
-            data = (await c.get(base_url + "/v1/models", timeout=10)).json().get("data") or []
+        data = httpx.get(base_url.rstrip("/") + "/v1/models", headers=headers, timeout=10,
+                         verify=_ssl_context()).json().get("data") or []
     except (httpx.HTTPError, ValueError, AttributeError):
         return ()
     owner = next((m.get("owned_by", "") for m in data if isinstance(m, dict) and m.get("id") == model), "")

@@ -104,7 +104,11 @@ def test_agent_loop_replayed_against_llama_cpp_gets_no_5xx(docker_client, model_
     assert len({r.session for r in agent.requests}) >= 2 and max(r.turn for r in agent.requests) >= 2
     gguf = ad.model_for(docker_client, model_dir, image)
     with serve(docker_client, ad, image, gguf, MODEL_NAME, MAX_MODEL_LEN, log_path=tmp_path / "server.log") as eng:
-        recs = replay.run(agent, eng.url, MODEL_NAME, tmp_path / "records.jsonl", replay.ReplayOptions(max_concurrency=4))
+        # What `invoke smoke --url` would send: the extensions llama.cpp's adapter declares (none).
+        exts = replay.engine_extensions(eng.url, MODEL_NAME)
+        assert exts == ()
+        recs = replay.run(agent, eng.url, MODEL_NAME, tmp_path / "records.jsonl",
+                          replay.ReplayOptions(max_concurrency=4, extensions=exts))
     assert len(recs) == len(agent.requests)
     assert [r for r in recs if r.http_status >= 500] == []
     assert all(r.ok for r in recs), [(r.id, r.http_status, r.error) for r in recs if not r.ok]

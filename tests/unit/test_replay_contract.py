@@ -107,3 +107,29 @@ def test_streamed_tool_call_deltas_are_collected():
                    for d in deltas)
     p.feed(raw)
     assert p.tool_calls == {0: {"id": "call_1", "name": "lookup", "arguments": "{\"a\": 1}"}}
+
+
+def _replay_bodies(monkeypatch, opts, url="http://fake.test"):
+    fake = FakeOpenAI()
+    monkeypatch.setattr(replay.ClientPool, "_client",
+                        staticmethod(lambda limit, rb: httpx.AsyncClient(transport=httpx.MockTransport(fake))))
+    replay.run(Trace({}, (CHAT,)), url, MODEL, None, opts)
+    return fake.bodies
+
+
+def test_declared_extensions_decide_what_the_replay_sends(monkeypatch):
+    monkeypatch.setattr(replay, "_DECLARED", {})
+    # Nothing declared: the project's own engine (vLLM) started by the caller.
+    body = _replay_bodies(monkeypatch, replay.ReplayOptions())[-1]
+    assert body["ignore_eos"] is True and body["return_token_ids"] is True
+    replay.declare_extensions("http://fake.test/", ())  # e.g. llama.cpp: its adapter declares none
+    body = _replay_bodies(monkeypatch, replay.ReplayOptions())[-1]
+    assert "ignore_eos" not in body and "return_token_ids" not in body
+
+
+@pytest.mark.parametrize("owner, want", [("vllm", ("return_token_ids", "ignore_eos")), ("llamacpp", ()),
+                                         ("fake", ())])
+def test_the_engine_is_told_by_what_owns_the_model(monkeypatch, owner, want):
+    models = {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 1, "owned_by": owner}]}
+    monkeypatch.setattr(replay.httpx, "get", lambda url, **kw: httpx.Response(200, json=models))
+    assert set(replay.engine_extensions("http://fake.test", MODEL)) == set(want)
