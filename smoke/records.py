@@ -29,8 +29,9 @@ class RequestRecord:
     itl_s: tuple[float, ...] = () # every gap between successive content tokens, as the client read them
     e2e_s: float | None = None
     prompt_tokens: int | None = None   # from the server's usage
-    output_tokens: int | None = None
-    streamed_tokens: int = 0      # tokens received (token_ids where the server lists them, else 1 per content event)
+    output_tokens: int | None = None   # the server's usage, else the model's tokenizer over the text
+    tokens_from: str = ""         # "usage" | "tokenizer" | "" (neither: output_tokens is None)
+    streamed_tokens: int = 0      # content events (token_ids where listed): times the tokens, never counts them
     bytes_read: int = 0
     read_bytes_per_s: int = 0     # the throttle of a slow reader, 0 for a normal one
     session: str = ""

@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,27 +36,40 @@ PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 CLASS_HEADER = "X-Request-Class"
 
 
+# Engine extensions are sent only where the engine's adapter declares them (engines/NAME.toml
+# [extensions]): vLLM's ignore_eos (fixed output lengths: a random-weight model stops anywhere
+# otherwise) and return_token_ids (each chunk lists its token ids, so a chunk that carries several
+# tokens times several, with gaps of 0). Other engines get the OpenAI contract only.
+VLLM_EXTENSIONS = ("ignore_eos", "return_token_ids")
+# Extensions declared per base URL by whoever identified the engine there (`invoke smoke --url`).
+# Callers that start vLLM themselves (the smoke stage, the sweep, the benches) declare nothing and
+# get vLLM's; the replay itself never sends a side request (a router would log and count it).
+_DECLARED: dict[str, tuple[str, ...]] = {}
+# The agent loop's tool: every turn after the first answers a call of it.
+TOOL_NAME = "lookup"
+
+
 @dataclass(frozen=True)
 class ReplayOptions:
     max_concurrency: int = 16
     request_timeout_s: float = 600.0     # the whole request, first byte to [DONE]
-    ignore_eos: bool = True          # fixed output lengths: a random-weight model stops anywhere otherwise
     temperature: float | None = None  # None: the server's default
-    # vLLM's extension: each chunk lists its token ids, so a chunk that carries several tokens (the
-    # engine coalesces outputs when it runs behind) counts as several tokens, not one.
-    return_token_ids: bool = True
+    # None: those declared for the URL (declare_extensions), else vLLM's (the project's engine).
+    extensions: tuple[str, ...] | None = None
     time_scale: float = 1.0          # >1 stretches the schedule (slower arrivals)
+    headers: tuple[tuple[str, str], ...] = ()   # e.g. Authorization (never written to a record)
+    # The served model's tokenizer.json: output tokens where the server sends no usage. None: the
+    # project's test model's, when that is what is served and it is on disk.
+    tokenizer: Path | None = None
 
 
-def request_body(req: TraceRequest, model: str, messages: Sequence[dict[str, str]] | None, opts: ReplayOptions) -> dict[str, Any]:
+def request_body(req: TraceRequest, model: str, messages: Sequence[dict[str, Any]] | None, opts: ReplayOptions) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "max_tokens": req.max_tokens, "stream": True,
                             "stream_options": {"include_usage": True}}
     if opts.temperature is not None:
         body["temperature"] = opts.temperature
-    if opts.return_token_ids:
-        body["return_token_ids"] = True
-    if opts.ignore_eos:
-        body["ignore_eos"] = True  # vLLM's extension; other servers ignore unknown fields or say so in a 400
+    for ext in opts.extensions or ():
+        body[ext] = True
     if req.endpoint == "chat":
         body["messages"] = list(messages if messages is not None else req.messages)
     else:
@@ -69,11 +82,16 @@ class SSEParser:
 
     def __init__(self, lag_sink: list[float] | None = None) -> None:
         self.buf = b""
+        self.tool_calls: dict[int, dict[str, str]] = {}
         # Sources that stamp events with their wall-clock send time ("ts"): how late we read each one.
         self.lag_sink = lag_sink
 
     def feed(self, chunk: bytes) -> list[tuple[str, int, dict | None, bool]]:
-        """Events as (text, tokens in it, usage, done); tokens from token_ids where sent, else 1 per text."""
+        """Events as (text, tokens in it, usage, done); tokens from token_ids where sent, else 1 per text.
+
+        The per-event count times the tokens (TTFT, gaps); the record's token count is usage's.
+        Tool calls streamed in deltas are kept in `tool_calls` (id, name, arguments so far).
+        """
         # Runs once per socket read, the replay's hottest path: one split per chunk, orjson for the data.
         *events, self.buf = (self.buf + chunk if self.buf else chunk).split(b"\n\n")
         out = []
@@ -97,6 +115,8 @@ class SSEParser:
                 for ch in obj.get("choices") or ():
                     delta = ch.get("delta")
                     piece = (delta.get("content") or "") if delta else (ch.get("text") or "")
+                    if delta and delta.get("tool_calls"):
+                        self._tool_deltas(delta["tool_calls"])
                     text += piece
                     ids = ch.get("token_ids")
                     ntok += len(ids) if ids else (1 if piece else 0)
@@ -106,14 +126,35 @@ class SSEParser:
         return out
 
 
+    def _tool_deltas(self, calls: list[dict]) -> None:
+        for c in calls:
+            slot = self.tool_calls.setdefault(c.get("index", 0), {"id": "", "name": "", "arguments": ""})
+            fn = c.get("function") or {}
+            slot["id"] = c.get("id") or slot["id"]
+            slot["name"] = fn.get("name") or slot["name"]
+            slot["arguments"] += fn.get("arguments") or ""
+
+
 class StreamError(Exception):
     """An error event inside an otherwise 200 stream."""
 
 
+@dataclass(frozen=True)
+class Reply:
+    """What an agent turn needs of the answer: its text and the tool calls the server made."""
+    text: str
+    tool_calls: tuple[dict[str, str], ...] = ()
+
+
 async def stream_one(client: httpx.AsyncClient, base_url: str, req: TraceRequest, body: dict[str, Any],
                      scheduled_s: float, t0: float, timeout_s: float,
-                     lag_sink: list[float] | None = None) -> tuple[RequestRecord, str]:
-    """Send one streamed request; return its record and the generated text (agent turns reuse it)."""
+                     lag_sink: list[float] | None = None, headers: dict[str, str] | None = None,
+                     count_tokens: Callable[[str], int] | None = None) -> tuple[RequestRecord, Reply]:
+    """Send one streamed request; return its record and the reply (agent turns reuse it).
+
+    Output tokens come from the server's usage; where it sends none, from the model's tokenizer
+    over the generated text (count_tokens); never from the number of events.
+    """
     sent = time.perf_counter()
     times: list[float] = []
     parts: list[str] = []
@@ -123,18 +164,18 @@ async def stream_one(client: httpx.AsyncClient, base_url: str, req: TraceRequest
     status = 0
     error = ""
     bps = req.read_bytes_per_s
+    parser = SSEParser(lag_sink)
     try:
         # One deadline for the whole request, not one per socket read: a per-read timeout costs a timer
         # (anyio: a cancel scope) on every token.
         async with asyncio.timeout(timeout_s), client.stream(
-                "POST", base_url + PATHS[req.endpoint], json=body, headers={CLASS_HEADER: req.cls},
+                "POST", base_url + PATHS[req.endpoint], json=body, headers={**(headers or {}), CLASS_HEADER: req.cls},
                 timeout=httpx.Timeout(None, connect=10.0, write=30.0)) as resp:
             status = resp.status_code
             if status != 200:
                 text = (await resp.aread()).decode(errors="replace")
                 error = f"HTTP {status}: {_error_text(text)}"
             else:
-                parser = SSEParser(lag_sink)
                 async for chunk in resp.stream:  # raw body bytes: aiter_raw's re-chunking cost ~25 % of per-token CPU
                     now = time.perf_counter()
                     nbytes += len(chunk)
@@ -167,18 +208,23 @@ async def stream_one(client: httpx.AsyncClient, base_url: str, req: TraceRequest
     except httpx.HTTPError as exc:
         error = f"{exc.__class__.__name__}: {exc}"
     end = time.perf_counter()
-    ok = not error and bool(times)
-    if not error and not times:
+    text = "".join(parts)
+    calls = tuple(parser.tool_calls[k] for k in sorted(parser.tool_calls))
+    ok = not error and bool(times or calls)
+    if not error and not ok:
         error = "stream ended with no content token"
+    out_tokens, source = (usage or {}).get("completion_tokens"), "usage"
+    if out_tokens is None:
+        out_tokens, source = (count_tokens(text), "tokenizer") if count_tokens and ok else (None, "")
     rec = RequestRecord(
         id=req.id, cls=req.cls, endpoint=req.endpoint, scheduled_s=scheduled_s, sent_s=sent - t0, end_s=end - t0,
         status="ok" if ok else "error", http_status=status, error=error,
         ttft_s=(times[0] - sent) if times else None,
         itl_s=tuple(b - a for a, b in zip(times, times[1:])),
         e2e_s=(end - sent) if ok else None,
-        prompt_tokens=(usage or {}).get("prompt_tokens"), output_tokens=(usage or {}).get("completion_tokens"),
+        prompt_tokens=(usage or {}).get("prompt_tokens"), output_tokens=out_tokens, tokens_from=source,
         streamed_tokens=len(times), bytes_read=nbytes, read_bytes_per_s=bps, session=req.session, turn=req.turn)
-    return rec, "".join(parts)
+    return rec, Reply(text, calls)
 
 
 def _why(exc: Exception) -> str:
@@ -200,9 +246,11 @@ _SSL: list = []
 
 
 def _ssl_context():
-    # One context for all shards: building one loads the CA bundle (~30 ms of CPU each).
+    # One context for all shards: building one loads the CA bundle (~30 ms of CPU each). The
+    # system's bundle (ssl's default paths, SSL_CERT_FILE honoured), not one shipped with a package.
     if not _SSL:
-        _SSL.append(httpx.create_ssl_context())
+        import ssl
+        _SSL.append(ssl.create_default_context())
     return _SSL[0]
 
 
@@ -253,9 +301,14 @@ async def replay(trace: Trace, base_url: str, model: str, out: Path | None, opts
     for r in trace.requests:
         if r.after:
             followers.setdefault(r.after, []).append(r)
-    conversations: dict[str, list[dict[str, str]]] = {}
+    conversations: dict[str, list[dict[str, Any]]] = {}
+    pending_call: dict[str, str] = {}   # session -> the id of the tool call its next turn answers
     tasks: set[asyncio.Task] = set()
+    headers = dict(opts.headers)
+    count_tokens = tokenizer_counter(opts.tokenizer or test_model_tokenizer(model))
 
+    if opts.extensions is None:
+        opts = replace(opts, extensions=_DECLARED.get(base_url, VLLM_EXTENSIONS))
     fast = ClientPool(opts.max_concurrency)
     slow = ClientPool(opts.max_concurrency, recv or 4096) if any(r.read_bytes_per_s for r in trace.requests) else fast
     try:
@@ -269,13 +322,16 @@ async def replay(trace: Trace, base_url: str, model: str, out: Path | None, opts
             if req.session and req.endpoint == "chat":
                 conv = conversations.setdefault(req.session, list(req.messages))
                 if req.turn > 0:
-                    conv.append({"role": "tool", "content": req.tool_result})
+                    conv.append(tool_result(pending_call.pop(req.session, ""), req.tool_result))
                 messages = list(conv)
             body = request_body(req, model, messages, opts)
             async with cap, (slow if req.read_bytes_per_s else fast).client() as client:
-                rec, text = await stream_one(client, base_url, req, body, at, t0, opts.request_timeout_s, lag_sink)
+                rec, reply = await stream_one(client, base_url, req, body, at, t0, opts.request_timeout_s, lag_sink,
+                                              headers, count_tokens)
             if req.session and req.endpoint == "chat":
-                conversations[req.session].append({"role": "assistant", "content": text})
+                msg, call_id = assistant_turn(req, reply)
+                conversations[req.session].append(msg)
+                pending_call[req.session] = call_id
             results.append(rec)
             if out:
                 recmod.append(out, rec)
@@ -299,6 +355,67 @@ async def replay(trace: Trace, base_url: str, model: str, out: Path | None, opts
         if slow is not fast:
             await slow.aclose()
     return results
+
+
+def assistant_turn(req: TraceRequest, reply: Reply) -> tuple[dict[str, Any], str]:
+    """The assistant message an agent turn adds, and the id of the tool call the next turn answers.
+
+    The agent calls its tool every turn: the server's own call where it made one, else one of ours
+    (the test model's random weights never choose a tool), so every tool result that follows
+    answers a call in the conversation by its tool_call_id.
+    """
+    call = reply.tool_calls[0] if reply.tool_calls else None
+    call_id = (call or {}).get("id") or f"call_{req.id}"
+    fn = {"name": (call or {}).get("name") or TOOL_NAME, "arguments": (call or {}).get("arguments") or "{}"}
+    msg = {"role": "assistant", "content": reply.text,
+           "tool_calls": [{"id": call_id, "type": "function", "function": fn}]}
+    return msg, call_id
+
+
+def tool_result(call_id: str, content: str) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+def declare_extensions(base_url: str, extensions: Sequence[str]) -> None:
+    _DECLARED[base_url.rstrip("/")] = tuple(extensions)
+
+
+def engine_extensions(base_url: str, model: str, headers: dict[str, str] | None = None) -> tuple[str, ...]:
+    """The extensions the adapter of the engine at base_url declares, the engine told by what its
+    /v1/models says owns `model`; () for an engine the project does not know (plain OpenAI)."""
+    from engines.adapters import by_owner
+    try:
+        data = httpx.get(base_url.rstrip("/") + "/v1/models", headers=headers, timeout=10,
+                         verify=_ssl_context()).json().get("data") or []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return ()
+    owner = next((m.get("owned_by", "") for m in data if isinstance(m, dict) and m.get("id") == model), "")
+    ad = by_owner(owner)
+    return tuple(ad.request_extras()) if ad else ()
+
+
+def test_model_tokenizer(model: str) -> Path | None:
+    """The project's test model's tokenizer.json, when `model` is that model and it is on disk."""
+    try:
+        from model import settings
+    except ImportError:  # the peer image's copy of the replay has no project around it
+        return None
+    if model != "tiny-llama":
+        return None
+    found = sorted(settings.models().glob("*-llama-*/tokenizer.json"))
+    return found[0] if found else None
+
+
+def tokenizer_counter(path: Path | None) -> Callable[[str], int] | None:
+    """Tokens in a text by the model's own tokenizer (the `tokenizers` package), or None."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None
+    tok = Tokenizer.from_file(str(path))
+    return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
 
 
 def loop_factory():

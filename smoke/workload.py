@@ -6,7 +6,8 @@ shift another's. Floats are rounded before they are written, and JSON keys are s
 
 A trace is a header line then one line per request, in send order. Agent turns after the first
 carry `after` (the previous turn's id) and `think_s`: the replay sends them when that turn ends,
-with the real assistant reply and this turn's tool result appended to the conversation.
+with the real assistant reply (as a call of the agent's tool) and this turn's tool result, which
+answers that call by its tool_call_id, appended to the conversation.
 """
 
 from __future__ import annotations
