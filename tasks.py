@@ -34,6 +34,9 @@ def one_line_errors(fn):
             return fn(*args, **kwargs)
         except UsageError as exc:
             raise Exit(f"error: {exc}", code=2) from None
+        except BrokenPipeError:  # `invoke classify LOG | head`: the reader left, nothing to say
+            sys.stderr.close()
+            raise Exit(code=0) from None
         except KeyboardInterrupt:
             raise Exit("interrupted: results written so far are kept; rerun to resume", code=130) from None
     return wrapper

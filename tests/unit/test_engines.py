@@ -42,7 +42,7 @@ def test_a_bad_engine_file_is_one_line(tmp_path):
                                          r"\(did you mean 'running'\?\)"):
         spec.load_engine.__wrapped__("tgi", tmp_path)
     (tmp_path / "tgi.toml").write_text('name = "tgi"\nwhat = "x"\nadapter = "vllm"\n[obtain]\nhow = "pip"\n')
-    with pytest.raises(UsageError, match=r"tgi.toml: obtain.how: expected 'source-build'"):
+    with pytest.raises(UsageError, match=r"tgi.toml: obtain.how: expected one of source-build, pypi, distro-package, container-image, got 'pip'"):
         spec.load_engine.__wrapped__("tgi", tmp_path)
 
 
@@ -113,8 +113,8 @@ def test_llama_cpp_metrics_map_from_a_real_scrape():
     assert set(vllm) == set(spec.COMMON_METRICS) and all(v is not None for v in vllm.values()), vllm
 
 
-@pytest.mark.parametrize("log, category", [("start-miss.log", "engine-model-missing"),
-                                           ("start-notgguf.log", "engine-model-format")])
+@pytest.mark.parametrize("log, category", [("start-miss.log", "model-not-found"),
+                                           ("start-notgguf.log", "model-file-invalid")])
 def test_llama_cpp_log_rules_name_real_start_failures(log, category):
     from images.classify import classify_text, load_rules
     rules = load_rules(spec.HERE.parent / adapters.adapter("llama.cpp").spec.logs.rules)
