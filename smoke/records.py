@@ -63,18 +63,40 @@ def append(path: Path, rec: RequestRecord) -> None:
         fh.flush()
 
 
-def read(path: Path) -> list[RequestRecord]:
+# What a malformed line can raise on the way to a record: bad JSON, deep nesting, wrong types, huge numbers.
+LINE_FAULTS = (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError)
+
+
+def jsonl_objects(path: Path, what: str):
+    """(line number, object) of each non-blank line of a JSONL file; one UsageError line for a file
+    that cannot be read as text or a line that is not a JSON object."""
     if not path.is_file():
-        raise UsageError(f"{path}: no such records file")
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+        raise UsageError(f"{path}: no such {what} file")
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: expected UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            out.append(RequestRecord.from_json(json.loads(line)))
-        except (ValueError, TypeError, KeyError) as exc:
+            d = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            yield n, len(lines), exc
+            continue
+        yield n, len(lines), d if isinstance(d, dict) else TypeError(f"a JSON {type(d).__name__}, not an object")
+
+
+def read(path: Path) -> list[RequestRecord]:
+    out = []
+    for n, last, d in jsonl_objects(path, "records"):
+        try:
+            if isinstance(d, Exception):
+                raise d
+            out.append(RequestRecord.from_json(d))
+        except LINE_FAULTS as exc:
             # A run killed mid-write leaves at most one torn last line; anything else is a bad file.
-            if n == len(path.read_text().splitlines()):
+            if n == last:
                 break
-            raise UsageError(f"{path}:{n}: expected a request record ({exc})") from None
+            raise UsageError(f"{path}:{n}: expected a request record ({exc.__class__.__name__}: {exc})") from None
     return out

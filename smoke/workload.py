@@ -13,6 +13,7 @@ answers that call by its tool_call_id, appended to the conversation.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from model.errors import UsageError
 from smoke.mix import Mix, Range, RequestClass
+from smoke.records import LINE_FAULTS, jsonl_objects
 
 TRACE_VERSION = 1
 WORDS_FILE = Path(__file__).with_name("data") / "words.txt"
@@ -59,6 +61,11 @@ class TraceRequest:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TraceRequest:
+        for key in ("id", "after", "session"):
+            if not isinstance(d.get(key, ""), str):
+                raise TypeError(f"{key}: expected a string, got {d[key]!r}")
+        if not math.isfinite(float(d["t"])):
+            raise ValueError(f"t: expected a finite time in seconds, got {d['t']!r}")
         return cls(id=d["id"], t=float(d["t"]), cls=d["class"], endpoint=d["endpoint"], max_tokens=int(d["max_tokens"]),
                    prompt=d.get("prompt", ""), messages=tuple(d.get("messages", ())), session=d.get("session", ""),
                    turn=int(d.get("turn", 0)), after=d.get("after", ""), think_s=float(d.get("think_s", 0.0)),
@@ -192,20 +199,17 @@ def write(trace: Trace, path: Path) -> Path:
 
 
 def read(path: Path) -> Trace:
-    if not path.is_file():
-        raise UsageError(f"{path}: no such trace file")
     header: dict[str, Any] = {}
     reqs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, _, d in jsonl_objects(path, "trace"):
         try:
-            d = json.loads(line)
+            if isinstance(d, Exception):
+                raise d
             if d.get("kind") == "header":
                 header = d
                 continue
             reqs.append(TraceRequest.from_json(d))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except LINE_FAULTS as exc:
             raise UsageError(f"{path}:{n}: expected a trace request line ({exc.__class__.__name__}: {exc})") from None
     ids = {r.id for r in reqs}
     for r in reqs:
