@@ -270,14 +270,15 @@ def workload(c, mix="default", seed=0, out="results/trace.jsonl"):
     write_trace(mix, int(seed), out)
 
 
-@task(help={"cell": "matrix cell id (starts its engine image)", "url": "an OpenAI-compatible server on loopback",
+@task(help={"cell": "matrix cell id (starts its engine image)", "url": "an OpenAI-compatible server (http or https)",
             "image": "engine image for --cell (default: the vllm-cpu runtime image)", "mix": "mix name or path",
             "seed": "workload seed", "duration": "override the mix's duration (s)", "rate": "override its rate (req/s)",
             "trace": "replay this trace instead of generating one", "run": "results run name", "spec": "matrix spec",
-            "stage": "smoke (the mixed workload, default) or oracle (the KV-layout oracle inside the cell's image)"})
+            "stage": "smoke (the mixed workload, default) or oracle (the KV-layout oracle inside the cell's image)",
+            "api_key_env": "--url: the environment variable that holds the API key (sent as a bearer token, never stored)"})
 @one_line_errors
 def smoke(c, cell="", url="", image="", mix="default", seed=0, duration=0.0, rate=0.0, trace="", run="latest",
-          spec=None, stage="smoke"):
+          spec=None, stage="smoke", api_key_env=""):
     """Replay the six-class mix against a real vLLM server; records, summary, Markdown, PNGs, a gate verdict."""
     if stage == "oracle":
         from containers.engine import client
@@ -293,7 +294,8 @@ def smoke(c, cell="", url="", image="", mix="default", seed=0, duration=0.0, rat
     if stage != "smoke":
         raise UsageError(f"smoke --stage: expected smoke or oracle, got {stage!r}")
     from smoke.cli import smoke as run_smoke
-    if run_smoke(cell, url, image, mix, int(seed), float(duration), float(rate), trace, run, spec, RESULTS):
+    if run_smoke(cell, url, image, mix, int(seed), float(duration), float(rate), trace, run, spec, RESULTS,
+                 api_key_env):
         raise Exit(code=1)
 
 

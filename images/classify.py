@@ -48,10 +48,12 @@ def _regex(p: str) -> str:
 def _template(text: str) -> str:
     """A remediation: {name} placeholders only, filled from the pattern's named groups."""
     try:
-        names = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
     except ValueError as exc:
         raise ValueError(f"not a valid template: {exc}") from None
-    bad = next((n for n in names if not re.fullmatch(r"[A-Za-z_]\w*", n)), None)
+    # No conversions or format specs ({x!r}, {x:>5}): fuzzing found "{_!0}" passing here, failing in format_map.
+    bad = next((f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") for f, spec, conv in fields
+                if conv or spec or not re.fullmatch(r"[A-Za-z_]\w*", f)), None)
     if bad is not None:
         raise ValueError(f"not a valid template: {{{bad}}} (expected {{name}} of a named group)")
     return text

@@ -18,7 +18,7 @@ def workload(mix: str, seed: int, out: str) -> Path:
 
 
 def smoke(cell: str, url: str, image: str, mix: str, seed: int, duration: float, rate: float, trace: str,
-          run: str, spec: str | None, results: Path) -> int:
+          run: str, spec: str | None, results: Path, api_key_env: str = "") -> int:
     from model.results import ResultsStore
     from smoke.stage import run_smoke
     if bool(cell) == bool(url):
@@ -26,17 +26,13 @@ def smoke(cell: str, url: str, image: str, mix: str, seed: int, duration: float,
     if url and not url.startswith(("http://", "https://")):
         raise UsageError(f"--url: expected an http:// or https:// URL, got {url!r}")
     target: object = url
-    if url:
-        # Engine extensions only where the engine's adapter declares them: tell the replay which.
-        from smoke.replay import declare_extensions, engine_extensions
-        from smoke.stage import served_model
-        declare_extensions(url.rstrip("/"), engine_extensions(url, served_model(url)))
     if cell:
         from model import spec as specmod
         target = specmod.load(spec).get(cell)
     store = ResultsStore(results, run)
     o = run_smoke(target, store, image=image or None, mix=mix, seed=seed, duration_s=duration or None,
-                  rate_rps=rate or None, trace_path=Path(trace) if trace else None, progress=True)
+                  rate_rps=rate or None, trace_path=Path(trace) if trace else None, progress=True,
+                  api_key_env=api_key_env)
     print(f"smoke {o.cell}: {o.status} ({o.seconds:.0f} s)")
     for line in o.evidence:
         print("  " + line)

@@ -10,18 +10,16 @@ adapter-matrix report reads.
 
 from __future__ import annotations
 
-import os
 import ssl
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from model.errors import UsageError
 from model.results import ResultsStore, StageOutcome
-from smoke import conform
+from smoke import conform, replay
 
 EXTENSIONS = ("return_token_ids", "slots")  # the extensions a conform check exists for
 
@@ -30,12 +28,7 @@ def http_client(url: str, api_key_env: str = "") -> httpx.Client:
     """httpx for `url`: the key (if any) from the named environment variable, TLS against the system CAs."""
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"--url: expected an http:// or https:// URL, got {url!r}")
-    headers = {}
-    if api_key_env:
-        key = os.environ.get(api_key_env)
-        if not key:
-            raise UsageError(f"--api-key-env: environment variable {api_key_env} is not set (or empty)")
-        headers["Authorization"] = f"Bearer {key}"
+    headers = replay.api_headers(api_key_env)
     # ssl's default context: the system CA bundle (SSL_CERT_FILE honoured), not a bundled one.
     # A fresh connection per request: llama.cpp's server closes an idle keep-alive connection as the
     # next request arrives on it (seen here after streams), and that race is not the contract's.

@@ -71,7 +71,9 @@ class Summary:
 
 def class_stats(name: str, recs: Sequence[RequestRecord], duration_s: float, slo: SLO | None) -> ClassStats:
     ok = [r for r in recs if r.ok]
-    out_tokens = sum((r.output_tokens or r.streamed_tokens) for r in ok)
+    # Tokens from the server's usage or the model's tokenizer (RequestRecord.tokens_from), never from
+    # counting SSE events: an engine may pack several tokens in one event, or send empty ones.
+    out_tokens = sum(r.output_tokens or 0 for r in ok)
     good = sum(1 for r in ok if slo is None or meets_slo(r, slo))
     prompts = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
     errs = tuple(dict.fromkeys(f"{r.id}: {r.error}" for r in recs if not r.ok))[:5]
@@ -91,7 +93,7 @@ def _ms(d: dict[str, float | None]) -> dict[str, float | None]:
 
 def tpot_ms(r: RequestRecord) -> float | None:
     """A request's mean inter-token time: (E2E - TTFT) / (output tokens - 1), in ms."""
-    n = r.output_tokens or r.streamed_tokens
+    n = r.output_tokens
     if not r.ok or r.e2e_s is None or r.ttft_s is None or not n or n < 2:
         return None
     return (r.e2e_s - r.ttft_s) * 1000 / (n - 1)
@@ -99,7 +101,7 @@ def tpot_ms(r: RequestRecord) -> float | None:
 
 def ms_per_token(r: RequestRecord) -> float | None:
     """A request's E2E over its output tokens, in ms: how fast it was served, however it was read."""
-    n = r.output_tokens or r.streamed_tokens
+    n = r.output_tokens
     if not r.ok or r.e2e_s is None or not n:
         return None
     return r.e2e_s * 1000 / n

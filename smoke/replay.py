@@ -11,11 +11,12 @@ Every outcome, errors included (connect refused, 4xx, a stream cut mid-way, time
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ try:  # orjson where installed (the host: a dependency); the peer image's replay
 except ImportError:
     from json import JSONDecodeError, loads as json_loads
 
+from model.errors import UsageError
 from smoke import records as recmod, transport
 from smoke.records import RequestRecord
 from smoke.workload import Trace, TraceRequest
@@ -41,10 +43,6 @@ CLASS_HEADER = "X-Request-Class"
 # otherwise) and return_token_ids (each chunk lists its token ids, so a chunk that carries several
 # tokens times several, with gaps of 0). Other engines get the OpenAI contract only.
 VLLM_EXTENSIONS = ("ignore_eos", "return_token_ids")
-# Extensions declared per base URL by whoever identified the engine there (`invoke smoke --url`).
-# Callers that start vLLM themselves (the smoke stage, the sweep, the benches) declare nothing and
-# get vLLM's; the replay itself never sends a side request (a router would log and count it).
-_DECLARED: dict[str, tuple[str, ...]] = {}
 # The agent loop's tool: every turn after the first answers a call of it.
 TOOL_NAME = "lookup"
 
@@ -54,8 +52,9 @@ class ReplayOptions:
     max_concurrency: int = 16
     request_timeout_s: float = 600.0     # the whole request, first byte to [DONE]
     temperature: float | None = None  # None: the server's default
-    # None: those declared for the URL (declare_extensions), else vLLM's (the project's engine).
-    extensions: tuple[str, ...] | None = None
+    # What the engine's adapter declares (engine_extensions tells for a URL); vLLM's by default, the
+    # engine the project starts itself (smoke stage, sweep, benches).
+    extensions: tuple[str, ...] = VLLM_EXTENSIONS
     time_scale: float = 1.0          # >1 stretches the schedule (slower arrivals)
     headers: tuple[tuple[str, str], ...] = ()   # e.g. Authorization (never written to a record)
     # The served model's tokenizer.json: output tokens where the server sends no usage. None: the
@@ -245,7 +244,7 @@ SHARD = 32  # connections per httpx client
 _SSL: list = []
 
 
-def _ssl_context():
+def ssl_context():
     # One context for all shards: building one loads the CA bundle (~30 ms of CPU each). The
     # system's bundle (ssl's default paths, SSL_CERT_FILE honoured), not one shipped with a package.
     if not _SSL:
@@ -270,7 +269,7 @@ class ClientPool:
     def _client(limit: int, recv_buffer: int) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
         # A small receive buffer (slow readers) so unread bytes back up into the server, not into our memory.
-        return httpx.AsyncClient(transport=transport.transport(limits, _ssl_context(), recv_buffer))
+        return httpx.AsyncClient(transport=transport.transport(limits, ssl_context(), recv_buffer))
 
     @contextlib.asynccontextmanager
     async def client(self):
@@ -307,8 +306,6 @@ async def replay(trace: Trace, base_url: str, model: str, out: Path | None, opts
     headers = dict(opts.headers)
     count_tokens = tokenizer_counter(opts.tokenizer or test_model_tokenizer(model))
 
-    if opts.extensions is None:
-        opts = replace(opts, extensions=_DECLARED.get(base_url, VLLM_EXTENSIONS))
     fast = ClientPool(opts.max_concurrency)
     slow = ClientPool(opts.max_concurrency, recv or 4096) if any(r.read_bytes_per_s for r in trace.requests) else fast
     try:
@@ -376,8 +373,14 @@ def tool_result(call_id: str, content: str) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call_id, "content": content}
 
 
-def declare_extensions(base_url: str, extensions: Sequence[str]) -> None:
-    _DECLARED[base_url.rstrip("/")] = tuple(extensions)
+def api_headers(api_key_env: str = "") -> dict[str, str]:
+    """The Authorization header from the environment variable the user named (never logged or stored)."""
+    if not api_key_env:
+        return {}
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise UsageError(f"--api-key-env: environment variable {api_key_env} is not set (or empty)")
+    return {"Authorization": f"Bearer {key}"}
 
 
 def engine_extensions(base_url: str, model: str, headers: dict[str, str] | None = None) -> tuple[str, ...]:
@@ -386,7 +389,7 @@ def engine_extensions(base_url: str, model: str, headers: dict[str, str] | None 
     from engines.adapters import by_owner
     try:
         data = httpx.get(base_url.rstrip("/") + "/v1/models", headers=headers, timeout=10,
-                         verify=_ssl_context()).json().get("data") or []
+                         verify=ssl_context()).json().get("data") or []
     except (httpx.HTTPError, ValueError, AttributeError):
         return ()
     owner = next((m.get("owned_by", "") for m in data if isinstance(m, dict) and m.get("id") == model), "")

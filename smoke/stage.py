@@ -27,9 +27,9 @@ def url_cell_id(url: str) -> str:
     return "url-" + re.sub(r"[^A-Za-z0-9]+", "-", re.sub(r"^https?://", "", url)).strip("-")
 
 
-def served_model(url: str) -> str:
+def served_model(url: str, headers: dict[str, str] | None = None) -> str:
     try:
-        r = httpx.get(url.rstrip("/") + "/v1/models", timeout=10)
+        r = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=10, verify=replay.ssl_context())
         r.raise_for_status()
         return r.json()["data"][0]["id"]
     except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
@@ -102,7 +102,8 @@ def runtime_warnings(log: str, most: int = 20) -> list[str]:
 
 def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str | Path = "default", seed: int = 0,
               duration_s: float | None = None, rate_rps: float | None = None, trace_path: Path | None = None,
-              progress: bool = False, startup_timeout_s: float = 300.0, record: bool = True) -> StageOutcome:
+              progress: bool = False, startup_timeout_s: float = 300.0, record: bool = True,
+              api_key_env: str = "") -> StageOutcome:
     """Smoke one cell (a matrix Cell, started from `image`) or one URL; write and return the outcome.
 
     record=False: return it only (the matrix pipeline writes its stages' events and outcomes itself).
@@ -130,8 +131,12 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
         store.event("stage-start", cell=cell, stage="smoke")
     versions: dict[str, str] = {}
     if is_url:
-        model = served_model(target)
-        verdict, summary, arts = replay_and_report(trace, target, model, m, out_dir, meta, progress)
+        # Extensions only where the engine's adapter declares them; the key only in the header.
+        headers = replay.api_headers(api_key_env)
+        model = served_model(target, headers)
+        opts = replay.ReplayOptions(max_concurrency=m.max_concurrency, headers=tuple(headers.items()),
+                                    extensions=replay.engine_extensions(target, model, headers))
+        verdict, summary, arts = replay_and_report(trace, target, model, m, out_dir, meta, progress, opts)
     else:
         from smoke.server import ServerFailed, vllm_server
         meta["image"] = image

@@ -44,6 +44,7 @@ class FakeOpenAI:
     def __init__(self, breaks: Breaks | None = None) -> None:
         self.b = breaks or Breaks()
         self.bodies: list[dict] = []
+        self.requests: list[httpx.Request] = []
         self.n = 0
 
     def error(self, status: int, message: str) -> httpx.Response:
@@ -53,6 +54,7 @@ class FakeOpenAI:
                                                       "param": None, "code": None}})
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
         path = request.url.path
         if path == "/v1/models":
             return httpx.Response(200, json={"object": "list", "data": [

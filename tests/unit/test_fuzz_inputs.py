@@ -280,3 +280,13 @@ def test_records_reader_arbitrary_text(tmp_path, text):
 ], ids=["not-utf8", "json-array-line", "nested-100k"])
 def test_records_reader_malformed_files_are_usage_errors(tmp_path, data):
     _raises_other_than_usage_error(records.read, data, tmp_path)
+
+
+@pytest.mark.parametrize("text", ["{_!0}", "{x!r}", "{x:>5}"])
+def test_remediation_templates_take_plain_names_only(tmp_path, text):
+    """Found by fuzzing: a conversion passed the loader and then failed in format_map."""
+    from images.classify import load_rules
+    f = tmp_path / "rules.toml"
+    f.write_text(RULES.read_text().replace('remediation = ""', f'remediation = "{text}"', 1))
+    got = _contract(load_rules, f)
+    assert isinstance(got, UsageError) and "not a valid template" in str(got), got

@@ -118,13 +118,30 @@ def _replay_bodies(monkeypatch, opts, url="http://fake.test"):
 
 
 def test_declared_extensions_decide_what_the_replay_sends(monkeypatch):
-    monkeypatch.setattr(replay, "_DECLARED", {})
-    # Nothing declared: the project's own engine (vLLM) started by the caller.
+    # By default: the project's own engine (vLLM) started by the caller.
     body = _replay_bodies(monkeypatch, replay.ReplayOptions())[-1]
     assert body["ignore_eos"] is True and body["return_token_ids"] is True
-    replay.declare_extensions("http://fake.test/", ())  # e.g. llama.cpp: its adapter declares none
-    body = _replay_bodies(monkeypatch, replay.ReplayOptions())[-1]
+    # e.g. llama.cpp: its adapter declares none
+    body = _replay_bodies(monkeypatch, replay.ReplayOptions(extensions=()))[-1]
     assert "ignore_eos" not in body and "return_token_ids" not in body
+
+
+def test_the_api_key_comes_from_the_named_variable_and_only_goes_in_the_header(monkeypatch, tmp_path):
+    from model.errors import UsageError
+    monkeypatch.setenv("DEPLOYLAB_TEST_KEY", "sekret")
+    headers = replay.api_headers("DEPLOYLAB_TEST_KEY")
+    assert headers == {"Authorization": "Bearer sekret"}
+    fake = FakeOpenAI()
+    monkeypatch.setattr(replay.ClientPool, "_client",
+                        staticmethod(lambda limit, rb: httpx.AsyncClient(transport=httpx.MockTransport(fake))))
+    out = tmp_path / "records.jsonl"
+    replay.run(Trace({}, (CHAT,)), "http://fake.test", MODEL, out,
+               replay.ReplayOptions(headers=tuple(headers.items())))
+    assert fake.requests[-1].headers["authorization"] == "Bearer sekret"
+    assert "sekret" not in out.read_text()
+    monkeypatch.delenv("DEPLOYLAB_TEST_KEY")
+    with pytest.raises(UsageError, match="DEPLOYLAB_TEST_KEY is not set"):
+        replay.api_headers("DEPLOYLAB_TEST_KEY")
 
 
 @pytest.mark.parametrize("owner, want", [("vllm", ("return_token_ids", "ignore_eos")), ("llamacpp", ()),
