@@ -26,6 +26,7 @@ from scipy import stats
 
 from model.errors import UsageError
 from model.toml import load
+from smoke.metrics import tpot_ms  # the one definition: tokens from usage or the tokenizer
 from smoke.records import RequestRecord
 from smoke.sweep.capacity_rules import SEARCHED, Rules
 
@@ -48,14 +49,6 @@ class SLOBound(BaseModel):
     unloaded_tpot_ms: float | None
     ttft_multiple: float
     tpot_multiple: float | None
-
-
-def tpot_ms(r: RequestRecord) -> float | None:
-    """(E2E - TTFT) / (output tokens - 1): a request's mean time per output token after the first."""
-    n = r.output_tokens or r.streamed_tokens
-    if not r.ok or r.e2e_s is None or r.ttft_s is None or not n or n < 2:
-        return None
-    return (r.e2e_s - r.ttft_s) * 1000 / (n - 1)
 
 
 def meets(r: RequestRecord, b: SLOBound) -> bool:
