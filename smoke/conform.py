@@ -248,11 +248,16 @@ class Conformance:
             raise Failed("no assistant message in choices")
         return f"id {cc.id}, {len(cc.choices[0].message.content or '')} chars, finish {cc.choices[0].finish_reason}"
 
+    def _streamed(self, key: str, path: str, body: dict[str, Any], kind: type, what: str) -> list:
+        """Stream `body` to `path`; keep the raw stream and its parsed chunks for the checks after."""
+        s = self.c.stream(path, self.streamed(body))
+        self.seen[f"{key}-raw"] = s
+        chunks = self.seen[key] = _chunks(s, kind, what)
+        return chunks
+
     def chat_stream(self) -> str:
-        s = self.c.stream("/v1/chat/completions", self.streamed(self.chat_body()))
-        self.seen["chat-stream-raw"] = s
-        chunks = _chunks(s, ChatCompletionChunk, "chat stream")
-        self.seen["chat-stream"] = chunks
+        chunks = self._streamed("chat-stream", "/v1/chat/completions", self.chat_body(), ChatCompletionChunk,
+                                "chat stream")
         ids = {c.id for c in chunks}
         if len(ids) != 1:
             raise Failed(f"chunks carry {len(ids)} different ids")
@@ -266,10 +271,8 @@ class Conformance:
         return f"id {comp.id}, {len(comp.choices[0].text)} chars, finish {comp.choices[0].finish_reason}"
 
     def completions_stream(self) -> str:
-        s = self.c.stream("/v1/completions", self.streamed(self.comp_body()))
-        self.seen["completions-stream-raw"] = s
-        chunks = _chunks(s, CompletionChunk, "completions stream")
-        self.seen["completions-stream"] = chunks
+        chunks = self._streamed("completions-stream", "/v1/completions", self.comp_body(), CompletionChunk,
+                                "completions stream")
         return f"{len(chunks)} chunks, {len(_text_of(chunks))} chars"
 
     def sse_framing(self) -> str:

@@ -205,12 +205,13 @@ def test_trace_reader_malformed_lines(tmp_path, lines):
         assert all(isinstance(r, workload.TraceRequest) for r in got.requests)
 
 
+@pytest.mark.parametrize("read", [workload.read, records.read], ids=["trace", "records"])
 @FUZZ
 @given(text=st.text(max_size=200))
-def test_trace_reader_arbitrary_text(tmp_path, text):
-    f = tmp_path / "trace.jsonl"
+def test_jsonl_readers_arbitrary_text(tmp_path, read, text):
+    f = tmp_path / "in.jsonl"
     f.write_text(text)
-    _contract(workload.read, f)
+    _contract(read, f)
 
 
 def test_trace_reader_round_trips_a_real_trace(tmp_path):
@@ -262,14 +263,6 @@ RECORD = {"id": "r1", "cls": "rag", "endpoint": "chat", "scheduled_s": 0.0, "sen
 def test_records_reader_malformed_records(tmp_path, changes):
     f = tmp_path / "records.jsonl"
     f.write_text("".join(json.dumps({**RECORD, **c}) + "\n" for c in changes))
-    _contract(records.read, f)
-
-
-@FUZZ
-@given(text=st.text(max_size=200))
-def test_records_reader_arbitrary_text(tmp_path, text):
-    f = tmp_path / "records.jsonl"
-    f.write_text(text)
     _contract(records.read, f)
 
 
