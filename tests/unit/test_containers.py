@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import jinja2
 import pytest
@@ -68,19 +66,25 @@ def test_labels_name_run_role_and_owner():
 
 
 def test_a_dead_owner_is_told_from_a_live_one():
-    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = os.fork()  # a process that exits at once and is reaped: its pid names no live process
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
     host = labels.owner().rpartition(":")[0]
-    assert not labels.owner_alive(f"{host}:{p.stdout.strip()}")
+    assert not labels.owner_alive(f"{host}:{pid}")
     assert labels.owner_alive(f"{host}:{os.getpid()}")
     assert labels.owner_alive("another-host:1")   # not ours to judge
     assert labels.owner_alive("")                 # no owner label: left alone
 
 
-def test_run_id_comes_from_the_environment_when_set():
-    code = "from containers.labels import run_id; print(run_id())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "DEPLOYLAB_RUN_ID": "resume-7"}).stdout.strip()
-    assert out == "resume-7"
+def test_run_id_comes_from_the_environment_when_set(monkeypatch):
+    import importlib
+    monkeypatch.setenv("DEPLOYLAB_RUN_ID", "resume-7")
+    try:
+        assert importlib.reload(labels).run_id() == "resume-7"
+    finally:
+        monkeypatch.delenv("DEPLOYLAB_RUN_ID")
+        importlib.reload(labels)
 
 
 def test_http_ready_is_testcontainers_strategies_in_order():
