@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from docker.errors import DockerException, ImageNotFound
+from docker.errors import ImageNotFound
 
 from containers.build import build_image
+from containers.run import ContainerFailed, run_once
 from engines.spec import EngineSpec
 from images.render import _env
 from model.errors import UsageError
@@ -47,13 +48,10 @@ def ensure_gguf(client, hf_dir: Path, image: str) -> Path:
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        client.containers.run(
-            image, ["python3", "/script/hf_to_gguf.py", "/hf", "/out/model.gguf"], remove=True, network_mode="none",
-            user=f"{os.getuid()}:{os.getgid()}", labels={"org.deploylab.role": "engine", "org.deploylab.purpose": "gguf"},
-            volumes={str(SCRIPT.parent.resolve()): {"bind": "/script", "mode": "ro"},
-                     str(hf_dir.resolve()): {"bind": "/hf", "mode": "ro"},
-                     str(tmp.resolve()): {"bind": "/out", "mode": "rw"}})
-    except DockerException as exc:
+        run_once(client, image, ["python3", "/script/hf_to_gguf.py", "/hf", "/out/model.gguf"], role="engine",
+                 labels={"org.deploylab.purpose": "gguf"}, user=f"{os.getuid()}:{os.getgid()}", timeout_s=600,
+                 ro={"/script": SCRIPT.parent, "/hf": hf_dir}, rw={"/out": tmp}).check("GGUF conversion")
+    except ContainerFailed as exc:
         raise UsageError(f"GGUF conversion of {hf_dir} in {image} failed: {str(exc)[-600:]}") from None
     if not (tmp / "model.gguf").is_file():
         raise UsageError(f"GGUF conversion of {hf_dir} wrote no model.gguf")
