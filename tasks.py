@@ -314,6 +314,24 @@ def conform(c, engine="", url="", cell="", api_key_env="", model="", extension=N
         raise Exit(code=code)
 
 
+@task(iterable=["engines"], help={"engines": "engine names (default: every engine in engines/)",
+                                  "cell": "the matrix cell whose source build serves as `vllm`", "mix": "mix name or path",
+                                  "run": "results run name", "out": "report folder", "report_only": "only rewrite the report"})
+@one_line_errors
+def adapters(c, engines=None, cell="debian-trixie-cpu", mix="ci", run="adapters", out="notes/adapters", report_only=False):
+    """The adapter matrix: each engine conformed and replaying one trace on one server; Markdown, PNG, JSON."""
+    from engines.spec import NAMES
+    from matrix.adapters import write
+    from model.results import ResultsStore
+    from smoke.conform_run import conform_engine
+    store = ResultsStore(RESULTS, run)
+    for name in ([] if report_only else engines or NAMES):
+        o = conform_engine(name, store, cell=cell if name == "vllm" else "", mix=mix)
+        print(f"{name}: conform {o.status} {o.category}".rstrip())
+    for path in write(store, Path(out)):
+        print(path)
+
+
 def _bench_call(name, fn, kw):
     import inspect
     known = inspect.signature(fn).parameters

@@ -80,7 +80,9 @@ def conform_url(url: str, store: ResultsStore, api_key_env: str = "", model: str
                                 {"target": url, "model": model, "extensions": list(extensions)}, {}, {}))
 
 
-def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=None) -> StageOutcome:
+def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=None, mix: str = "") -> StageOutcome:
+    """The contract on the engine started here; with `mix`, that mix's trace replayed on the same server
+    too (stored as the cell's smoke outcome: the adapter matrix's SLO and latency columns)."""
     from engines.adapters import adapter as get_adapter
     from engines.flags import unaccepted
     from engines.run import EngineFailed, accepted_flags, serve
@@ -142,6 +144,8 @@ def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=Non
             with http_client(eng.url) as http:
                 details["version"] = _version(http)
                 results = check(http, MODEL_NAME, exts, on_result)
+            if mix:
+                smoke_on(eng.url, tuple(ad.request_extras()), store, cell_id, mix, {"engine": name, "image": image})
             details["memory_bytes"], details["memory_kind"] = _memory(dc, eng.container_id)
     except EngineFailed as exc:
         tail = [ln for ln in str(exc).splitlines() if ln.strip()][-8:]
@@ -151,6 +155,29 @@ def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=Non
                                         artifacts={"server_log": str(log)}))
     return store.write(_outcome(cell_id, results, started, t0, details, {name: details["version"], "image": image},
                                 {"server_log": str(log)}))
+
+
+def smoke_on(url: str, extensions: tuple[str, ...], store: ResultsStore, cell_id: str, mix: str,
+             meta: dict[str, Any], seed: int = 0) -> StageOutcome:
+    """`mix`'s seeded trace against a server already running; the same trace for every engine."""
+    from model.stage import Timed
+    from smoke import metrics, mix as mixmod, records, workload
+    from smoke.server import MODEL_NAME
+    from smoke.stage import evidence, replay_and_report
+    t, m = Timed(cell_id, "smoke"), mixmod.load(mix)
+    trace = workload.generate(m, seed)
+    out_dir = store.artifact_dir(cell_id, "smoke")
+    opts = replay.ReplayOptions(max_concurrency=m.max_concurrency, extensions=extensions)
+    verdict, summary, arts = replay_and_report(trace, url, MODEL_NAME, m, out_dir,
+                                               {**meta, "mix": m.name, "seed": seed}, False, opts)
+    recs = records.read(out_dir / "records.jsonl")
+    tpot = metrics.percentiles([x for r in recs if (x := metrics.tpot_ms(r)) is not None])
+    details = {"mix": m.name, "seed": seed, "requests": len(trace.requests),
+               "attainment": {c: (s.good / s.requests if s.requests else None) for c, s in summary.classes.items()},
+               "ttft_ms": summary.overall.ttft_ms, "tpot_ms": tpot,
+               "http_5xx": sum(1 for r in recs if (r.http_status or 0) >= 500)}
+    return store.write(t.done("pass" if verdict.passed else "fail", category="" if verdict.passed else "slo",
+                              evidence=evidence(summary, verdict), artifacts=arts, details=details))
 
 
 def _memory(dc, container_id: str) -> tuple[int, str]:
