@@ -10,6 +10,7 @@ adapter-matrix report reads.
 
 from __future__ import annotations
 
+import os
 import ssl
 import time
 from collections.abc import Callable
@@ -168,6 +169,7 @@ def smoke_on(url: str, extensions: tuple[str, ...], store: ResultsStore, cell_id
     trace = workload.generate(m, seed)
     out_dir = store.artifact_dir(cell_id, "smoke")
     opts = replay.ReplayOptions(max_concurrency=m.max_concurrency, extensions=extensions)
+    load_before = os.getloadavg()[0]
     verdict, summary, arts = replay_and_report(trace, url, MODEL_NAME, m, out_dir,
                                                {**meta, "mix": m.name, "seed": seed}, False, opts)
     recs = records.read(out_dir / "records.jsonl")
@@ -175,7 +177,9 @@ def smoke_on(url: str, extensions: tuple[str, ...], store: ResultsStore, cell_id
     details = {"mix": m.name, "seed": seed, "requests": len(trace.requests),
                "attainment": {c: (s.good / s.requests if s.requests else None) for c, s in summary.classes.items()},
                "ttft_ms": summary.overall.ttft_ms, "tpot_ms": tpot,
-               "http_5xx": sum(1 for r in recs if (r.http_status or 0) >= 500)}
+               "http_5xx": sum(1 for r in recs if (r.http_status or 0) >= 500),
+               # the instrument: the host's 1-min load around the replay, beside the figures it shaped
+               "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     return store.write(t.done("pass" if verdict.passed else "fail", category="" if verdict.passed else "slo",
                               evidence=evidence(summary, verdict), artifacts=arts, details=details))
 

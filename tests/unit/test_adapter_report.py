@@ -20,11 +20,12 @@ def test_rows_and_report_from_stored_outcomes(tmp_path):
                                       "image_bytes": 5e8, "memory_bytes": 2.5e8, "memory_kind": "at-end"}))
     store.write(StageOutcome("engine-llama.cpp", "smoke", "fail", category="slo", details={
         "mix": "ci", "requests": 20, "attainment": {"rag": 0.5, "agent_loop": 1.0},
-        "ttft_ms": {"p50": 900.0, "p99": 15000.0}, "tpot_ms": {"p50": 40.0, "p99": 95.0}, "http_5xx": 0}))
+        "ttft_ms": {"p50": 900.0, "p99": 15000.0}, "tpot_ms": {"p50": 40.0, "p99": 95.0}, "http_5xx": 0,
+        "load_1m": [1.2, 1.9]}))
     paths = adapters.write(store, tmp_path / "out")
     md = (tmp_path / "out" / "adapters.md").read_text()
     assert "| tgi | | engine-unavailable: ships only as a container image; no registry here |" in md
-    assert ("| llama.cpp | b11669 | fail (1/2): unknown-model | agent_loop 100%, rag 50% | 900 / 15000 | 40 / 95 | 0 "
+    assert ("| llama.cpp | b11669 | fail (1/2): unknown-model | agent_loop 100%, rag 50% | 900 / 15000 | 40 / 95 | 0 | 1.2 / 1.9 "
             "| 1.5 | 0.5 | 0.25 (at-end) |") in md
     rows = json.loads((tmp_path / "out" / "adapters.json").read_text())
     assert [r["engine"] for r in rows] == ["llama.cpp", "tgi"]
