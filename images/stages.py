@@ -35,10 +35,9 @@ def base(ctx: Context, cell: Cell) -> StageOutcome:
     log = ctx.store.artifact_dir(cell.id, "base") / "debootstrap.log"
     r = ensure_base(ctx.client, cell.distro, log=log)
     if not r.available:
-        return t.done("base-unavailable", category="base-unavailable",
-                        evidence=(r.reason,),
-                        remediation=f"make {cell.distro.image} reachable (a registry or mirror), "
-                                    f"or docker load a {cell.distro.name} image tagged {r.tag}")
+        return t.done("base-unavailable", category="base-unavailable", evidence=(r.reason,),
+                      remediation=f"make {cell.distro.image} reachable (a registry or mirror), "
+                                  f"or docker load a {cell.distro.name} image tagged {r.tag}")
     return t.done("pass", details=BaseDetails(how=r.how, tag=r.tag).to_json())
 
 
@@ -55,8 +54,8 @@ def toolchain(ctx: Context, cell: Cell) -> StageOutcome:
     except ImageBuildFailed as exc:
         from images.classify import classify_text
         c = classify_text(exc.log)
-        return t.done("fail", category=c.category,
-                        evidence=(str(exc), *c.evidence), remediation=c.remediation, artifacts={"log": str(log)})
+        return t.done("fail", category=c.category, evidence=(str(exc), *c.evidence), remediation=c.remediation,
+                      artifacts={"log": str(log)})
     versions = {k: str(v) for k, v in probe.items() if k in ("gcc", "python", "glibc", "cmake", "nvcc", "os")}
     return t.done("pass", versions=versions,
                   artifacts={"log": str(log), "image": cell.toolchain_tag},
