@@ -45,18 +45,22 @@ def engine(docker_client, tmp_path):
     assert not docker_client.containers.list(all=True, filters={"id": eng.container_id})
 
 
+def _metric(text: str, name: str) -> float:
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(name))
+
+
 def _fault_after_first_tokens(path: Path, fault, n: int = 2, limit_s: float = 120.0) -> None:
-    """Run `fault` once `n` streams have started (records appear only at the end, so: after TTFT
-    of the slowest, measured by the engine's own running-requests gauge being n)."""
+    """Run `fault` once `n` streams are running and each has had tokens: records appear only at the
+    end, so the engine's own gauges tell (n running, then 10 generated tokens per stream: the running
+    streams are decoded together, so none is still waiting for its first token on a loaded host)."""
     import httpx
     deadline = time.monotonic() + limit_s
     url = path.read_text().strip()
     while time.monotonic() < deadline:
         try:
             m = httpx.get(url + "/metrics", timeout=5).text
-            running = sum(float(ln.split()[-1]) for ln in m.splitlines() if ln.startswith("vllm:num_requests_running"))
-            if running >= n:
-                time.sleep(1.0)  # a few tokens into each stream
+            if (_metric(m, "vllm:num_requests_running") >= n
+                    and _metric(m, "vllm:generation_tokens_total") >= 10 * n):
                 fault()
                 return
         except httpx.HTTPError:
