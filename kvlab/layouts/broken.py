@@ -54,6 +54,11 @@ class PagedSwappedBlocks:
         return replace(m, block_table=bt)
 
 
+def _one_token_late(m):
+    """A contiguous-style layout's metadata with every base one token late."""
+    return replace(m, base=(m.base + 1).astype(np.int32))
+
+
 class ContiguousBaseShift:
     """Every virtual base one token late."""
     KIND = "contiguous"
@@ -62,8 +67,7 @@ class ContiguousBaseShift:
 
     @staticmethod
     def build(state):
-        m = contiguous.build(state)
-        return replace(m, base=(m.base + 1).astype(np.int32))
+        return _one_token_late(contiguous.build(state))
 
 
 class VirtualBaseShift:
@@ -73,8 +77,7 @@ class VirtualBaseShift:
 
     @staticmethod
     def build(state):
-        m = virtual.build(state)
-        return replace(m, base=(m.base + 1).astype(np.int32))
+        return _one_token_late(virtual.build(state))
 
 
 class VirtualSwappedPages:
