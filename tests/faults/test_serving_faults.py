@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -41,6 +40,9 @@ def engine(docker_client, tmp_path):
     from smoke.server import vllm_server
     ensure_runtime_image(docker_client, log_path=tmp_path / "runtime-image.log")
     with vllm_server(log_path=tmp_path / "server.log") as eng:
+        # A quarter core once ready: three 3000-token streams then last minutes instead of ~12 s, so the
+        # fault lands mid-stream on any host (a fast or busy CI host once saw them end before it).
+        docker_client.containers.get(eng.container_id).update(cpu_period=100_000, cpu_quota=25_000)
         yield eng
     assert not docker_client.containers.list(all=True, filters={"id": eng.container_id})
 
@@ -49,36 +51,40 @@ def _metric(text: str, name: str) -> float:
     return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(name))
 
 
-def _fault_after_first_tokens(path: Path, fault, n: int = 2, limit_s: float = 120.0) -> None:
+def _fault_after_first_tokens(url: str, fault, n: int, seen: dict, limit_s: float = 120.0) -> None:
     """Run `fault` once the `n` streams have had tokens: records appear only at the end, so the engine's
     own counter tells (10 generated tokens per stream: the streams are decoded together, so none is
-    still prefilling; a counter, because CI once sampled the running-requests gauge below n for the
-    whole of three 3000-token streams)."""
+    still prefilling). What happened goes into `seen`: a thread's exception would otherwise vanish."""
     import httpx
     deadline = time.monotonic() + limit_s
-    url = path.read_text().strip()
-    while time.monotonic() < deadline:
-        try:
-            m = httpx.get(url + "/metrics", timeout=5).text
-            if _metric(m, "vllm:generation_tokens_total") >= 10 * n:
-                fault()
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the streams never started")
+    try:
+        while time.monotonic() < deadline:
+            try:
+                tokens = _metric(httpx.get(url + "/metrics", timeout=5).text, "vllm:generation_tokens_total")
+            except httpx.HTTPError as e:
+                seen["last_error"] = repr(e)
+            else:
+                seen["tokens"] = tokens
+                if tokens >= 10 * n:
+                    fault()
+                    seen["fired_after_tokens"] = tokens
+                    return
+            time.sleep(0.2)
+        seen["error"] = "the streams never started"
+    except Exception as e:  # noqa: BLE001 - reported by the test, not lost with the thread
+        seen["error"] = repr(e)
 
 
 def _replay_with_fault(engine, tmp_path, fault, n: int = 3):
-    url_file = tmp_path / "url"
-    url_file.write_text(engine.url)
-    th = threading.Thread(target=_fault_after_first_tokens, args=(url_file, fault, n), daemon=True)
+    seen: dict = {}
+    th = threading.Thread(target=_fault_after_first_tokens, args=(engine.url, fault, n, seen), daemon=True)
     th.start()
     rec_path = tmp_path / "records.jsonl"
     t0 = time.monotonic()
     recs = replay.run(_long_trace(n), engine.url, engine.model, rec_path,
                       replay.ReplayOptions(max_concurrency=n, request_timeout_s=60.0))
     th.join(timeout=5)
+    assert "fired_after_tokens" in seen, f"the fault never landed: {seen}"
     return recs, rec_path, time.monotonic() - t0
 
 
