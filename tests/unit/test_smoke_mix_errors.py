@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from model.errors import UsageError
 from smoke import mix as mixmod, workload as wl
+from tests.strategies import toml_documents
 
 GOOD = """
 [mix]
@@ -89,17 +89,14 @@ def test_bad_trace_file(tmp_path: Path):
         wl.read(tmp_path / "missing.jsonl")
 
 
-_keys = st.sampled_from(["mix", "arrival", "gates", "classes", "chat", "name", "duration_s", "max_concurrency",
-                         "process", "rate_rps", "path", "weight", "endpoint", "prompt_tokens", "output_tokens", "slo",
-                         "percentile", "min_success", "turns", "count", "think_s", "reader", "bytes_per_s", "x"])
-_docs = st.recursive(st.one_of(st.booleans(), st.integers(-2, 100), st.floats(), st.text(max_size=6),
-                               st.sampled_from(["chat", "trace", "poisson", "a.jsonl"])),
-                     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_keys, inner, max_size=5)),
-                     max_leaves=20)
+_docs = toml_documents(["mix", "arrival", "gates", "classes", "chat", "name", "duration_s", "max_concurrency",
+                        "process", "rate_rps", "path", "weight", "endpoint", "prompt_tokens", "output_tokens", "slo",
+                        "percentile", "min_success", "turns", "count", "think_s", "reader", "bytes_per_s"],
+                       ["chat", "trace", "poisson", "a.jsonl"])
 
 
 @settings(max_examples=300, deadline=None)
-@given(doc=st.dictionaries(_keys, _docs, max_size=4))
+@given(doc=_docs)
 def test_fuzzed_mixes_give_usage_errors_only(doc):
     """Any structure: a Mix or one UsageError line; never another exception."""
     try:

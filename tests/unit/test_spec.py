@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from model import spec
 from model.errors import UsageError
+from tests.strategies import toml_documents
 
 MACHINE = spec.Machine(cores=2, mem_gib=24.0)
 
@@ -101,16 +102,12 @@ def test_unknown_cell_suggests_the_nearest(default_matrix):
         default_matrix.get("debian-trixie-cpux")
 
 
-toml_scalars = st.one_of(st.integers(-5, 50), st.booleans(), st.text(max_size=8), st.floats(allow_nan=False),
-                         st.lists(st.text(max_size=5), max_size=3))
-keys = st.sampled_from(["matrix", "knobs", "distros", "overrides", "max_jobs", "targets", "distros", "x", "select",
-                        "family", "engines", "include", "exclude", "tcmalloc"])
-docs = st.recursive(toml_scalars, lambda inner: st.one_of(st.dictionaries(keys, inner, max_size=4),
-                                                          st.lists(inner, max_size=3)), max_leaves=12)
+docs = toml_documents(["matrix", "knobs", "distros", "overrides", "max_jobs", "targets", "select", "family",
+                       "engines", "include", "exclude", "tcmalloc"], int_hi=50, max_leaves=12)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(doc=st.dictionaries(keys, docs, max_size=4))
+@given(doc=docs)
 def test_fuzzed_documents_give_usage_errors_only(doc):
     """Any structure: either a valid matrix or a UsageError; never another exception."""
     try:
