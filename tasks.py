@@ -318,8 +318,10 @@ def conform(c, engine="", url="", cell="", api_key_env="", model="", extension=N
                                   "cell": "the matrix cell whose source build serves as `vllm`", "mix": "mix name or path",
                                   "run": "results run name", "out": "report folder", "report_only": "only rewrite the report"})
 @one_line_errors
-def adapters(c, engines=None, cell="debian-trixie-cpu", mix="ci", run="adapters", out="notes/adapters", report_only=False):
-    """The adapter matrix: each engine conformed and replaying one trace on one server; Markdown, PNG, JSON."""
+def adapters(c, engines=None, cell="debian-trixie-cpu", mix="ci", run="adapters", out="notes/adapters", report_only=False,
+             builds_run=None):
+    """The adapter matrix: each engine conformed and replaying one trace on one server; Markdown, PNG, JSON.
+    --builds-run: the matrix run that built the source engine's image (its build time, matched by image id)."""
     from engines.spec import NAMES
     from matrix.adapters import write
     from model.results import ResultsStore
@@ -328,7 +330,7 @@ def adapters(c, engines=None, cell="debian-trixie-cpu", mix="ci", run="adapters"
     for name in ([] if report_only else engines or NAMES):
         o = conform_engine(name, store, cell=cell if name == "vllm" else "", mix=mix)
         print(f"{name}: conform {o.status} {o.category}".rstrip())
-    for path in write(store, Path(out)):
+    for path in write(store, Path(out), ResultsStore(RESULTS, builds_run) if builds_run else None):
         print(path)
 
 

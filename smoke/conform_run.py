@@ -136,7 +136,8 @@ def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=Non
                          "(read from its --help)")
     exts = tuple(e for e in EXTENSIONS if getattr(ad.spec.extensions, e))
     details: dict[str, Any] = {"engine": name, "what": ad.spec.what, "obtain": ad.spec.obtain.how, "image": image,
-                               "image_bytes": info.attrs.get("Size", 0), "image_build_s": round(build_s, 1),
+                               "image_id": info.id, "image_bytes": info.attrs.get("Size", 0),
+                               "image_build_s": round(build_s, 1) if build_s else None,
                                "model": str(model_dir), "extensions": list(exts)}
     log = out_dir / "server.log"
     try:

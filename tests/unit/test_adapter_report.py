@@ -30,3 +30,16 @@ def test_rows_and_report_from_stored_outcomes(tmp_path):
     rows = json.loads((tmp_path / "out" / "adapters.json").read_text())
     assert [r["engine"] for r in rows] == ["llama.cpp", "tgi"]
     assert paths[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_source_engine_is_credited_its_cells_build_only_for_the_image_that_build_made(tmp_path):
+    store, builds = ResultsStore(tmp_path, "a"), ResultsStore(tmp_path, "m")
+    cell = "debian-trixie-cpu"
+    store.write(StageOutcome(f"engine-vllm-{cell}", "conform", "pass",
+                             details={"engine": "vllm", "checks": [], "image_id": "sha256:aa"}))
+    builds.write(StageOutcome(cell, "build", "pass", seconds=2000.0))
+    builds.write(StageOutcome(cell, "runtime", "pass", seconds=150.0, details={"image_id": "sha256:aa"}))
+    assert adapters.rows(store, builds)[0]["image_build_s"] == 2150.0
+    assert adapters.rows(store)[0]["image_build_s"] is None  # no matrix run named
+    builds.write(StageOutcome(cell, "runtime", "pass", seconds=150.0, details={"image_id": "sha256:bb"}))
+    assert adapters.rows(store, builds)[0]["image_build_s"] is None  # rebuilt since: not this image's build
