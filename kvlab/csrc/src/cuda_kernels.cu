@@ -1522,8 +1522,12 @@ Args base_args(const kvx_params* p, const float* q, const void* k, const void* v
   return a;
 }
 
+#include "cuda_split1.cuh"
+
 int run_decode(Args a, int units, float* out, float* lse) {
   const kvx_params& p = a.p;
+  const long items = long(units) * p.kv_heads * ((p.q_heads / p.kv_heads + MMA_R - 1) / MMA_R);
+  if (split1_applies(p, items)) return run_split1(a, items, out, lse);
   const Plan pl = plan(&p, units, p.q_heads / p.kv_heads, p.max_seq_len);
   const size_t NQ = size_t(p.num_seqs) * p.q_heads;
   float* ws = g_ws.get(NQ * pl.splits * (p.head_dim + 2));
