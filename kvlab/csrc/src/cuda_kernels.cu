@@ -1599,6 +1599,13 @@ int kvx_cuda_hybrid(const kvx_params* p, const float* q, const void* k, const vo
                     float* out, float* lse) {
   if (check(p)) return 1;
   if (p->max_group <= 0) return fail("hints: max_group must be given for hybrid");
+  if (p->max_prefix_len == 0) {
+    // nothing shared (the host says so): every suffix starts at token 0 and is the whole sequence, so
+    // the call is a spans call over the suffix spans; no empty prefix pass, no prefix partials to merge
+    Args a = base_args(p, q, k, v, SPANS, DECODE);
+    a.sptr = suf_ptr, a.sblk = suf_block, a.slen = suf_len, a.seq_lens = seq_lens;
+    return run_decode(a, p->num_seqs, out, lse);
+  }
   const int G = p->q_heads / p->kv_heads;
   Args a = base_args(p, q, k, v, SPANS, PREFIX);
   a.seq_lens = seq_lens, a.group_of_seq = group_of_seq, a.group_ptr = group_ptr, a.group_members = group_members;

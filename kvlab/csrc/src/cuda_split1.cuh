@@ -116,15 +116,14 @@ Split1 split1_choice(int v) {
   }
 }
 
-// Where the small-batch kernel takes a decode call: the bf16 d128 GQA-4 tensor-core path, with so few
-// (sequence, kv head, row chunk) items that one CTA each would leave most SMs idle (variants 20-24 force
-// it wherever that path applies, so the oracle reaches it).
+// Where this kernel takes a decode call: only when a variant 20-24 asks for it, wherever the bf16 d128
+// GQA-4 tensor-core path applies (so the oracle reaches it). It is not the default: on the H100 it read
+// no faster than mma_kernel + combine_kernel at batch 1-2 (notes/kvlab.md, "split1").
 bool split1_applies(const kvx_params& p, long items) {
+  (void)items;
   const int v = fast_variant();
   const bool fast = p.kv_dtype == KVX_BF16 && p.head_dim == 128 && (p.q_heads / p.kv_heads) % 4 == 0;
-  if (!fast) return false;
-  if (v >= 20 && v <= 24) return true;
-  return v == 0 && items * 8 <= num_sms();
+  return fast && v >= 20 && v <= 24;
 }
 
 int run_split1(Args a, long items, float* out, float* lse) {

@@ -26,6 +26,8 @@ typedef struct {
   const float* k_scale;  /* [kv_heads] dequant scales or NULL (= 1) */
   const float* v_scale;
   void* stream;          /* CUDA: the cudaStream_t to launch on (NULL = default stream); CPU ignores */
+  int32_t max_prefix_len; /* host-side hint for hybrid: the longest shared prefix of any group; 0 (nothing
+                             shared) runs the suffixes as spans in one pass; -1 = unknown. CPU ignores it */
 } kvx_params;
 
 /* Cache K, V: [num_blocks, block_size, kv_heads, head_dim]. q, out: float32 [num_seqs, q_heads,
