@@ -25,7 +25,7 @@ ext.load(Path("/tmp/kvx-site"))
 from kvlab.gpu.bench import oracle
 oracle(Path(sys.argv[1]), tuple(int(v) for v in sys.argv[2].split(",") if v))
 PY
-python3 -m kvlab.gpu.sweep --site /tmp/kvx-site --contexts "$CONTEXTS" --batches "$BATCHES" --cands "$CANDS" --refs \
+python3 -m kvlab.gpu.sweep --site /tmp/kvx-site --contexts "$CONTEXTS" --batches "$BATCHES" --cands "$CANDS" --refs ${SWEEP_ARGS:-} \
   2>&1 | tee "$OUT/sweep.txt"
 if [ -n "${NCU:-}" ]; then
   NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

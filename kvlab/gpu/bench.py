@@ -32,7 +32,10 @@ BATCHES = (1, 8, 32, 64)
 # 11: the same CTAs, one split writes the output itself (else the combine kernel); 4: also several
 # splits merge in their last CTA (fused combine); 5: as 11 with 2 stages, 3 CTAs/SM; 12: as 11 with
 # an L2::256B prefetch hint on the copies instead of L2::128B; 13: as 11 with no hint (before v26);
-# 9 / 10: wide_kernel, 4 / 8 kv heads per CTA (contiguous 1 / 2 KB per token), fused combine
+# 9 / 10: wide_kernel, 4 / 8 kv heads per CTA (contiguous 1 / 2 KB per token), fused combine;
+# 20 / 22: split1_kernel (small-batch split-KV: one wave of CTAs, tiles dealt round-robin to the splits,
+# fused last-CTA merge) with 5 stages at 1 CTA/SM / 3 stages at 2 CTAs/SM; 25: as 11 with the combine
+# kernel launched as a programmatic dependent (PDL)
 VARIANTS = (13, 11, 4, 10)
 ORACLE_VARIANTS = (4, 5, 8, 9, 10, 11, 12, 13)  # the full oracle runs on the default, then again on each of these
 
@@ -413,7 +416,10 @@ def report(b: dict, card: str) -> str:
                  "v8 = one kv head per CTA + combine kernel (v11); v11 = same CTAs, one split writes the output "
                  "itself; v4 = same, several splits merge in their last CTA; v5 = v11 with 2 stages, 3 CTAs/SM; "
                  "v12 = v11 with an L2::256B prefetch hint instead of L2::128B; v13 = v11 with no hint (before v26); "
-                     "v9 / v10 = 4 / 8 kv heads per CTA (wide_kernel), fused combine")
+                 "v9 / v10 = 4 / 8 kv heads per CTA (wide_kernel), fused combine; v20 / v22 = split1_kernel "
+                 "(one wave of CTAs, tiles round-robin to the splits, fused last-CTA merge), 5 stages 1 CTA/SM / "
+                 "3 stages 2 CTAs/SM, at every batch; v25 = v11 with the combine kernel launched as a "
+                 "programmatic dependent (PDL)")
         lines.append("| context | batch | " + " | ".join(f"v{v} spans | v{v} paged" for v in variants) + " |")
         lines.append("|---:|---:|" + "---:|" * (2 * len(variants)))
         for r in b["rows"]:

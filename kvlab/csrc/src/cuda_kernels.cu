@@ -739,10 +739,13 @@ __device__ __forceinline__ void combine_row(const Args& a, size_t o, float vs, i
   if (lane == 0 && a.lse) a.lse[o] = fin_lse(M, Lt);
 }
 
-// L2B: the copies' L2 prefetch size (0: none, as before v26).
-template <int STG, int MINB = 1, int L2B = 128>
+// L2B: the copies' L2 prefetch size (0: none, as before v26). PDL: let the combine kernel, launched as a
+// programmatic dependent, be scheduled now (it waits in griddepcontrol.wait until this grid is done), so
+// its launch and start overlap this kernel instead of following it (variant 25).
+template <int STG, int MINB = 1, int L2B = 128, bool PDL = false>
 __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   extern __shared__ __align__(16) float smem[];
+  if constexpr (PDL) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   const int warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4;
   const int unit = blockIdx.z, kvh = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
   // the span CSR offsets do not depend on the lengths: load them alongside, not after
@@ -1263,6 +1266,9 @@ __global__ void combine_kernel(kvx_params p, int nslots, const float* ws_m, cons
                                float* out, float* lse) {
   extern __shared__ float w[];  // [nslots] weights 2^(m_s - M), then the scalars below
   __shared__ float red[32];
+  // launched as a programmatic dependent (variant 25): wait for the split kernel and its writes; a no-op
+  // for an ordinary launch
+  asm volatile("griddepcontrol.wait;" ::: "memory");
   const int o = blockIdx.x, D = p.head_dim;
   const int kvh = (o % p.q_heads) / (p.q_heads / p.kv_heads);
   const float vs = p.v_scale ? p.v_scale[kvh] : 1.f;
@@ -1363,6 +1369,7 @@ struct Choice {
   bool multi = false;  // decode, one split, more CTAs than fit at once: mma_multi_kernel instead
   int fuse = 0;  // decode: 0 combine_kernel merges the splits; 1 a single split writes the output
                 // itself (else combine_kernel); 2 also several splits merge in the last CTA
+  bool pdl = false;  // combine_kernel is launched as a programmatic dependent of the split kernel
 };
 
 template <typename T, int RMAX, bool FAST, int STG = STAGES, int MINB = (RMAX <= 4 ? 4 : 2)>
@@ -1419,6 +1426,11 @@ Choice choice_fast(const kvx_params& p, int units) {
     if (v == 11) return choice_mma<3>(1);
     if (v == 12) return choice_mma<3, 1, 256>(1);
     if (v == 13) return choice_mma<3, 1, 0>(1);
+    if (v == 25) {
+      Choice c{reinterpret_cast<const void*>(mma_kernel<3, 1, 128, true>), size_t(3) * 2 * MMA_TT * MMA_RBP};
+      c.fuse = 1, c.pdl = true;
+      return c;
+    }
     if (v == 9) return choice_wide<4>(p);
     if (v == 10) return choice_wide<8>(p);
     if (v == 5) return choice_mma<2, 3>();
@@ -1555,7 +1567,17 @@ int run_decode(Args a, int units, float* out, float* lse) {
     }
   }
   cudaError_t e = launch(a, c, grid);
-  if (e == cudaSuccess && !a.fuse) {
+  if (e == cudaSuccess && !a.fuse && c.pdl) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(unsigned(NQ)), cfg.blockDim = dim3(128), cfg.dynamicSmemBytes = pl.splits * sizeof(float);
+    cfg.stream = stream_of(p);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr, cfg.numAttrs = 1;
+    e = cudaLaunchKernelEx(&cfg, combine_kernel, p, pl.splits, static_cast<const float*>(a.ws_m),
+                           static_cast<const float*>(a.ws_l), static_cast<const float*>(a.ws_acc), out, lse);
+  } else if (e == cudaSuccess && !a.fuse) {
     combine_kernel<<<unsigned(NQ), 128, pl.splits * sizeof(float), stream_of(p)>>>(p, pl.splits, a.ws_m, a.ws_l, a.ws_acc, out, lse);
     e = cudaGetLastError();
   }
@@ -1567,6 +1589,14 @@ int run_decode(Args a, int units, float* out, float* lse) {
 extern "C" {
 
 const char* kvx_cuda_last_error(void) { return g_err.c_str(); }
+
+int kvx_cuda_read_floor(const void* a, size_t a_bytes, const void* b, size_t b_bytes, unsigned* sink, void* stream) {
+  if (a_bytes % 16 || b_bytes % 16) return fail("read_floor: sizes must be multiples of 16 bytes");
+  read_floor_kernel<<<4 * num_sms(), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const uint4*>(a), a_bytes / 16, static_cast<const uint4*>(b), b_bytes / 16, sink);
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? 0 : fail(std::string("CUDA: ") + cudaGetErrorString(e));
+}
 
 int kvx_cuda_paged(const kvx_params* p, const float* q, const void* k, const void* v, const int32_t* block_table,
                    int32_t max_blocks, const int32_t* seq_lens, float* out, float* lse) {

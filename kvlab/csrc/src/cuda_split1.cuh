@@ -148,3 +148,33 @@ int run_split1(Args a, long items, float* out, float* lse) {
   const cudaError_t e = launch(a, c, dim3(splits, gy, units));
   return e == cudaSuccess ? 0 : fail(std::string("CUDA: ") + cudaGetErrorString(e));
 }
+
+// ---- the read floor: what one kernel that only reads the same bytes takes ---------------------------
+// A reference for the batch-1 goal, not attention: every byte of two buffers (K and V) read once with
+// 16-byte streaming loads, 8 independent loads in flight per thread, a grid of 4 CTAs per SM; each CTA
+// writes one word (so the loads are not dead code). Timed like the kernels, it bounds from below what
+// any decode kernel that reads K/V once can take on this card under the bench's method.
+__global__ void __launch_bounds__(256) read_floor_kernel(const uint4* a, size_t na, const uint4* b, size_t nb,
+                                                         unsigned* sink) {
+  constexpr int UNROLL = 8;
+  const size_t tid = size_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = size_t(gridDim.x) * blockDim.x;
+  unsigned x = 0;
+  for (int part = 0; part < 2; ++part) {
+    const uint4* p = part ? b : a;
+    const size_t n = part ? nb : na;
+    size_t i = tid;
+    for (; i + (UNROLL - 1) * stride < n; i += UNROLL * stride) {
+      uint4 r[UNROLL];
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) r[u] = __ldcs(p + i + u * stride);
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) x ^= r[u].x ^ r[u].y ^ r[u].z ^ r[u].w;
+    }
+    for (; i < n; i += stride) {
+      const uint4 r = __ldcs(p + i);
+      x ^= r.x ^ r.y ^ r.z ^ r.w;
+    }
+  }
+  x = __reduce_xor_sync(0xffffffffu, x);
+  if (threadIdx.x == 0) sink[blockIdx.x] = x;
+}

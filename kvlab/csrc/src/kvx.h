@@ -59,6 +59,9 @@ int kvx_cuda_hybrid(const kvx_params* p, const float* q, const void* k, const vo
                     const int32_t* pre_block, const int32_t* pre_len, const int32_t* suf_ptr, const int32_t* suf_block,
                     const int32_t* suf_len, const int32_t* seq_lens, float* out, float* lse);
 const char* kvx_cuda_last_error(void);
+/* A reference, not attention: read a_bytes at a and b_bytes at b once (16-byte loads; sizes multiples of
+ * 16), one word per CTA to sink[4 x SMs]. Its time bounds any kernel that reads the same K/V once. */
+int kvx_cuda_read_floor(const void* a, size_t a_bytes, const void* b, size_t b_bytes, unsigned* sink, void* stream);
 
 #ifdef __cplusplus
 }
