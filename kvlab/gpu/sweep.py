@@ -63,17 +63,19 @@ def main():
                 cands["ref-copy"] = graphed(lambda: (kdst.copy_(kflat), vdst.copy_(vflat)))
                 cands["ref-sum"] = graphed(lambda: (kflat.sum(dtype=torch.float32), vflat.sum(dtype=torch.float32)))
                 lib = kvx.library("cuda")
-                sink = torch.zeros(4 * torch.cuda.get_device_properties(0).multi_processor_count, dtype=torch.int32,
+                sink = torch.zeros(8 * torch.cuda.get_device_properties(0).multi_processor_count, dtype=torch.int32,
                                    device=dev)
-                floor = (lambda: lib.kvx_cuda_read_floor(
-                    ctypes.c_void_p(k.data_ptr()), ctypes.c_size_t(k.numel() * 2), ctypes.c_void_p(v.data_ptr()),
-                    ctypes.c_size_t(v.numel() * 2), ctypes.c_void_p(sink.data_ptr()),
-                    ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
-                floor()
-                cands["ref-read-floor"] = graphed(floor)
-                eager_of = {"ref-copy": lambda: (kdst.copy_(kflat), vdst.copy_(vflat)), "ref-read-floor": floor,
+                eager_of = {"ref-copy": lambda: (kdst.copy_(kflat), vdst.copy_(vflat)),
                             "ref-sum": lambda: (kflat.sum(dtype=torch.float32), vflat.sum(dtype=torch.float32))}
-                errs["ref-copy"] = errs["ref-sum"] = errs["ref-read-floor"] = 0.0
+                errs["ref-copy"] = errs["ref-sum"] = 0.0
+                for cps, hint in ((2, 0), (4, 0), (8, 0), (4, 1)):  # CTAs per SM, L2::256B hint
+                    floor = (lambda cps=cps, hint=hint: lib.kvx_cuda_read_floor(
+                        ctypes.c_void_p(k.data_ptr()), ctypes.c_size_t(k.numel() * 2), ctypes.c_void_p(v.data_ptr()),
+                        ctypes.c_size_t(v.numel() * 2), ctypes.c_void_p(sink.data_ptr()),
+                        ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), ctypes.c_int32(cps), ctypes.c_int32(hint)))
+                    assert floor() == 0
+                    name = f"ref-read-floor-{cps}cta{'-l2hint' if hint else ''}"
+                    cands[name], eager_of[name], errs[name] = graphed(floor), floor, 0.0
             pairs = ([tuple(map(int, c.split("/"))) for c in args.cands.split(",")] if args.cands else
                      [(var, sp) for var in map(int, args.variants.split(",")) for sp in map(int, args.splits.split(","))
                       if not (var and sp)])

@@ -1387,6 +1387,12 @@ Choice choice_mma(int fuse = 1) {
   return c;
 }
 
+Choice choice_mma_pdl() {  // as choice_mma<3>(1), the combine kernel launched as a programmatic dependent
+  Choice c{reinterpret_cast<const void*>(mma_kernel<3, 1, 128, true>), size_t(3) * 2 * MMA_TT * MMA_RBP};
+  c.fuse = 1, c.pdl = true;
+  return c;
+}
+
 template <int HPC, int STG = 3>
 Choice choice_wide(const kvx_params& p) {
   if (p.kv_heads % HPC) return choice_mma<3>();
@@ -1396,8 +1402,8 @@ Choice choice_wide(const kvx_params& p) {
 }
 
 // Variants (KVX_CUDA_VARIANT, for benchmarks) of the GQA-4 head_dim-128 path. Tensor cores: 0 the
-// default: 11, and where one split per item gives more CTAs than fit at once, mma_multi_kernel
-// (several items per CTA); one kv head per CTA, 3-stage pipeline (mma_kernel) with 8: combine_kernel always
+// default: 25 (= 11 with the combine kernel launched as a programmatic dependent), and where one split
+// per item gives more CTAs than fit at once, mma_multi_kernel (several items per CTA); one kv head per CTA, 3-stage pipeline (mma_kernel) with 8: combine_kernel always
 // (v11), 11: a single split writes the output itself, 4: several splits also merge in their last
 // CTA; 12: as 11 with an L2::256B prefetch hint on the K/V copies instead of L2::128B, 13: with none
 // (the kernel before v26); 9 / 10: 4 / 8 kv heads per CTA
@@ -1411,7 +1417,9 @@ Choice choice_fast(const kvx_params& p, int units) {
   const int D = p.head_dim;
   if constexpr (sizeof(T) == 2) {
     if (v == 0) {
-      Choice c = choice_mma<3>();
+      // mma_kernel; where it splits, combine_kernel follows as a programmatic dependent (PDL: its launch
+      // overlaps the split kernel; H100 batch 1, bench's method: 8k 28.8 -> 28.0 us, 1k 14.3 -> 13.1)
+      Choice c = choice_mma_pdl();
       c.multi = true;
       // long contexts with (sequence, kv head) items for two or more waves: 8 kv heads per CTA, whose
       // one table lookup per 32 KB block held the paged layout steady there (v12-v16: 4.10-4.19
@@ -1426,11 +1434,7 @@ Choice choice_fast(const kvx_params& p, int units) {
     if (v == 11) return choice_mma<3>(1);
     if (v == 12) return choice_mma<3, 1, 256>(1);
     if (v == 13) return choice_mma<3, 1, 0>(1);
-    if (v == 25) {
-      Choice c{reinterpret_cast<const void*>(mma_kernel<3, 1, 128, true>), size_t(3) * 2 * MMA_TT * MMA_RBP};
-      c.fuse = 1, c.pdl = true;
-      return c;
-    }
+    if (v == 25) return choice_mma_pdl();
     if (v == 9) return choice_wide<4>(p);
     if (v == 10) return choice_wide<8>(p);
     if (v == 5) return choice_mma<2, 3>();
@@ -1590,9 +1594,12 @@ extern "C" {
 
 const char* kvx_cuda_last_error(void) { return g_err.c_str(); }
 
-int kvx_cuda_read_floor(const void* a, size_t a_bytes, const void* b, size_t b_bytes, unsigned* sink, void* stream) {
+int kvx_cuda_read_floor(const void* a, size_t a_bytes, const void* b, size_t b_bytes, unsigned* sink, void* stream,
+                        int32_t ctas_per_sm, int32_t l2_hint) {
   if (a_bytes % 16 || b_bytes % 16) return fail("read_floor: sizes must be multiples of 16 bytes");
-  read_floor_kernel<<<4 * num_sms(), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+  if (ctas_per_sm < 1 || ctas_per_sm > 8) return fail("read_floor: 1 to 8 CTAs per SM");
+  const auto fn = l2_hint ? read_floor_kernel<true> : read_floor_kernel<false>;
+  fn<<<ctas_per_sm * num_sms(), 256, 0, static_cast<cudaStream_t>(stream)>>>(
       static_cast<const uint4*>(a), a_bytes / 16, static_cast<const uint4*>(b), b_bytes / 16, sink);
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? 0 : fail(std::string("CUDA: ") + cudaGetErrorString(e));

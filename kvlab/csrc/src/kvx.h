@@ -60,8 +60,10 @@ int kvx_cuda_hybrid(const kvx_params* p, const float* q, const void* k, const vo
                     const int32_t* suf_len, const int32_t* seq_lens, float* out, float* lse);
 const char* kvx_cuda_last_error(void);
 /* A reference, not attention: read a_bytes at a and b_bytes at b once (16-byte loads; sizes multiples of
- * 16), one word per CTA to sink[4 x SMs]. Its time bounds any kernel that reads the same K/V once. */
-int kvx_cuda_read_floor(const void* a, size_t a_bytes, const void* b, size_t b_bytes, unsigned* sink, void* stream);
+ * 16) with ctas_per_sm (1-8) x SMs CTAs of 256 threads, one word per CTA to sink; l2_hint: ask L2 for
+ * whole 256-byte lines. What a kernel that only reads the same K/V once takes. */
+int kvx_cuda_read_floor(const void* a, size_t a_bytes, const void* b, size_t b_bytes, unsigned* sink, void* stream,
+                        int32_t ctas_per_sm, int32_t l2_hint);
 
 #ifdef __cplusplus
 }
