@@ -14,6 +14,8 @@
 // - the split merge is fused: each CTA publishes its partial and the last to arrive of a row group
 //   merges them (last_to_arrive + combine_row), so there is no second kernel launch.
 // DIAG (benchmarks only, wrong output): 1 copies without the math, 2 the math without the copies.
+// Outcome on the H100 (notes/kvlab.md, issue 18): no faster than mma_kernel + combine_kernel at batch
+// 1-2 (one CTA per SM was the worst form), so it stays opt-in (KVX_CUDA_VARIANT 20-24).
 
 template <int STG, bool IL, int DIAG = 0>
 __global__ void __launch_bounds__(THREADS, 1) split1_kernel(Args a) {
