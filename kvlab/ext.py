@@ -87,6 +87,7 @@ def _hints(meta) -> dict:
     hints = {"max_seq_len": int(meta.seq_lens.max())}
     if hasattr(meta, "group_of_seq"):
         hints["max_group"] = int(np.bincount(meta.group_of_seq).max())
+        hints["max_prefix_len"] = int(meta.prefix_len.max()) if len(meta.prefix_len) else 0
     return hints
 
 

@@ -32,7 +32,10 @@ BATCHES = (1, 8, 32, 64)
 # 11: the same CTAs, one split writes the output itself (else the combine kernel); 4: also several
 # splits merge in their last CTA (fused combine); 5: as 11 with 2 stages, 3 CTAs/SM; 12: as 11 with
 # an L2::256B prefetch hint on the copies instead of L2::128B; 13: as 11 with no hint (before v26);
-# 9 / 10: wide_kernel, 4 / 8 kv heads per CTA (contiguous 1 / 2 KB per token), fused combine
+# 9 / 10: wide_kernel, 4 / 8 kv heads per CTA (contiguous 1 / 2 KB per token), fused combine;
+# 20 / 22: split1_kernel (small-batch split-KV: one wave of CTAs, tiles dealt round-robin to the splits,
+# fused last-CTA merge) with 5 stages at 1 CTA/SM / 3 stages at 2 CTAs/SM; 25: as 11 with the combine
+# kernel launched as a programmatic dependent (PDL)
 VARIANTS = (13, 11, 4, 10)
 ORACLE_VARIANTS = (4, 5, 8, 9, 10, 11, 12, 13)  # the full oracle runs on the default, then again on each of these
 
@@ -324,7 +327,8 @@ def hybrid_bench() -> list[dict]:
 
 def hybrid_unshared_bench(shapes=((8192, 1), (32768, 1), (8192, 32), (32768, 32))) -> list[dict]:
     """Hybrid where nothing is shared: each sequence its own group (metadata from kvlab's hybrid
-    layout on a fresh pool), spans on the same blocks; graph replays timed interleaved with SDPA."""
+    layout on a fresh pool), spans on the same blocks; graph replays timed interleaved with SDPA, each
+    right after an eager call of itself (as bench())."""
     import kvx
 
     from kvlab import ext
@@ -343,7 +347,8 @@ def hybrid_unshared_bench(shapes=((8192, 1), (32768, 1), (8192, 32), (32768, 32)
         ks = k.view(B, nblk * BS, HKV, D)[:, :L].transpose(1, 2).contiguous()
         vs = v.view(B, nblk * BS, HKV, D)[:, :L].transpose(1, 2).contiguous()
         qs = q.to(torch.bfloat16).unsqueeze(2)
-        cands["sdpa"] = graphed(lambda: F.scaled_dot_product_attention(qs, ks, vs, scale=scale, enable_gqa=True))
+        sdpa = lambda: F.scaled_dot_product_attention(qs, ks, vs, scale=scale, enable_gqa=True)  # noqa: E731
+        cands["_e-sdpa"], cands["sdpa"] = sdpa, graphed(sdpa)
         tiny = torch.zeros(1, device=dev)
         cands["_pad"] = graphed(lambda: tiny.add_(1.0))
         fns = {}
@@ -359,8 +364,10 @@ def hybrid_unshared_bench(shapes=((8192, 1), (32768, 1), (8192, 32), (32768, 32)
             fns[name]()  # every eager call before any capture: kvx's split workspace grows on demand
             outs[name] = out
         torch.cuda.synchronize()
+        # each graph replay right after an eager call of itself, as bench() times every layout and SDPA
+        # (without it kvx's batch-1 replay reads ~4 us slower, SDPA's does not: notes/kvlab.md)
         for name, fn in fns.items():
-            cands[name] = graphed(fn)
+            cands[f"_e-{name}"], cands[name] = fn, graphed(fn)
         t = timed_set(cands, flush, reps=30)
         res = {"context": L, "batch": B, **{f"{n}_us": t[n] * 1e6 for n in ("sdpa", "spans", "hybrid")},
                "rel_diff": float(((outs["hybrid"] - outs["spans"]).norm() / outs["spans"].norm()).item())}
@@ -413,7 +420,10 @@ def report(b: dict, card: str) -> str:
                  "v8 = one kv head per CTA + combine kernel (v11); v11 = same CTAs, one split writes the output "
                  "itself; v4 = same, several splits merge in their last CTA; v5 = v11 with 2 stages, 3 CTAs/SM; "
                  "v12 = v11 with an L2::256B prefetch hint instead of L2::128B; v13 = v11 with no hint (before v26); "
-                     "v9 / v10 = 4 / 8 kv heads per CTA (wide_kernel), fused combine")
+                 "v9 / v10 = 4 / 8 kv heads per CTA (wide_kernel), fused combine; v20 / v22 = split1_kernel "
+                 "(one wave of CTAs, tiles round-robin to the splits, fused last-CTA merge), 5 stages 1 CTA/SM / "
+                 "3 stages 2 CTAs/SM, at every batch; v25 = v11 with the combine kernel launched as a "
+                 "programmatic dependent (PDL)")
         lines.append("| context | batch | " + " | ".join(f"v{v} spans | v{v} paged" for v in variants) + " |")
         lines.append("|---:|---:|" + "---:|" * (2 * len(variants)))
         for r in b["rows"]:

@@ -30,7 +30,7 @@ class Params(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int32) for n in ("num_seqs", "q_heads", "kv_heads", "head_dim", "block_size", "kv_dtype",
                                                "window", "num_threads", "num_splits", "max_seq_len", "max_group")] + [
         ("sm_scale", ctypes.c_float), ("alibi", ctypes.c_void_p), ("k_scale", ctypes.c_void_p), ("v_scale", ctypes.c_void_p),
-        ("stream", ctypes.c_void_p)]
+        ("stream", ctypes.c_void_p), ("max_prefix_len", ctypes.c_int32)]
 
 
 _libs: dict[str, ctypes.CDLL] = {}
@@ -133,7 +133,8 @@ def attend(layout: str, q, k, v, meta: dict, *, kv_dtype: str, sm_scale: float, 
         lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device) if lse is None else lse
     p = Params(B, Hq, Hkv, D, k.shape[1], DTYPES[kv_dtype], window, threads, splits,
                int(hints.get("max_seq_len", 0)), int(hints.get("max_group", 0)), sm_scale,
-               _ptr(alibi, device), _ptr(k_scale, device), _ptr(v_scale, device), stream)
+               _ptr(alibi, device), _ptr(k_scale, device), _ptr(v_scale, device), stream,
+               int(hints.get("max_prefix_len", -1)))
     lib = library(device)
     prefix = "kvx_" if device == "cpu" else "kvx_cuda_"
     ptr = lambda a: _ptr(a, device)  # noqa: E731

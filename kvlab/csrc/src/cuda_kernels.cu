@@ -739,10 +739,13 @@ __device__ __forceinline__ void combine_row(const Args& a, size_t o, float vs, i
   if (lane == 0 && a.lse) a.lse[o] = fin_lse(M, Lt);
 }
 
-// L2B: the copies' L2 prefetch size (0: none, as before v26).
-template <int STG, int MINB = 1, int L2B = 128>
+// L2B: the copies' L2 prefetch size (0: none, as before v26). PDL: let the combine kernel, launched as a
+// programmatic dependent, be scheduled now (it waits in griddepcontrol.wait until this grid is done), so
+// its launch and start overlap this kernel instead of following it (variant 25).
+template <int STG, int MINB = 1, int L2B = 128, bool PDL = false>
 __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   extern __shared__ __align__(16) float smem[];
+  if constexpr (PDL) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   const int warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4;
   const int unit = blockIdx.z, kvh = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
   // the span CSR offsets do not depend on the lengths: load them alongside, not after
@@ -1263,6 +1266,9 @@ __global__ void combine_kernel(kvx_params p, int nslots, const float* ws_m, cons
                                float* out, float* lse) {
   extern __shared__ float w[];  // [nslots] weights 2^(m_s - M), then the scalars below
   __shared__ float red[32];
+  // launched as a programmatic dependent (variant 25): wait for the split kernel and its writes; a no-op
+  // for an ordinary launch
+  asm volatile("griddepcontrol.wait;" ::: "memory");
   const int o = blockIdx.x, D = p.head_dim;
   const int kvh = (o % p.q_heads) / (p.q_heads / p.kv_heads);
   const float vs = p.v_scale ? p.v_scale[kvh] : 1.f;
@@ -1363,6 +1369,7 @@ struct Choice {
   bool multi = false;  // decode, one split, more CTAs than fit at once: mma_multi_kernel instead
   int fuse = 0;  // decode: 0 combine_kernel merges the splits; 1 a single split writes the output
                 // itself (else combine_kernel); 2 also several splits merge in the last CTA
+  bool pdl = false;  // combine_kernel is launched as a programmatic dependent of the split kernel
 };
 
 template <typename T, int RMAX, bool FAST, int STG = STAGES, int MINB = (RMAX <= 4 ? 4 : 2)>
@@ -1380,6 +1387,12 @@ Choice choice_mma(int fuse = 1) {
   return c;
 }
 
+Choice choice_mma_pdl() {  // as choice_mma<3>(1), the combine kernel launched as a programmatic dependent
+  Choice c{reinterpret_cast<const void*>(mma_kernel<3, 1, 128, true>), size_t(3) * 2 * MMA_TT * MMA_RBP};
+  c.fuse = 1, c.pdl = true;
+  return c;
+}
+
 template <int HPC, int STG = 3>
 Choice choice_wide(const kvx_params& p) {
   if (p.kv_heads % HPC) return choice_mma<3>();
@@ -1389,8 +1402,8 @@ Choice choice_wide(const kvx_params& p) {
 }
 
 // Variants (KVX_CUDA_VARIANT, for benchmarks) of the GQA-4 head_dim-128 path. Tensor cores: 0 the
-// default: 11, and where one split per item gives more CTAs than fit at once, mma_multi_kernel
-// (several items per CTA); one kv head per CTA, 3-stage pipeline (mma_kernel) with 8: combine_kernel always
+// default: 25 (= 11 with the combine kernel launched as a programmatic dependent), and where one split
+// per item gives more CTAs than fit at once, mma_multi_kernel (several items per CTA); one kv head per CTA, 3-stage pipeline (mma_kernel) with 8: combine_kernel always
 // (v11), 11: a single split writes the output itself, 4: several splits also merge in their last
 // CTA; 12: as 11 with an L2::256B prefetch hint on the K/V copies instead of L2::128B, 13: with none
 // (the kernel before v26); 9 / 10: 4 / 8 kv heads per CTA
@@ -1404,7 +1417,9 @@ Choice choice_fast(const kvx_params& p, int units) {
   const int D = p.head_dim;
   if constexpr (sizeof(T) == 2) {
     if (v == 0) {
-      Choice c = choice_mma<3>();
+      // mma_kernel; where it splits, combine_kernel follows as a programmatic dependent (PDL: its launch
+      // overlaps the split kernel; H100 batch 1, bench's method: 8k 28.8 -> 28.0 us, 1k 14.3 -> 13.1)
+      Choice c = choice_mma_pdl();
       c.multi = true;
       // long contexts with (sequence, kv head) items for two or more waves: 8 kv heads per CTA, whose
       // one table lookup per 32 KB block held the paged layout steady there (v12-v16: 4.10-4.19
@@ -1419,6 +1434,7 @@ Choice choice_fast(const kvx_params& p, int units) {
     if (v == 11) return choice_mma<3>(1);
     if (v == 12) return choice_mma<3, 1, 256>(1);
     if (v == 13) return choice_mma<3, 1, 0>(1);
+    if (v == 25) return choice_mma_pdl();
     if (v == 9) return choice_wide<4>(p);
     if (v == 10) return choice_wide<8>(p);
     if (v == 5) return choice_mma<2, 3>();
@@ -1522,8 +1538,12 @@ Args base_args(const kvx_params* p, const float* q, const void* k, const void* v
   return a;
 }
 
+#include "cuda_split1.cuh"
+
 int run_decode(Args a, int units, float* out, float* lse) {
   const kvx_params& p = a.p;
+  const long items = long(units) * p.kv_heads * ((p.q_heads / p.kv_heads + MMA_R - 1) / MMA_R);
+  if (split1_applies(p, items)) return run_split1(a, items, out, lse);
   const Plan pl = plan(&p, units, p.q_heads / p.kv_heads, p.max_seq_len);
   const size_t NQ = size_t(p.num_seqs) * p.q_heads;
   float* ws = g_ws.get(NQ * pl.splits * (p.head_dim + 2));
@@ -1551,7 +1571,17 @@ int run_decode(Args a, int units, float* out, float* lse) {
     }
   }
   cudaError_t e = launch(a, c, grid);
-  if (e == cudaSuccess && !a.fuse) {
+  if (e == cudaSuccess && !a.fuse && c.pdl) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(unsigned(NQ)), cfg.blockDim = dim3(128), cfg.dynamicSmemBytes = pl.splits * sizeof(float);
+    cfg.stream = stream_of(p);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr, cfg.numAttrs = 1;
+    e = cudaLaunchKernelEx(&cfg, combine_kernel, p, pl.splits, static_cast<const float*>(a.ws_m),
+                           static_cast<const float*>(a.ws_l), static_cast<const float*>(a.ws_acc), out, lse);
+  } else if (e == cudaSuccess && !a.fuse) {
     combine_kernel<<<unsigned(NQ), 128, pl.splits * sizeof(float), stream_of(p)>>>(p, pl.splits, a.ws_m, a.ws_l, a.ws_acc, out, lse);
     e = cudaGetLastError();
   }
@@ -1563,6 +1593,17 @@ int run_decode(Args a, int units, float* out, float* lse) {
 extern "C" {
 
 const char* kvx_cuda_last_error(void) { return g_err.c_str(); }
+
+int kvx_cuda_read_floor(const void* a, size_t a_bytes, const void* b, size_t b_bytes, unsigned* sink, void* stream,
+                        int32_t ctas_per_sm, int32_t l2_hint) {
+  if (a_bytes % 16 || b_bytes % 16) return fail("read_floor: sizes must be multiples of 16 bytes");
+  if (ctas_per_sm < 1 || ctas_per_sm > 8) return fail("read_floor: 1 to 8 CTAs per SM");
+  const auto fn = l2_hint ? read_floor_kernel<true> : read_floor_kernel<false>;
+  fn<<<ctas_per_sm * num_sms(), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const uint4*>(a), a_bytes / 16, static_cast<const uint4*>(b), b_bytes / 16, sink);
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? 0 : fail(std::string("CUDA: ") + cudaGetErrorString(e));
+}
 
 int kvx_cuda_paged(const kvx_params* p, const float* q, const void* k, const void* v, const int32_t* block_table,
                    int32_t max_blocks, const int32_t* seq_lens, float* out, float* lse) {
@@ -1595,6 +1636,13 @@ int kvx_cuda_hybrid(const kvx_params* p, const float* q, const void* k, const vo
                     float* out, float* lse) {
   if (check(p)) return 1;
   if (p->max_group <= 0) return fail("hints: max_group must be given for hybrid");
+  if (p->max_prefix_len == 0) {
+    // nothing shared (the host says so): every suffix starts at token 0 and is the whole sequence, so
+    // the call is a spans call over the suffix spans; no empty prefix pass, no prefix partials to merge
+    Args a = base_args(p, q, k, v, SPANS, DECODE);
+    a.sptr = suf_ptr, a.sblk = suf_block, a.slen = suf_len, a.seq_lens = seq_lens;
+    return run_decode(a, p->num_seqs, out, lse);
+  }
   const int G = p->q_heads / p->kv_heads;
   Args a = base_args(p, q, k, v, SPANS, PREFIX);
   a.seq_lens = seq_lens, a.group_of_seq = group_of_seq, a.group_ptr = group_ptr, a.group_members = group_members;

@@ -26,6 +26,8 @@ typedef struct {
   const float* k_scale;  /* [kv_heads] dequant scales or NULL (= 1) */
   const float* v_scale;
   void* stream;          /* CUDA: the cudaStream_t to launch on (NULL = default stream); CPU ignores */
+  int32_t max_prefix_len; /* host-side hint for hybrid: the longest shared prefix of any group; 0 (nothing
+                             shared) runs the suffixes as spans in one pass; -1 = unknown. CPU ignores it */
 } kvx_params;
 
 /* Cache K, V: [num_blocks, block_size, kv_heads, head_dim]. q, out: float32 [num_seqs, q_heads,
@@ -57,6 +59,11 @@ int kvx_cuda_hybrid(const kvx_params* p, const float* q, const void* k, const vo
                     const int32_t* pre_block, const int32_t* pre_len, const int32_t* suf_ptr, const int32_t* suf_block,
                     const int32_t* suf_len, const int32_t* seq_lens, float* out, float* lse);
 const char* kvx_cuda_last_error(void);
+/* A reference, not attention: read a_bytes at a and b_bytes at b once (16-byte loads; sizes multiples of
+ * 16) with ctas_per_sm (1-8) x SMs CTAs of 256 threads, one word per CTA to sink; l2_hint: ask L2 for
+ * whole 256-byte lines. What a kernel that only reads the same K/V once takes. */
+int kvx_cuda_read_floor(const void* a, size_t a_bytes, const void* b, size_t b_bytes, unsigned* sink, void* stream,
+                        int32_t ctas_per_sm, int32_t l2_hint);
 
 #ifdef __cplusplus
 }
