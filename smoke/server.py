@@ -42,10 +42,7 @@ def ensure_model(client, image: str = DEFAULT_TAG, size: str = "tiny") -> Path:
     """Build the model of `size` (make_model.SIZES) into MODELS_DIR (once) in a container from `image`."""
     out = MODELS_DIR / f"{size}-llama-{model_key()}"  # tiny: tiny-llama-<key>, as before sizes existed
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        # safetensors writes 0600 files; runtime images serve as a non-root user, so all must read.
-        for f in out.iterdir():
-            f.chmod(0o644)
-        return out
+        return _readable(out)
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     try:
@@ -58,7 +55,15 @@ def ensure_model(client, image: str = DEFAULT_TAG, size: str = "tiny") -> Path:
     if not (tmp / "config.json").is_file():
         raise ServerFailed(f"model build wrote no config.json: {ran.log[-800:]}")
     tmp.rename(out)
-    return out
+    return _readable(out)
+
+
+def _readable(model_dir: Path) -> Path:
+    # safetensors writes 0600 files; runtime images serve as a non-root user, so all must read (a fresh
+    # model served by the source-built image once failed: "No such file or directory: model.safetensors").
+    for f in model_dir.iterdir():
+        f.chmod(0o644)
+    return model_dir
 
 
 @dataclass(frozen=True)
