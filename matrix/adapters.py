@@ -47,7 +47,7 @@ def rows(store: ResultsStore, builds: ResultsStore | None = None) -> list[dict[s
             "image_build_s": d.get("image_build_s") or _source_build_s(
                 builds, cell.removeprefix(f"engine-{d.get('engine')}-"), d.get("image_id")),
             "memory_gb": round(d["memory_bytes"] / 1e9, 2) if d.get("memory_bytes") else None,
-            "memory_kind": d.get("memory_kind", ""), "provenance": c.provenance}
+            "memory_kind": d.get("memory_kind", ""), "provenance": c.provenance, "check_results": checks}
         if s is not None:
             row["smoke"] = {"status": s.status, **{k: s.details.get(k) for k in
                                                    ("mix", "requests", "attainment", "ttft_ms", "tpot_ms", "http_5xx",
@@ -87,9 +87,26 @@ def markdown(rs: list[dict[str, Any]], run: str) -> str:
                   f"{', '.join(sorted({r['smoke']['mix'] for r in rs if r.get('smoke')}))}): p99 is near the maximum and "
                   "no difference here is a ranking with power; it shows each engine serves the trace, how fast, and "
                   "with what it fails the contract."]
+    lines += _checks_table(rs)
     when = sorted({(r["provenance"] or {}).get("date", "") for r in rs} - {""})
     lines += ["", f"Runs: {', '.join(when)} on {', '.join(sorted({(r['provenance'] or {}).get('host', '?') for r in rs}))}."]
     return "\n".join(lines) + "\n"
+
+
+def _checks_table(rs: list[dict[str, Any]]) -> list[str]:
+    """Every contract check, per served engine: its status and the evidence `invoke conform` printed."""
+    served = [r for r in rs if r.get("check_results")]
+    if not served:
+        return []
+    names = list(dict.fromkeys(x["check"] for r in served for x in r["check_results"]))
+    by = [{x["check"]: x for x in r["check_results"]} for r in served]
+    lines = ["", "## Contract checks", "", "| check | required | " + " | ".join(r["engine"] for r in served) + " |",
+             "|---|---|" + "---|" * len(served)]
+    for name in names:
+        req = next((b[name]["required"] for b in by if name in b), False)
+        cells = [f"{b[name]['status']}: {b[name]['evidence']}".replace("|", "\\|") if name in b else "" for b in by]
+        lines.append(f"| {name} | {'yes' if req else 'no'} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def png(rs: list[dict[str, Any]], path: Path) -> Path:

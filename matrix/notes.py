@@ -59,6 +59,8 @@ def _preflight(pf: StageOutcome | None) -> list[str]:
 def _build(b: StageOutcome | None, rb: StageOutcome | None) -> list[str]:
     if b is None:
         return []
+    if b.status == "skipped":  # nothing was built, so nothing was measured
+        return [f"**Build:** skipped ({b.category})" + (f": {b.evidence[0]}" if b.evidence else ""), ""]
     d = BuildDetails.from_outcome(b)
     lines = [f"**Build:** {b.status} ({b.category}) in {_fmt_secs(b.seconds)}; "
              f"MAX_JOBS={_q(d.max_jobs)}, disk high-water {_q(d.disk_high_water_gb)} GB, "
@@ -93,8 +95,12 @@ def _build(b: StageOutcome | None, rb: StageOutcome | None) -> list[str]:
     lines.append("")
     if rb and b.status == "pass" and rb.status == "pass" and rb.seconds > 0:
         r = BuildDetails.from_outcome(rb)
-        lines += [f"**Warm rebuild (ccache):** {_fmt_secs(rb.seconds)} vs cold {_fmt_secs(b.seconds)}: "
-                  f"cold/warm = {b.seconds / rb.seconds:.1f}×; disk high-water {_q(r.disk_high_water_gb)} GB, "
+        run = (rb.provenance or {}).get("run")
+        # A ratio only within one run: a build of another run may have met a cache the rebuild's build did not.
+        versus = (f"vs cold {_fmt_secs(b.seconds)}: cold/warm = {b.seconds / rb.seconds:.1f}×"
+                  if run and run == (b.provenance or {}).get("run") else
+                  f"(run {run or 'not recorded'}: not the run of the build above, so no cold/warm ratio)")
+        lines += [f"**Warm rebuild (ccache):** {_fmt_secs(rb.seconds)} {versus}; disk high-water {_q(r.disk_high_water_gb)} GB, "
                   f"peak memory {_q(r.peak_mem_gib)} GiB"
                   + (f"; kvlab extension: {r.kvlab.status} in {_fmt_secs(r.kvlab.seconds)}" if r.kvlab else ""), ""]
     return lines

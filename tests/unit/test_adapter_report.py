@@ -27,6 +27,7 @@ def test_rows_and_report_from_stored_outcomes(tmp_path):
     assert "| tgi | | engine-unavailable: ships only as a container image; no registry here |" in md
     assert ("| llama.cpp | b11669 | fail (1/2): unknown-model | agent_loop 100%, rag 50% | 900 / 15000 | 40 / 95 | 0 | 1.2 / 1.9 "
             "| 1.5 | 0.5 | 0.25 (at-end) |") in md
+    assert "| check | required | llama.cpp |" in md and "| unknown-model | yes | fail: 200 |" in md
     rows = json.loads((tmp_path / "out" / "adapters.json").read_text())
     assert [r["engine"] for r in rows] == ["llama.cpp", "tgi"]
     assert paths[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

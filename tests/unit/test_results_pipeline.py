@@ -184,3 +184,26 @@ def test_notes_after_a_partial_run_remove_no_committed_evidence(tmp_path):
     # the other distros' notes are untouched
     assert json.loads((out / "debian-trixie.json").read_text()) == json.loads(
         (ROOT / "notes" / "deploy" / "debian-trixie.json").read_text())
+
+
+def test_a_cold_warm_ratio_only_within_one_run(tmp_path):
+    """A build of another run may have met a warm cache: the 2026-12-06 trixie build (28 min, ccache
+    left by an interrupted build) against a 2026-11-28 rebuild once printed 'cold/warm = 8.6x'."""
+    cell = "debian-trixie-cpu"
+    for run, b_run in (("r", "r"), ("r", "old")):
+        store = ResultsStore(tmp_path / b_run / run, run)
+        store.write(StageOutcome(cell, "build", "pass", category="success", seconds=1700.0,
+                                 provenance={"run": run, "date": "2026-12-06"}))
+        store.write(StageOutcome(cell, "rebuild", "pass", category="success", seconds=200.0,
+                                 provenance={"run": b_run, "date": "2026-11-28"}))
+        write_notes(store, tmp_path / b_run / "notes")
+        md = (tmp_path / b_run / "notes" / "debian-trixie.md").read_text()
+        if b_run == run:
+            assert "cold/warm = 8.5×" in md
+            store.write(StageOutcome("debian-trixie-cuda", "build", "skipped", category="not-selected"))
+            write_notes(store, tmp_path / b_run / "notes")
+            md = (tmp_path / b_run / "notes" / "debian-trixie.md").read_text()
+            cuda = md.split("## debian-trixie-cuda")[1]
+            assert "**Build:** skipped (not-selected)\n" in cuda and "MAX_JOBS" not in cuda
+        else:
+            assert "cold/warm =" not in md and "not the run of the build above" in md
