@@ -164,12 +164,20 @@ def matrix(c, spec=None, set_=None, cells=None, stages=None, run="latest", force
     ctx.confirm_gates = confirm_gates
     m = _matrix(spec, set_)
     check_names(stages or (), "--stages")
+    from engines.spec import check_name
+    for name in m.serving_engines:
+        check_name(name, f"{m.source}: matrix.serving_engines")
     for line in plan(ctx, m.select(cells), stages or PIPELINE):
         _console().print(line)
     _remove_orphans()
     with LiveProgress(ctx):
         run_matrix(ctx, m.select(cells), stages)
     _console().print(summary_table(ctx.store, [x.id for x in m.select(cells)]))
+    if m.serving_engines and (not stages or "smoke" in stages):
+        from matrix.adapters import run as run_adapters
+        _console().print(f"adapter matrix: {', '.join(m.serving_engines)} (conform + the ci mix on each)")
+        run_adapters(ctx.store, m.serving_engines, [x.id for x in m.select(cells) if x.target == "cpu"],
+                     _console().print)
 
 
 def _remove_orphans():
@@ -318,7 +326,7 @@ def conform(c, engine="", url="", cell="", api_key_env="", model="", extension=N
                                   "cell": "the matrix cell whose source build serves as `vllm`", "mix": "mix name or path",
                                   "run": "results run name", "out": "report folder", "report_only": "only rewrite the report"})
 @one_line_errors
-def adapters(c, engines=None, cell="debian-trixie-cpu", mix="ci", run="adapters", out="notes/adapters", report_only=False,
+def adapters(c, engines=None, cell="debian-trixie-cpu", mix="ci", run="adapters", out="notes/deploy", report_only=False,
              builds_run=None):
     """The adapter matrix: each engine conformed and replaying one trace on one server; Markdown, PNG, JSON.
     --builds-run: the matrix run that built the source engine's image (its build time, matched by image id)."""

@@ -75,9 +75,9 @@ class EngineSpec(Strict):
         return self.obtain.unavailable
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, where: str = "--engine") -> str:
     if name not in NAMES:
-        raise UsageError(f"--engine: unknown engine {name!r}{did_you_mean(name, NAMES)} (known: {', '.join(NAMES)})")
+        raise UsageError(f"{where}: unknown engine {name!r}{did_you_mean(name, NAMES)} (known: {', '.join(NAMES)})")
     return name
 
 

@@ -2,7 +2,8 @@
 
 A note never knows less than the one it replaces: per cell and stage it keeps the newest outcome of
 any run (the committed note's or the store's) with that outcome's provenance, and a skipped outcome
-never replaces one that ran. Full build logs are kept compressed beside the notes.
+never replaces one that ran. Full build logs are kept compressed beside the notes. The serving
+engines' outcomes (the adapter matrix) go to adapters.md/json/png beside them, merged the same way.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from matrix import adapters
 from model.details import BuildArtifacts, BuildDetails, PreflightDetails, RuntimeDetails
 from model.results import ResultsStore, StageOutcome, provenance
 from model.stages import NAMES as ORDER
+
+
+ENGINE_CELL = "engine-"  # conform_engine's cells: the adapter matrix (matrix/adapters.py)
+ADAPTERS_JSON = "adapters.json"
 
 
 def _distro_of(cell: str) -> str:
@@ -192,11 +198,16 @@ def keep(old: StageOutcome | None, new: StageOutcome) -> StageOutcome:
 
 def write_notes(store: ResultsStore, out: Path) -> list[Path]:
     by_distro: dict[str, dict[str, dict[str, StageOutcome]]] = defaultdict(dict)
+    engines = False
     for o in store.outcomes():
+        if o.cell.startswith(ENGINE_CELL):  # the adapter matrix's rows, not a distro's cells
+            engines = True
+            continue
         by_distro[_distro_of(o.cell)].setdefault(o.cell, {})[o.stage] = o
     out.mkdir(parents=True, exist_ok=True)
     for committed in out.glob("*.json"):  # committed notes are re-rendered even where the store has nothing
-        by_distro.setdefault(committed.stem, {})
+        if committed.name != ADAPTERS_JSON:
+            by_distro.setdefault(committed.stem, {})
     written, taken = [], set()
     for distro, fresh in sorted(by_distro.items()):
         cells = _committed(out / f"{distro}.json")
@@ -217,4 +228,6 @@ def write_notes(store: ResultsStore, out: Path) -> list[Path]:
         (out / f"{distro}.md").write_text("\n".join(md).rstrip() + "\n")
         (out / f"{distro}.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         written += [out / f"{distro}.md", out / f"{distro}.json"]
+    if engines or (out / ADAPTERS_JSON).is_file():
+        written += adapters.write(store, out)
     return written + write_build_logs(store, taken, out)

@@ -77,6 +77,8 @@ class MatrixLayer(Strict):
     engines: list[str] | None = None
     include: list[Selector] | None = None
     exclude: list[Selector] | None = None
+    # Serving engines of the adapter matrix run after the cells (names as engines/ spells them).
+    serving_engines: list[str] | None = None
 
 
 class Layer(Strict):
@@ -246,6 +248,7 @@ def resolve_jobs(requested: int | str, gib_per_job: float, machine: Machine) -> 
 class Matrix:
     source: str
     cells: tuple[Cell, ...]
+    serving_engines: tuple[str, ...] = ()
 
     def get(self, cell_id: str) -> Cell:
         for cell in self.cells:
@@ -327,7 +330,7 @@ def expand(doc: dict[str, Any], source: str, machine: Machine) -> Matrix:
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise UsageError(f"{source}: two cells share an id: {sorted({i for i in ids if ids.count(i) > 1})}")
-    return Matrix(source=source, cells=tuple(cells))
+    return Matrix(source=source, cells=tuple(cells), serving_engines=tuple(m.get("serving_engines", ())))
 
 
 def load(spec: Path | str | None = None, sets: Iterable[str] = (), machine: Machine | None = None) -> Matrix:

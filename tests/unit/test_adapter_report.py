@@ -44,3 +44,30 @@ def test_a_source_engine_is_credited_its_cells_build_only_for_the_image_that_bui
     assert adapters.rows(store)[0]["image_build_s"] is None  # no matrix run named
     builds.write(StageOutcome(cell, "runtime", "pass", seconds=150.0, details={"image_id": "sha256:bb"}))
     assert adapters.rows(store, builds)[0]["image_build_s"] is None  # rebuilt since: not this image's build
+
+
+def test_the_report_merges_into_the_committed_one_and_never_knows_less(tmp_path):
+    from matrix.notes import write_notes
+    old, new = ResultsStore(tmp_path, "old"), ResultsStore(tmp_path, "new")
+    served = {"engine": "llama.cpp", "checks": [], "version": "b1"}
+    old.write(StageOutcome("engine-llama.cpp", "conform", "pass", details=served,
+                           provenance={"run": "old", "date": "2026-12-01T00:00:00Z"}))
+    old.write(StageOutcome("engine-vllm-cpu", "conform", "pass", details={"engine": "vllm-cpu", "checks": []},
+                           provenance={"run": "old", "date": "2026-12-01T00:00:00Z"}))
+    out = tmp_path / "notes"
+    write_notes(old, out)
+    assert not list(out.glob("engine-*")), "engine cells are the adapter matrix's rows, not distro notes"
+    # a later run on a machine where llama.cpp could not be had, and that never tried vllm-cpu
+    new.write(StageOutcome("engine-llama.cpp", "conform", "engine-unavailable", category="engine-unavailable",
+                           evidence=("no image",), details={"engine": "llama.cpp"},
+                           provenance={"run": "new", "date": "2026-12-06T00:00:00Z"}))
+    new.write(StageOutcome("engine-tgi", "conform", "engine-unavailable", category="engine-unavailable",
+                           evidence=("container image only",), details={"engine": "tgi"},
+                           provenance={"run": "new", "date": "2026-12-06T00:00:00Z"}))
+    write_notes(new, out)
+    rows = {r["cell"]: r for r in json.loads((out / "adapters.json").read_text())}
+    assert rows["engine-llama.cpp"]["status"] == "pass" and rows["engine-vllm-cpu"]["status"] == "pass"
+    assert rows["engine-tgi"]["status"] == "engine-unavailable"
+    md = (out / "adapters.md").read_text()
+    assert "results run new, old" in md and "| llama.cpp | b1 | pass (0/0) |" in md
+    assert not (out / "adapters.json").read_text().count('"distro"')

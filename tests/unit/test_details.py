@@ -12,7 +12,8 @@ from model.details import BY_STAGE, BuildArtifacts, BuildDetails, PreflightDetai
 from model.errors import UsageError
 from model.results import StageOutcome
 
-NOTES = sorted((Path(__file__).resolve().parents[2] / "notes" / "deploy").glob("*.json"))  # debian-*, fedora-44
+NOTES = sorted(f for f in (Path(__file__).resolve().parents[2] / "notes" / "deploy").glob("*.json")
+               if f.name != "adapters.json")  # the distro notes: debian-*, fedora-44
 RECORDS = [(f"{f.name}:{cell}:{stage}", o) for f in NOTES
            for cell, stages in json.loads(f.read_text())["cells"].items()
            for stage, o in stages.items() if stage in BY_STAGE]
@@ -48,7 +49,7 @@ def test_typed_reads_of_real_records():
     assert b.torch_version == "2.14.0+cu130" and b.torch.cuda == "13.0"
     assert b.offline_inputs["onednn"].got.startswith("onednn-3.")
     assert [x.category for x in b.blockers] == ["torch-cuda-config"] and b.blockers[0].fixed
-    assert b.measured is None, "the first trixie build predates the per-build measure"
+    assert b.measured and b.disk_high_water_gb == 8.52, "the 2026-12-06 trixie build has the per-build measure"
     assert BuildDetails.from_outcome(_outcome("rebuild", "debian-trixie-cpu")).measured
     gated = BuildDetails.from_outcome(_outcome("build", "debian-bookworm-cpu"))
     assert gated.runtime_debs is None and gated.kvlab.status == "pass"
