@@ -39,6 +39,28 @@ def answers() -> bool:
         return False
 
 
+def engine_started(pidfile: Path = Path("/var/run/docker.pid")) -> float | None:
+    """When the local dockerd started (its pid file is written at start-up); None where there is none
+    (a remote engine). A different value later means the engine restarted in between."""
+    try:
+        return pidfile.stat().st_mtime
+    except OSError:
+        return None
+
+
+def wait_for_engine(c: docker.DockerClient, timeout_s: float) -> bool:
+    """Wait until the engine answers `c` again (after a restart); False if it did not within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            c.ping()
+            return True
+        except Exception:  # connection refused, reset, timeout: not up yet
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(1.0)
+
+
 def _debian_family() -> bool:
     try:
         text = Path("/etc/os-release").read_text()

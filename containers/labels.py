@@ -52,6 +52,7 @@ def remove_container(container, attempts: int = 10) -> None:
     """Force-remove and make sure it is gone: under load dockerd can leave a killed container behind
     ('removal in progress'), and the network it sits on then refuses to go."""
     from docker.errors import APIError, NotFound
+    from requests.exceptions import ConnectionError as EngineDown  # dockerd restarting: try again
     if container is None:
         return
     for _ in range(attempts):
@@ -59,12 +60,14 @@ def remove_container(container, attempts: int = 10) -> None:
             container.remove(force=True, v=True)
         except NotFound:
             return
-        except APIError:
+        except (APIError, EngineDown):
             pass
         try:
             container.reload()
         except NotFound:
             return
+        except EngineDown:
+            pass
         time.sleep(1.0)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from containers.engine import client as docker_client
 
 from model.errors import UsageError
-from model.results import StageOutcome, fingerprint
+from model.results import REDO_CATEGORIES, StageOutcome, fingerprint
 from model.spec import Cell
 from model import stage as stagemod
 from model.stage import Stage, Timed
@@ -73,8 +73,12 @@ def identity(ctx: stagemod.Context, cell: Cell, stage: str) -> dict[str, Any]:
     """What an outcome of `stage` is made from: the cell's config, the engine source, and the stored
     outcomes it needs or reads. Equal identity: the stored outcome is still true and is kept."""
     spec = BY_NAME[stage]
-    return {"cell": cell.digest, "engine": ctx.engine_source(cell).label,
-            "inputs": {n: fingerprint(ctx.store.get(cell.id, n)) for n in (*spec.needs, *spec.reads)}}
+    ident = {"cell": cell.digest, "engine": ctx.engine_source(cell).label,
+             "inputs": {n: fingerprint(ctx.store.get(cell.id, n)) for n in (*spec.needs, *spec.reads)}}
+    limits = cell.knobs.limits(spec.knobs)
+    if limits:  # only when set: outcomes stored before these knobs existed keep their identity
+        ident["limits"] = limits
+    return ident
 
 
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -84,6 +88,8 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
         return "the cell's config changed"
     if old.get("engine") != new["engine"]:
         return f"engine {old.get('engine')} → {new['engine']}"
+    if old.get("limits") != new.get("limits"):
+        return f"limits {old.get('limits') or 'none'} → {new.get('limits') or 'none'}"
     redone = [n for n, fp in new["inputs"].items() if (old.get("inputs") or {}).get(n) != fp]
     return f"{', '.join(redone)} changed since" if redone else "inputs changed"
 
@@ -93,10 +99,11 @@ def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
     have = ctx.store.get(cell.id, stage)
     ident = identity(ctx, cell, stage)
     if have is not None and not ctx.force:
-        if have.identity == ident:
+        if have.identity == ident and have.category not in REDO_CATEGORIES:
             ctx.on_event(cell.id, stage, f"kept {have.status}")
             return have
-        ctx.on_event(cell.id, stage, f"stale ({_changed(have.identity, ident)}): running again")
+        why = f"{have.category} last time" if have.category in REDO_CATEGORIES else _changed(have.identity, ident)
+        ctx.on_event(cell.id, stage, f"stale ({why}): running again")
     t = Timed(cell, stage)
     if stage not in cell.knobs.stages:
         return ctx.store.write(t.done("skipped", category="not-selected", identity=ident,
