@@ -40,25 +40,25 @@ def answers() -> bool:
 
 
 def engine_started(pidfile: Path = Path("/var/run/docker.pid")) -> float | None:
-    """When the local dockerd started (its pid file is written at start-up); None where there is none
-    (a remote engine). A different value later means the engine restarted in between."""
+    """When the local dockerd started (its pid file is written at start-up); None for another engine
+    (DOCKER_HOST) or none. A different value later means the engine restarted in between."""
+    if os.environ.get("DOCKER_HOST"):
+        return None
     try:
         return pidfile.stat().st_mtime
     except OSError:
         return None
 
 
-def wait_for_engine(c: docker.DockerClient, timeout_s: float) -> bool:
-    """Wait until the engine answers `c` again (after a restart); False if it did not within timeout_s."""
+def wait_for_engine(timeout_s: float) -> bool:
+    """Wait until the engine answers a new connection (after a restart); False if not within timeout_s.
+    A new one: a dying dockerd closes its listener first but keeps serving the connections it has."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            c.ping()
-            return True
-        except Exception:  # connection refused, reset, timeout: not up yet
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(1.0)
+    while not answers():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0)
+    return True
 
 
 def _debian_family() -> bool:

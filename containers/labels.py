@@ -92,3 +92,10 @@ def cleanup_leftovers(client, label: str, orphans_only: bool = False) -> list[st
         except APIError as exc:  # still in use by a container that is not ours: say so, keep going
             print(f"warning: network {n.name} not removed: {exc.explanation or exc}")
     return removed
+
+
+def remove_own(client) -> list[str]:
+    """Remove every container and network this process started, found by its owner label: the last
+    step of an interrupted task, after its context managers ran, for what they could not reach (one
+    being created as the signal landed, a removal that a second signal cut short)."""
+    return cleanup_leftovers(client, f"{OWNER}={owner()}")

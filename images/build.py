@@ -208,18 +208,19 @@ class BuildContainer:
             time.sleep(0.2)
 
     def _stopped(self, name: str, ran_s: float, exc: BaseException | None = None) -> BaseException:
-        """Why the container stopped under phase `name`: the engine went away or restarted
-        (EngineLost, once it answers again, so the container can be removed), else someone removed
-        or killed it (BuildInterrupted)."""
+        """Why the container stopped under phase `name`. The engine went away (a connection cut, not
+        an answer) or restarted: EngineLost, once it answers again so the container can be removed.
+        Else someone removed or killed the container: BuildInterrupted."""
+        cut = exc is not None and not isinstance(exc, docker.errors.APIError)  # APIError: the engine answered
         what = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}" if exc else "the container stopped"
         t0 = time.monotonic()
-        back = wait_for_engine(self.client, 90.0)
+        back = wait_for_engine(90.0)
         restarted = engine_started() != self._engine
-        if back and not restarted and not self._alive(killed=False):
-            return BuildInterrupted(f"the build container stopped while phase {name} ran")
-        how = ("restarted" if restarted else "stopped answering") + (
-            f"; it answered again after {time.monotonic() - t0:.0f} s" if back else "; it still does not answer")
-        return EngineLost(f"the Docker engine {how} while phase {name} ran ({what})", name, ran_s)
+        if not cut and not restarted and (not back or not self._alive(killed=False)):
+            return BuildInterrupted(f"the build container stopped while phase {name} ran ({what})")
+        how = "restarted" if restarted else "stopped answering"
+        after = f"it answered again after {time.monotonic() - t0:.0f} s" if back else "it still does not answer"
+        return EngineLost(f"the Docker engine {how} while phase {name} ran ({what}); {after}", name, ran_s)
 
     def run(self, phase: str, script: str | Path, env: dict[str, str] | None = None, attempt: int = 1,
             args: list[str] | tuple[str, ...] = ()) -> Attempt:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -125,7 +126,6 @@ def test_build_dir_on_a_small_disk_is_disk_full_and_preflight_predicted_it(lab, 
     pre = _outcome(lab, "preflight")
     [disk] = [g for g in pre["details"]["gates"] if g["kind"] == "disk"]
     assert (disk["status"], disk["found"], disk["need"]) == ("fail", "0.02", "0.1"), disk
-    assert "knobs.workspace_gb" in disk["remediation"]
     assert pre["identity"]["limits"] == {"workspace_gb": 0.02}
     build = _outcome(lab, "build")
     assert (build["status"], build["category"]) == ("fail", "disk-full"), build["evidence"]
@@ -135,9 +135,16 @@ def test_build_dir_on_a_small_disk_is_disk_full_and_preflight_predicted_it(lab, 
     print(f"disk-full: {time.monotonic() - t0:.0f} s")
 
 
+# The engine the tests use: the host's dockerd (CI), or a private one of your own named by DOCKER_HOST,
+# its pid file and the command that starts it (its data root must hold the bookworm toolchain image).
+PIDFILE = Path(os.environ.get("DEPLOYLAB_TEST_DOCKERD_PIDFILE", "/var/run/docker.pid"))
+START = os.environ.get("DEPLOYLAB_TEST_DOCKERD_START", "")
+RESTART_OK = os.environ.get("CI") or os.environ.get("DEPLOYLAB_RESTART_DOCKERD") == "1"
+
+
 def _dockerd_pid() -> int | None:
     try:
-        pid = int(Path("/var/run/docker.pid").read_text().strip())
+        pid = int(PIDFILE.read_text().strip())
         os.kill(pid, 0)
         return pid
     except (OSError, ValueError):
@@ -145,7 +152,7 @@ def _dockerd_pid() -> int | None:
 
 
 def _restart_dockerd() -> float:
-    """Stop the local dockerd (SIGTERM: it stops every container, as a package upgrade's restart does)
+    """Stop dockerd (SIGTERM: it stops every container it runs, as a package upgrade's restart does)
     and start it again the project's way (containers.engine.ensure_engine, as `invoke setup`)."""
     from containers.engine import answers, ensure_engine
     t0 = time.monotonic()
@@ -155,18 +162,21 @@ def _restart_dockerd() -> float:
         time.sleep(0.5)
     while answers() and time.monotonic() - t0 < 120:
         time.sleep(0.5)
-    ensure_engine()
+    if START:
+        subprocess.Popen(START, shell=True, start_new_session=True, stdin=subprocess.DEVNULL)
+        while not answers() and time.monotonic() - t0 < 180:
+            time.sleep(0.5)
+    else:
+        ensure_engine()
     return time.monotonic() - t0
-
-
-RESTART_OK = os.environ.get("CI") or os.environ.get("DEPLOYLAB_RESTART_DOCKERD") == "1"
 
 
 @pytest.mark.skipif(not RESTART_OK, reason="restarts dockerd, which kills every container on the machine: "
                                            "runs in CI (.ci/run) or with DEPLOYLAB_RESTART_DOCKERD=1")
 def test_dockerd_restarted_mid_build_is_engine_lost_and_a_rerun_builds(lab, docker_client):
-    if os.geteuid() != 0 or os.environ.get("DOCKER_HOST") or _dockerd_pid() is None:
-        pytest.skip("needs a local dockerd this user may restart (root, no DOCKER_HOST)")
+    if os.geteuid() != 0 or (os.environ.get("DOCKER_HOST") and not START) or _dockerd_pid() is None:
+        pytest.skip("needs a local dockerd this user may restart (root; with DOCKER_HOST, "
+                    "DEPLOYLAB_TEST_DOCKERD_PIDFILE and DEPLOYLAB_TEST_DOCKERD_START)")
     t0 = time.monotonic()
     first = _matrix(lab)
     wheel_log = lab[0] / "results" / "f" / "cells" / CELL / "build" / "wheel.log"
@@ -179,7 +189,8 @@ def test_dockerd_restarted_mid_build_is_engine_lost_and_a_rerun_builds(lab, dock
     _finish(first)
     build = _outcome(lab, "build")
     assert (build["status"], build["category"]) == ("fail", "engine-lost"), build["evidence"]
-    assert "restarted" in build["evidence"][0], build["evidence"]
+    assert re.match(r"the Docker engine (restarted|stopped answering) while phase \w+", build["evidence"][0]), \
+        build["evidence"]
     assert build["details"]["attempts"][-1]["exit"] == -1
     _intact(lab, docker_client, first.pid)
     faulted_s = time.monotonic() - t0
