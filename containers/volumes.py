@@ -33,10 +33,20 @@ def unmount(where: Path) -> bool:
     return True
 
 
+def release(where: Path) -> None:
+    """Unmount a small filesystem a killed run left at `where` and remove its image."""
+    unmount(where)
+    _image(where).unlink(missing_ok=True)
+
+
+def _image(where: Path) -> Path:
+    return where.with_name(f".{where.name}.ext4")
+
+
 @contextmanager
-def small_fs(where: Path, size_gb: float, image: Path | None = None) -> Iterator[Path]:
+def small_fs(where: Path, size_gb: float) -> Iterator[Path]:
     """An empty ext4 filesystem of `size_gb` (1e9 bytes) mounted at `where` for the block; the image
-    file (beside `where` by default, sparse) and the mount are removed after, whatever happens."""
+    file (sparse, beside `where`) and the mount are removed after, whatever happens."""
     if os.geteuid() != 0:
         raise UsageError(f"a {size_gb:g} GB filesystem for {where} is a loop mount, which needs root "
                          "(run as root, or leave knobs.workspace_gb at \"none\")")
@@ -44,11 +54,10 @@ def small_fs(where: Path, size_gb: float, image: Path | None = None) -> Iterator
         if shutil.which(tool) is None:
             raise UsageError(f"{tool} is missing on this host (Debian: apt-get install e2fsprogs mount)")
     where = Path(where)
-    image = image or where.with_name(f".{where.name}.ext4")
-    unmount(where)  # a killed run's
+    image = _image(where)
+    release(where)  # a killed run's
     shutil.rmtree(where, ignore_errors=True)
     where.mkdir(parents=True, exist_ok=True)
-    image.unlink(missing_ok=True)
     with open(image, "wb") as fh:
         fh.truncate(int(size_gb * 1e9))
     try:

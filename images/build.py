@@ -28,7 +28,7 @@ from urllib3.exceptions import ProtocolError
 from containers.engine import engine_started, wait_for_engine
 from containers.labels import labels, remove_container
 from containers.run import SCRIPTS, volumes
-from containers.volumes import small_fs
+from containers.volumes import release, small_fs
 from images import logs
 from images.fixes import fix_env, fixes, offline_inputs
 from images.sources import copy_tree
@@ -423,6 +423,7 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
     cell, ws = req.cell, req.ws
     started = time.time()
     t0 = time.monotonic()
+    release(ws.src / "build")  # a small filesystem a killed run left mounted there
     copy_tree(req.tree, ws.src)
     if req.clean:
         shutil.rmtree(ws.src / "build", ignore_errors=True)
