@@ -50,6 +50,13 @@ def engine_started(pidfile: Path = Path("/var/run/docker.pid")) -> float | None:
         return None
 
 
+def engine_gone(exc: BaseException) -> bool:
+    """Whether `exc` is the engine going away under a call (a cut or refused connection), not an answer."""
+    from requests.exceptions import ConnectionError as Refused
+    from urllib3.exceptions import ProtocolError
+    return isinstance(exc, (Refused, ProtocolError))
+
+
 def wait_for_engine(timeout_s: float) -> bool:
     """Wait until the engine answers a new connection (after a restart); False if not within timeout_s.
     A new one: a dying dockerd closes its listener first but keeps serving the connections it has."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from containers.engine import client as docker_client
+from containers.engine import client as docker_client, engine_gone
 
 from model.errors import UsageError
 from model.results import REDO_CATEGORIES, StageOutcome, fingerprint
@@ -119,8 +119,13 @@ def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
         raise
     except Exception as exc:  # a crash in one cell's stage is that cell's outcome, not the run's end
         tb = traceback.format_exc().strip().splitlines()
-        out = t.done("fail", category="internal-error", evidence=(f"{exc.__class__.__name__}: {exc}", *tb[-3:]),
-                     remediation="a deploylab bug: report it with this evidence")
+        if engine_gone(exc):  # dockerd restarted or stopped under the stage: redone by the next run
+            out = t.done("fail", category="engine-lost", evidence=(f"{exc.__class__.__name__}: {exc}", *tb[-3:]),
+                         remediation="the Docker engine stopped answering while the stage ran: rerun once it "
+                                     "answers (an engine-lost outcome is redone)")
+        else:
+            out = t.done("fail", category="internal-error", evidence=(f"{exc.__class__.__name__}: {exc}", *tb[-3:]),
+                         remediation="a deploylab bug: report it with this evidence")
     out = replace(out, started=t.started, seconds=t.elapsed, identity=ident)
     ctx.on_event(cell.id, stage, out.status)
     return ctx.store.write(out)

@@ -63,3 +63,18 @@ def test_an_engine_lost_outcome_is_redone(tmp_path):
                              identity=pipeline.identity(ctx, cell, "render")))
     again = pipeline.run_stage(ctx, cell, "render")
     assert events[0] == "stale (engine-lost last time): running again" and again.started > 1.0
+
+
+def _refused(ctx, cell):
+    """A stage whose engine connection breaks under it (what docker-py raises when dockerd's socket goes)."""
+    from requests.exceptions import ConnectionError as Refused
+    raise Refused("('Connection aborted.', FileNotFoundError(2, 'No such file or directory'))")
+
+
+def test_a_stage_whose_engine_connection_broke_ends_engine_lost(tmp_path, monkeypatch):
+    """Not internal-error (a bug of ours, kept): the engine went away under the stage, so the outcome
+    is engine-lost and the next run redoes it."""
+    ctx = pipeline.Context(store=ResultsStore(tmp_path, "r"), work=tmp_path)
+    monkeypatch.setitem(pipeline.IMPLEMENTATIONS, "render", f"{__name__}:_refused")
+    out = pipeline.run_stage(ctx, _cell(), "render")
+    assert (out.status, out.category) == ("fail", "engine-lost") and out.evidence[0].startswith("ConnectionError")
