@@ -38,8 +38,22 @@ def one_line_errors(fn):
             sys.stderr.close()
             raise Exit(code=0) from None
         except KeyboardInterrupt:
+            _remove_own()
             raise Exit("interrupted: results written so far are kept; rerun to resume", code=130) from None
     return wrapper
+
+
+def _remove_own():
+    """After an interrupt, whatever this process started and still has is removed by its owner label;
+    a second signal meanwhile is ignored, so it cannot cut that short."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    from containers.engine import answers, client
+    from containers.labels import remove_own
+    if answers():
+        gone = remove_own(client())
+        if gone:
+            print(f"removed what the interrupted run still had: {', '.join(gone)}", file=sys.stderr)
 
 
 def _matrix(spec, sets):

@@ -39,6 +39,35 @@ def answers() -> bool:
         return False
 
 
+def engine_started(pidfile: Path = Path("/var/run/docker.pid")) -> float | None:
+    """When the local dockerd started (its pid file is written at start-up); None for another engine
+    (DOCKER_HOST) or none. A different value later means the engine restarted in between."""
+    if os.environ.get("DOCKER_HOST"):
+        return None
+    try:
+        return pidfile.stat().st_mtime
+    except OSError:
+        return None
+
+
+def engine_gone(exc: BaseException) -> bool:
+    """Whether `exc` is the engine going away under a call (a cut or refused connection), not an answer."""
+    from requests.exceptions import ConnectionError as Refused
+    from urllib3.exceptions import ProtocolError
+    return isinstance(exc, (Refused, ProtocolError))
+
+
+def wait_for_engine(timeout_s: float) -> bool:
+    """Wait until the engine answers a new connection (after a restart); False if not within timeout_s.
+    A new one: a dying dockerd closes its listener first but keeps serving the connections it has."""
+    deadline = time.monotonic() + timeout_s
+    while not answers():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0)
+    return True
+
+
 def _debian_family() -> bool:
     try:
         text = Path("/etc/os-release").read_text()

@@ -52,6 +52,7 @@ def remove_container(container, attempts: int = 10) -> None:
     """Force-remove and make sure it is gone: under load dockerd can leave a killed container behind
     ('removal in progress'), and the network it sits on then refuses to go."""
     from docker.errors import APIError, NotFound
+    from requests.exceptions import ConnectionError as EngineDown  # dockerd restarting: try again
     if container is None:
         return
     for _ in range(attempts):
@@ -59,12 +60,14 @@ def remove_container(container, attempts: int = 10) -> None:
             container.remove(force=True, v=True)
         except NotFound:
             return
-        except APIError:
+        except (APIError, EngineDown):
             pass
         try:
             container.reload()
         except NotFound:
             return
+        except EngineDown:
+            pass
         time.sleep(1.0)
 
 
@@ -89,3 +92,10 @@ def cleanup_leftovers(client, label: str, orphans_only: bool = False) -> list[st
         except APIError as exc:  # still in use by a container that is not ours: say so, keep going
             print(f"warning: network {n.name} not removed: {exc.explanation or exc}")
     return removed
+
+
+def remove_own(client) -> list[str]:
+    """Remove every container and network this process started, found by its owner label: the last
+    step of an interrupted task, after its context managers ran, for what they could not reach (one
+    being created as the signal landed, a removal that a second signal cut short)."""
+    return cleanup_leftovers(client, f"{OWNER}={owner()}")

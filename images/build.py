@@ -16,14 +16,19 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import docker
+from requests.exceptions import RequestException
+from urllib3.exceptions import ProtocolError
 
+from containers.engine import engine_started, wait_for_engine
 from containers.labels import labels, remove_container
 from containers.run import SCRIPTS, volumes
+from containers.volumes import release, small_fs
 from images import logs
 from images.fixes import fix_env, fixes, offline_inputs
 from images.sources import copy_tree
@@ -79,7 +84,8 @@ class Sampler:
 
     Memory is the container's usage less its inactive page cache (what `docker stats` shows; cgroup
     v1's max_usage counts cache too). Disk is the cell's workspace plus the container's writable
-    layer, so other work on the same disk does not count.
+    layer, so other work on the same disk does not count; the workspace alone is also kept (what
+    knobs.workspace_gb must hold: the container's layer is on Docker's own disk).
     """
 
     container: Any
@@ -87,6 +93,7 @@ class Sampler:
     every: float = 10.0
     peak_mem: float = 0.0
     disk_high: float = 0.0
+    workspace_high: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -95,11 +102,12 @@ class Sampler:
 
     def _disk(self) -> float:
         out = subprocess.run(["du", "-sb", str(self.workspace)], capture_output=True, text=True)
-        used = float(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0.0
+        used = float(out.stdout.split()[0]) if out.stdout else 0.0  # du exits 1 on a file gone mid-walk
+        self.workspace_high = max(self.workspace_high, used)
         try:
             [info] = self.container.client.api.containers(all=True, size=True, filters={"id": self.container.id})
             used += info.get("SizeRw") or 0
-        except docker.errors.DockerException:
+        except (docker.errors.DockerException, RequestException, ValueError):
             pass
         return used
 
@@ -111,7 +119,7 @@ class Sampler:
                 stats = mem.get("stats", {})
                 cache = stats.get("total_inactive_file", stats.get("inactive_file", 0))
                 self.peak_mem = max(self.peak_mem, (mem.get("usage") or 0) - cache)
-            except docker.errors.DockerException:
+            except (docker.errors.DockerException, RequestException):  # the engine may be restarting
                 pass
             if n % 6 == 0:  # du walks the build tree: once a minute is enough for a high-water mark
                 self.disk_high = max(self.disk_high, self._disk())
@@ -123,7 +131,9 @@ class Sampler:
         self._thread.join(timeout=30)
         self.disk_high = max(self.disk_high, self._disk())
         return {"peak_mem_gib": round(self.peak_mem / 2**30, 2), "disk_high_water_gb": round(self.disk_high / 1e9, 2),
-                "measured": "container memory less inactive cache; workspace + container layer disk"}
+                "workspace_high_water_gb": round(self.workspace_high / 1e9, 3),
+                "measured": "container memory less inactive cache; workspace + container layer disk; "
+                            "workspace alone (du, once a minute and at the end)"}
 
 
 @dataclass
@@ -142,22 +152,41 @@ class BuildInterrupted(KeyboardInterrupt):
     was interrupted, which is not the build's verdict, so no outcome is written for it."""
 
 
+class EngineLost(RuntimeError):
+    """The Docker engine stopped answering or restarted under a running phase (a restart kills every
+    container it runs). Not the build's verdict either: the build ends `engine-lost`, which a rerun
+    redoes (model.results.REDO_CATEGORIES), and the run goes on once the engine answers again."""
+
+    def __init__(self, message: str, phase: str, seconds: float) -> None:
+        super().__init__(message)
+        self.phase, self.seconds = phase, seconds
+
+
+# What a Docker API call raises when the engine goes away under it (urllib3's own when a stream is cut).
+ENGINE_GONE = (RequestException, ProtocolError, docker.errors.DockerException)
+
+
 class BuildContainer:
     """A long-lived container of the toolchain image; phases are exec'd into it. Always removed."""
 
     def __init__(self, client: docker.DockerClient, image: str, ws: Workspace, env: dict[str, str],
-                 log_dir: Path, on_line: OnLine | None = None) -> None:
+                 log_dir: Path, on_line: OnLine | None = None, mem_gib: float | None = None) -> None:
         self.client, self.image, self.ws, self.env = client, image, ws, env
         self.log_dir = log_dir
         self.on_line = on_line
+        self.mem_gib = mem_gib
         self.container = None
+        self._engine = engine_started()
 
     def __enter__(self) -> BuildContainer:
         # Long-lived (phases are exec'd into it, sharing its caches), so not a run_once; the toolkit's
         # labels let cleanup_leftovers find it after a crash.
+        limit = {}
+        if self.mem_gib is not None:  # swap as much as memory: over the limit the kernel's OOM killer acts
+            limit = {"mem_limit": int(self.mem_gib * 2**30), "memswap_limit": int(self.mem_gib * 2**30)}
         self.container = self.client.containers.run(
             self.image, ["sleep", "infinity"], detach=True, environment=self.env, shm_size="1g",
-            volumes=volumes(ro={SCRIPTS: RESOURCES}, rw=self.ws.mounts()), labels=labels("build"))
+            volumes=volumes(ro={SCRIPTS: RESOURCES}, rw=self.ws.mounts()), labels=labels("build"), **limit)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,6 +207,21 @@ class BuildContainer:
                 return True
             time.sleep(0.2)
 
+    def _stopped(self, name: str, ran_s: float, exc: BaseException | None = None) -> BaseException:
+        """Why the container stopped under phase `name`. The engine went away (a connection cut, not
+        an answer) or restarted: EngineLost, once it answers again so the container can be removed.
+        Else someone removed or killed the container: BuildInterrupted."""
+        cut = exc is not None and not isinstance(exc, docker.errors.APIError)  # APIError: the engine answered
+        what = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}" if exc else "the container stopped"
+        t0 = time.monotonic()
+        back = wait_for_engine(90.0)
+        restarted = engine_started() != self._engine
+        if not cut and not restarted and (not back or not self._alive(killed=False)):
+            return BuildInterrupted(f"the build container stopped while phase {name} ran ({what})")
+        how = "restarted" if restarted else "stopped answering"
+        after = f"it answered again after {time.monotonic() - t0:.0f} s" if back else "it still does not answer"
+        return EngineLost(f"the Docker engine {how} while phase {name} ran ({what}); {after}", name, ran_s)
+
     def run(self, phase: str, script: str | Path, env: dict[str, str] | None = None, attempt: int = 1,
             args: list[str] | tuple[str, ...] = ()) -> Attempt:
         """Exec a resources/ script (a Path, with args) or a command line (a str) in bash, streaming
@@ -191,27 +235,33 @@ class BuildContainer:
             shown = shlex.join(cmd[3:])
         else:
             cmd, shown = ["bash", "-o", "pipefail", "-c", script], script.strip()
-        exec_id = api.exec_create(self.container.id, cmd, environment={**self.env, **(env or {})}, workdir="/src")["Id"]
         t0 = time.monotonic()
         buf: list[str] = []
         pending = ""
         with open(path, "w") as fh:
             fh.write(f"# phase {phase} (attempt {attempt}) in {self.image}\n# $ {shown}\n")
-            for chunk in api.exec_start(exec_id, stream=True):
-                pending += chunk.decode(errors="replace")
-                *lines, pending = pending.split("\n")
-                for line in lines:
-                    fh.write(logs.stamp(time.monotonic() - t0, line) + "\n")
-                    buf.append(line)
-                    if self.on_line:
-                        self.on_line(phase, line)
-                fh.flush()
-            if pending:
-                fh.write(logs.stamp(time.monotonic() - t0, pending) + "\n")
-                buf.append(pending)
-            code = api.exec_inspect(exec_id)["ExitCode"]
-            if not self._alive(killed=code in (None, -1, 137)):
-                raise BuildInterrupted(f"the build container stopped while phase {name} ran")
+            try:
+                exec_id = api.exec_create(self.container.id, cmd, environment={**self.env, **(env or {})},
+                                          workdir="/src")["Id"]
+                for chunk in api.exec_start(exec_id, stream=True):
+                    pending += chunk.decode(errors="replace")
+                    *lines, pending = pending.split("\n")
+                    for line in lines:
+                        fh.write(logs.stamp(time.monotonic() - t0, line) + "\n")
+                        buf.append(line)
+                        if self.on_line:
+                            self.on_line(phase, line)
+                    fh.flush()
+                if pending:
+                    fh.write(logs.stamp(time.monotonic() - t0, pending) + "\n")
+                    buf.append(pending)
+                code = api.exec_inspect(exec_id)["ExitCode"]
+                alive = self._alive(killed=code in (None, -1, 137))
+            except ENGINE_GONE as exc:
+                fh.write(f"# the engine went away after {time.monotonic() - t0:.1f}s: {exc.__class__.__name__}\n")
+                raise self._stopped(name, time.monotonic() - t0, exc) from None
+            if not alive:
+                raise self._stopped(name, time.monotonic() - t0)
             fh.write(f"# exit {code} after {time.monotonic() - t0:.1f}s\n")
         return Attempt(name, code if code is not None else -1, time.monotonic() - t0, "\n".join(buf))
 
@@ -253,6 +303,8 @@ class Verdict(NamedTuple):
 
 
 PASSED = Verdict("pass", "success", (), "")
+ENGINE_LOST_REMEDY = ("the Docker engine went away under the build (a dockerd restart kills every container it "
+                      "runs): rerun to build again (a rerun redoes an engine-lost outcome; ccache keeps what compiled)")
 
 
 @dataclass
@@ -371,6 +423,7 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
     cell, ws = req.cell, req.ws
     started = time.time()
     t0 = time.monotonic()
+    release(ws.src / "build")  # a small filesystem a killed run left mounted there
     copy_tree(req.tree, ws.src)
     if req.clean:
         shutil.rmtree(ws.src / "build", ignore_errors=True)
@@ -381,13 +434,21 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
         "VLLM_TARGET_DEVICE": cell.target_device, "MAX_JOBS": str(cell.knobs.max_jobs), "CCACHE_DIR": "/cache/ccache",
         "PIP_CACHE_DIR": "/cache/pip", "CMAKE_ARGS": "", "DEPLOYLAB_PRE": ""})
     sampled: dict[str, Any] = {}
-    with BuildContainer(client, req.image, ws, st.env, log_dir, on_line) as bc:
+    limits = cell.knobs.limits(("build_mem_gib", "workspace_gb"))
+    with ExitStack() as stack:
+        if "workspace_gb" in limits:  # the build dir (where the compile writes) on a disk of that size
+            stack.enter_context(small_fs(ws.src / "build", limits["workspace_gb"]))
+        bc = stack.enter_context(BuildContainer(client, req.image, ws, st.env, log_dir, on_line,
+                                                mem_gib=limits.get("build_mem_gib")))
         sampler = Sampler(bc.container, ws.root)
         try:
             st.run_phases(bc, ws)
+        except EngineLost as exc:
+            st.attempts.append(AttemptRecord(phase=exc.phase, exit=-1, seconds=round(exc.seconds, 1)))
+            st.verdict = Verdict("fail", "engine-lost", (str(exc),), ENGINE_LOST_REMEDY)
         finally:
             sampled = sampler.stop()
-    details = st.details(sampled)
+    details = st.details({**sampled, "limits": limits or None})
     wheels = sorted(p.name for p in ws.wheels.glob("*.whl"))
     versions = {k: str(v) for k, v in (probe or {}).items() if k in ("gcc", "python", "cmake", "glibc", "nvcc", "os")}
     if details.torch:

@@ -74,6 +74,16 @@ def declared_probe(cell: Cell) -> dict[str, Any]:
             "os": f"{cell.distro.name} (declared; no image here)", "declared": True}
 
 
+def _limited(cell: Cell, probe: dict[str, Any]) -> dict[str, Any]:
+    """The probe as the build will find it: a build dir on a filesystem of knobs.workspace_gb has at
+    most that much free, whatever the image's own disk has."""
+    ws = cell.knobs.workspace_gb
+    if ws is None:
+        return probe
+    have = probe.get("disk_free_gb")
+    return {**probe, "disk_free_gb": ws if have in (None, "") else min(float(have), ws)}
+
+
 def preflight(ctx: Context, cell: Cell) -> StageOutcome:
     from images.gates import gates_from_tree, hosts_of
     from images.preflight import preflight
@@ -84,8 +94,8 @@ def preflight(ctx: Context, cell: Cell) -> StageOutcome:
         probe: dict[str, Any] = dict(ToolchainDetails.from_outcome(tc).probe)
         # Which of the hosts the tree fetches from a container of this image can reach (GitHub: no).
         probe["reachable"] = probe_reachability(ctx.client, cell.toolchain_tag, hosts_of(gates_from_tree(tree)))
-        return preflight(cell, tree, probe)
-    out = preflight(cell, tree, declared_probe(cell))
+        return preflight(cell, tree, _limited(cell, probe))
+    out = preflight(cell, tree, _limited(cell, declared_probe(cell)))
     if out.status == "gated":  # a dead end visible from declared facts alone is still a verdict
         return out
     gates = PreflightDetails.from_outcome(out).gates

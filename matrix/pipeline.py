@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from containers.engine import client as docker_client
+from containers.engine import client as docker_client, engine_gone
 
 from model.errors import UsageError
-from model.results import StageOutcome, fingerprint
+from model.results import REDO_CATEGORIES, StageOutcome, fingerprint
 from model.spec import Cell
 from model import stage as stagemod
 from model.stage import Stage, Timed
@@ -73,8 +73,12 @@ def identity(ctx: stagemod.Context, cell: Cell, stage: str) -> dict[str, Any]:
     """What an outcome of `stage` is made from: the cell's config, the engine source, and the stored
     outcomes it needs or reads. Equal identity: the stored outcome is still true and is kept."""
     spec = BY_NAME[stage]
-    return {"cell": cell.digest, "engine": ctx.engine_source(cell).label,
-            "inputs": {n: fingerprint(ctx.store.get(cell.id, n)) for n in (*spec.needs, *spec.reads)}}
+    ident = {"cell": cell.digest, "engine": ctx.engine_source(cell).label,
+             "inputs": {n: fingerprint(ctx.store.get(cell.id, n)) for n in (*spec.needs, *spec.reads)}}
+    limits = cell.knobs.limits(spec.knobs)
+    if limits:  # only when set: outcomes stored before these knobs existed keep their identity
+        ident["limits"] = limits
+    return ident
 
 
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -84,6 +88,8 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
         return "the cell's config changed"
     if old.get("engine") != new["engine"]:
         return f"engine {old.get('engine')} → {new['engine']}"
+    if old.get("limits") != new.get("limits"):
+        return f"limits {old.get('limits') or 'none'} → {new.get('limits') or 'none'}"
     redone = [n for n, fp in new["inputs"].items() if (old.get("inputs") or {}).get(n) != fp]
     return f"{', '.join(redone)} changed since" if redone else "inputs changed"
 
@@ -93,10 +99,11 @@ def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
     have = ctx.store.get(cell.id, stage)
     ident = identity(ctx, cell, stage)
     if have is not None and not ctx.force:
-        if have.identity == ident:
+        if have.identity == ident and have.category not in REDO_CATEGORIES:
             ctx.on_event(cell.id, stage, f"kept {have.status}")
             return have
-        ctx.on_event(cell.id, stage, f"stale ({_changed(have.identity, ident)}): running again")
+        why = f"{have.category} last time" if have.category in REDO_CATEGORIES else _changed(have.identity, ident)
+        ctx.on_event(cell.id, stage, f"stale ({why}): running again")
     t = Timed(cell, stage)
     if stage not in cell.knobs.stages:
         return ctx.store.write(t.done("skipped", category="not-selected", identity=ident,
@@ -112,8 +119,13 @@ def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
         raise
     except Exception as exc:  # a crash in one cell's stage is that cell's outcome, not the run's end
         tb = traceback.format_exc().strip().splitlines()
-        out = t.done("fail", category="internal-error", evidence=(f"{exc.__class__.__name__}: {exc}", *tb[-3:]),
-                     remediation="a deploylab bug: report it with this evidence")
+        if engine_gone(exc):  # dockerd restarted or stopped under the stage: redone by the next run
+            out = t.done("fail", category="engine-lost", evidence=(f"{exc.__class__.__name__}: {exc}", *tb[-3:]),
+                         remediation="the Docker engine stopped answering while the stage ran: rerun once it "
+                                     "answers (an engine-lost outcome is redone)")
+        else:
+            out = t.done("fail", category="internal-error", evidence=(f"{exc.__class__.__name__}: {exc}", *tb[-3:]),
+                         remediation="a deploylab bug: report it with this evidence")
     out = replace(out, started=t.started, seconds=t.elapsed, identity=ident)
     ctx.on_event(cell.id, stage, out.status)
     return ctx.store.write(out)

@@ -136,7 +136,9 @@ class BuildDetails(Details):
     env: dict[str, str] = {}  # the build env of the last attempt (empty values left out)
     peak_mem_gib: float | None = None
     disk_high_water_gb: float | None = None
-    measured: str | None = None  # how the two above were measured; None in early records
+    workspace_high_water_gb: float | None = None  # the cell's workspace alone (what knobs.workspace_gb must hold)
+    measured: str | None = None  # how the above were measured; None in early records
+    limits: dict[str, float] | None = None  # the limit knobs it ran under (build_mem_gib, workspace_gb)
 
     @property
     def torch_version(self) -> str:

@@ -38,6 +38,7 @@ Family = Literal["debian", "fedora"]
 CudaSource = Literal["auto", "nvidia-image", "nvidia-repo", "distro"]
 Stage = Literal[STAGE_NAMES]  # type: ignore[valid-type]
 TARGETS, FAMILIES, CUDA_SOURCES = get_args(Target), get_args(Family), get_args(CudaSource)
+LIMIT_KNOBS = ("build_mem_gib", "workspace_gb")  # "none" (the default) = no limit
 
 
 class KnobsLayer(Strict):
@@ -50,6 +51,8 @@ class KnobsLayer(Strict):
     cuda_version: str | None = None
     extra_packages: list[str] | None = None
     stages: list[Stage] | None = None
+    build_mem_gib: PositiveNumber | Literal["none"] | None = Field(None, description='a positive number (GiB) or "none"')
+    workspace_gb: PositiveNumber | Literal["none"] | None = Field(None, description='a positive number (GB) or "none"')
 
 
 class Override(KnobsLayer):
@@ -157,6 +160,14 @@ class Knobs:
     cuda_version: str
     extra_packages: tuple[str, ...]
     stages: tuple[str, ...]
+    # Limits the build runs under (None: the host's own); only the stages that name them in
+    # model.stages read them, so they stay out of Cell.digest.
+    build_mem_gib: float | None = None
+    workspace_gb: float | None = None
+
+    def limits(self, names: Iterable[str]) -> dict[str, float]:
+        """The limits among `names` that are set."""
+        return {n: v for n in names if (v := getattr(self, n)) is not None}
 
 
 @dataclass(frozen=True)
@@ -207,9 +218,11 @@ class Cell:
 
     @property
     def digest(self) -> str:
-        """What shapes this cell's results (distro, target, engine, knobs; not which stages run)."""
+        """What shapes this cell's results (distro, target, engine, knobs; not which stages run, nor
+        the limits that shape only some stages: model.stages names them per stage)."""
         data = dataclasses.asdict(self)
-        data["knobs"].pop("stages")
+        for name in ("stages", *LIMIT_KNOBS):
+            data["knobs"].pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def ci_entry(self) -> dict[str, Any]:
@@ -325,6 +338,7 @@ def expand(doc: dict[str, Any], source: str, machine: Machine) -> Matrix:
                 cuda=knobs["cuda"], cuda_version=knobs["cuda_version"],
                 extra_packages=tuple(knobs["extra_packages"]),
                 stages=tuple(knobs["stages"]),
+                **{k: None if knobs.get(k, "none") == "none" else float(knobs[k]) for k in LIMIT_KNOBS},
             ),
         ))
     ids = [c.id for c in cells]

@@ -19,6 +19,8 @@ class StageSpec:
     on_request: bool = False
     # outcomes it reads besides its needs (their change makes it stale too)
     reads: tuple[str, ...] = ()
+    # limit knobs (model.spec.LIMIT_KNOBS) that shape its outcome: a change makes it stale
+    knobs: tuple[str, ...] = ()
     what: str = ""
     # A first guess of its length on a 2-core machine (from the committed notes) where no earlier
     # record of the same cell exists; the estimate prefers that record.
@@ -30,9 +32,9 @@ TABLE: tuple[StageSpec, ...] = (
     StageSpec("base", ("render",), typical_s=180, what="the distro's base image: pull, else debootstrap + import"),
     StageSpec("toolchain", ("base",), typical_s=300, what="the build container image and its probe"),
     # Preflight reads the rendered Dockerfile when no toolchain image exists (Fedora here).
-    StageSpec("preflight", ("render",), reads=("toolchain",), typical_s=5, what="the engine's build gates against the toolchain"),
-    StageSpec("build", ("toolchain", "preflight"), typical_s=2820, what="vLLM + kvx from source in the container"),
-    StageSpec("rebuild", ("build",), on_request=True, typical_s=200, what="the same build warm (ccache)"),
+    StageSpec("preflight", ("render",), reads=("toolchain",), knobs=("workspace_gb",), typical_s=5, what="the engine's build gates against the toolchain"),
+    StageSpec("build", ("toolchain", "preflight"), knobs=("build_mem_gib", "workspace_gb"), typical_s=2820, what="vLLM + kvx from source in the container"),
+    StageSpec("rebuild", ("build",), on_request=True, knobs=("build_mem_gib", "workspace_gb"), typical_s=200, what="the same build warm (ccache)"),
     StageSpec("runtime", ("build",), typical_s=180, what="the runtime image from the built wheels"),
     StageSpec("smoke", ("runtime",), typical_s=100, what="the six-class mixed workload on the runtime image"),
     # The kvx extension is built even where vLLM is gated, so the oracle checks it there too.

@@ -1,0 +1,59 @@
+"""`invoke bench replay` interrupted for real (issue 17): SIGTERM while the peer client (`vllm bench
+serve`, in its own container) runs against the bench's vLLM engine, SIGINT while that engine starts.
+Either way the CLI exits 130 with one line, and no container of its owner is left: the engine and
+the peer's container are removed by the toolkit's context managers, and whatever those could not
+reach by the owner-label sweep that ends every interrupted task (testcontainers' reaper is off here).
+
+Runs from a temporary folder (`invoke -r ROOT`), so the bench's results/bench/replay lands there.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from containers.labels import OWNER, ROLE
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.faults, pytest.mark.docker, pytest.mark.timeout(900)]
+
+
+def _peer_running(c) -> bool:
+    return c.labels.get(ROLE) == "bench-peer" and any("vllm_bench_serve" in a for a in c.attrs["Config"]["Cmd"])
+
+
+def _engine_running(c) -> bool:
+    return c.labels.get(ROLE) == "smoke-engine"
+
+
+@pytest.mark.parametrize("sig,when", [(signal.SIGTERM, _peer_running), (signal.SIGINT, _engine_running)],
+                         ids=["sigterm-during-the-peer", "sigint-during-engine-start"])
+def test_interrupted_bench_exits_130_and_leaves_no_container(docker_client, tmp_path, sig, when):
+    cmd = [sys.executable, "-m", "invoke", "-r", str(ROOT), "bench", "replay", "--pairs", "4", "--model", "tiny",
+           "--concurrency", "2"]
+    # SIGINT reaches the CLI as a terminal's Ctrl-C would (a shell without job control starts
+    # background jobs with it ignored, and children inherit that).
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    mine = {"label": f"{OWNER}={socket.gethostname()}:{proc.pid}"}
+    t0 = time.monotonic()
+    hit = None
+    while hit is None and time.monotonic() - t0 < 600:
+        assert proc.poll() is None, proc.stdout.read()
+        hit = next((c for c in docker_client.containers.list(filters=mine) if when(c)), None)
+        time.sleep(0.5)
+    assert hit is not None, "the bench never reached the point of the fault"
+    time.sleep(2)  # inside it, not at its first instant
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out
+    assert "interrupted: results written so far are kept" in out and "Traceback" not in out, out
+    left = docker_client.containers.list(all=True, filters=mine)
+    assert not left, f"left behind: {[(c.name, c.labels.get(ROLE), c.status) for c in left]}"
+    assert not docker_client.networks.list(filters=mine)
+    print(f"bench {signal.Signals(sig).name} after {time.monotonic() - t0:.0f} s in: exit 130, nothing left")
