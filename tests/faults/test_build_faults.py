@@ -58,10 +58,10 @@ def lab(tmp_path, shared_cache):
     return tmp_path, spec, env
 
 
-def _matrix(lab, *sets: str) -> subprocess.Popen:
+def _matrix(lab, *sets: str, confirm_gates: bool = False) -> subprocess.Popen:
     tmp, spec, env = lab
     cmd = [sys.executable, "-m", "invoke", "matrix", "--spec", str(spec), "--vllm", str(TINY), "--run", "f",
-           *(x for s in sets for x in ("--set", s))]
+           *(x for s in sets for x in ("--set", s)), *(["--confirm-gates"] if confirm_gates else [])]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -126,7 +126,11 @@ def test_build_dir_on_a_small_disk_is_disk_full_and_preflight_predicted_it(lab, 
     pre = _outcome(lab, "preflight")
     [disk] = [g for g in pre["details"]["gates"] if g["kind"] == "disk"]
     assert (disk["status"], disk["found"], disk["need"]) == ("fail", "0.02", "0.1"), disk
+    assert (pre["status"], pre["category"]) == ("gated", "disk-full"), "preflight predicts the full disk"
     assert pre["identity"]["limits"] == {"workspace_gb": 0.02}
+    assert _outcome(lab, "build")["status"] == "skipped"
+    run = _matrix(lab, "workspace_gb=0.02", confirm_gates=True)  # the user builds anyway: the disk fills
+    _finish(run)
     build = _outcome(lab, "build")
     assert (build["status"], build["category"]) == ("fail", "disk-full"), build["evidence"]
     assert any("No space left on device" in e for e in build["evidence"]), build["evidence"]
