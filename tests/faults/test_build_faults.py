@@ -202,5 +202,5 @@ def test_dockerd_restarted_mid_build_is_engine_lost_and_a_rerun_builds(lab, dock
     assert "build      stale (engine-lost last time)" in out, out
     assert _outcome(lab, "build")["status"] == "pass"
     _intact(lab, docker_client, first.pid, second.pid)
-    print(f"engine-lost: dockerd restart {restart_s:.0f} s, fault run {faulted_s:.0f} s, "
+    print(f"engine-lost ({build['evidence'][0][:90]}...): dockerd restart {restart_s:.0f} s, fault run {faulted_s:.0f} s, "
           f"rerun {time.monotonic() - t0 - faulted_s:.0f} s")
