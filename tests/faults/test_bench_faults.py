@@ -1,5 +1,5 @@
 """`invoke bench replay` interrupted for real (issue 17): SIGTERM while the peer client (`vllm bench
-serve`, in its own container) runs against the bench's vLLM engine, SIGINT while that engine starts.
+serve`, in its own container) runs against the bench's vLLM engine, and SIGINT while that engine starts.
 Either way the CLI exits 130 with one line, and no container of its owner is left: the engine and
 the peer's container are removed by the toolkit's context managers, and whatever those could not
 reach by the owner-label sweep that ends every interrupted task (testcontainers' reaper is off here).
