@@ -98,6 +98,9 @@ def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
     """Run one stage (or reuse its stored outcome while its identity holds) and store the result."""
     have = ctx.store.get(cell.id, stage)
     ident = identity(ctx, cell, stage)
+    # --confirm-gates lifts a skip that a gated preflight caused: that skip is judged again.
+    if have is not None and ctx.confirm_gates and have.status == "skipped" and have.category == "upstream-preflight":
+        have = None
     if have is not None and not ctx.force:
         if have.identity == ident and have.category not in REDO_CATEGORIES:
             ctx.on_event(cell.id, stage, f"kept {have.status}")
