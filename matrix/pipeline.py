@@ -94,15 +94,27 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
     return f"{', '.join(redone)} changed since" if redone else "inputs changed"
 
 
-def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
-    """Run one stage (or reuse its stored outcome while its identity holds) and store the result."""
-    have = ctx.store.get(cell.id, stage)
-    ident = identity(ctx, cell, stage)
+def _stored(ctx: Context, cell: Cell, stage: str) -> StageOutcome | None:
+    have = None if ctx.force else ctx.store.get(cell.id, stage)
     # --confirm-gates lifts a skip that a gated preflight caused: that skip is judged again.
     if have is not None and ctx.confirm_gates and have.status == "skipped" and have.category == "upstream-preflight":
-        have = None
-    if have is not None and not ctx.force:
-        if have.identity == ident and have.category not in REDO_CATEGORIES:
+        return None
+    return have
+
+
+def reusable(ctx: Context, cell: Cell, stage: str) -> StageOutcome | None:
+    """The stored outcome run_stage keeps as it stands (identity unchanged, not a category to redo)."""
+    have = _stored(ctx, cell, stage)
+    if have is not None and have.identity == identity(ctx, cell, stage) and have.category not in REDO_CATEGORIES:
+        return have
+    return None
+
+
+def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
+    """Run one stage (or reuse its stored outcome while its identity holds) and store the result."""
+    have, ident = _stored(ctx, cell, stage), identity(ctx, cell, stage)
+    if have is not None:
+        if reusable(ctx, cell, stage) is not None:
             ctx.on_event(cell.id, stage, f"kept {have.status}")
             return have
         why = f"{have.category} last time" if have.category in REDO_CATEGORIES else _changed(have.identity, ident)

@@ -37,17 +37,21 @@ def estimate(store: ResultsStore, cell: str, stage: str) -> float:
 
 def plan(ctx: Context, cells: Iterable[Cell], stages: Iterable[str]) -> list[str]:
     """One line per cell: the stages it will run (with estimates) and those it keeps."""
+    from matrix.pipeline import reusable
     chosen = set(stages)
     lines, total = [], 0.0
     for cell in cells:
-        run, kept = [], []
+        run, kept, redone = [], [], set()
         for stage in NAMES:
             if stage not in chosen:
                 continue
-            have = None if ctx.force else ctx.store.get(cell.id, stage)
-            if have is not None:
+            spec = BY_NAME[stage]
+            have = reusable(ctx, cell, stage)
+            if have is not None and not redone & {*spec.needs, *spec.reads}:
                 kept.append(f"{stage} ({have.status})")
-            elif stage in cell.knobs.stages:
+                continue
+            redone.add(stage)  # what reads it will run again too (run_stage's identity check)
+            if stage in cell.knobs.stages:
                 secs = estimate(ctx.store, cell.id, stage)
                 total += secs
                 run.append(f"{stage} ~{_fmt(secs)}")

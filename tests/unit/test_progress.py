@@ -17,8 +17,9 @@ def test_plan_names_what_runs_what_is_kept_and_estimates_from_earlier_records(tm
     old = ResultsStore(tmp_path, "earlier")
     old.write(StageOutcome(cell=cell.id, stage="build", status="pass", started=1.0, seconds=3000.0))
     store = ResultsStore(tmp_path, "now")
-    store.write(StageOutcome(cell=cell.id, stage="render", status="pass", started=2.0))
     ctx = pipeline.Context(store=store, work=tmp_path)
+    store.write(StageOutcome(cell=cell.id, stage="render", status="pass", started=2.0,
+                             identity=pipeline.identity(ctx, cell, "render")))
     assert estimate(store, cell.id, "build") == 3000.0          # the last record of the same cell
     assert estimate(store, cell.id, "runtime") == BY_NAME["runtime"].typical_s  # else the table's
     lines = plan(ctx, [cell], ["render", "build", "runtime"])
@@ -37,3 +38,18 @@ def test_a_log_gets_a_line_per_tenth_of_a_phase(tmp_path, default_matrix):
     lines = [ln for ln in out.getvalue().splitlines() if "wheel [" in ln]
     # the phase's start, then each tenth
     assert len(lines) == 11 and "[1/100]" in lines[0] and "[10/100]" in lines[1] and "[100/100]" in lines[-1]
+
+
+def test_the_plan_keeps_only_what_the_run_will_keep(tmp_path, default_matrix):
+    """A stored outcome whose identity no longer holds, or that reads one that will be redone, runs again
+    (B's report, session 7: the plan said 'keep build (fail)' for a build the run then redid)."""
+    cell = default_matrix.get("debian-trixie-cpu")
+    store = ResultsStore(tmp_path, "now")
+    ctx = pipeline.Context(store=store, work=tmp_path)
+    for stage, status in (("render", "pass"), ("build", "fail"), ("runtime", "pass")):
+        store.write(StageOutcome(cell=cell.id, stage=stage, status=status, started=1.0,
+                                 category="engine-lost" if stage == "build" else "",
+                                 identity=pipeline.identity(ctx, cell, stage)))
+    line = plan(ctx, [cell], ["render", "build", "runtime"])[0]
+    # engine-lost is redone, and the runtime that reads the build goes with it
+    assert line.startswith(f"{cell.id}: run build ~") and line.endswith(", runtime ~3 min; keep render (pass)"), line
