@@ -664,6 +664,22 @@ __device__ __forceinline__ void fold_halves(float (&acc)[16][4]) {
   }
 }
 
+// Each warp's rows for the cross-warp merge (merge_groups): l summed over the quad sharing a row,
+// then acc, m and l into s_acc [MMA_WARPS][MMA_R][MMA_D], s_m and s_l [MMA_WARPS][MMA_R]. Every lane
+// must call it (the shuffles); the caller syncs before (smem may alias the K/V stages) and after.
+__device__ __forceinline__ void stash_warp_rows(float* s_acc, float* s_m, float* s_l, const float (&acc)[16][4],
+                                                float m_run, float& l_run, int warp, int g, int t) {
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  if (g >= MMA_R) return;
+#pragma unroll
+  for (int n = 0; n < 16; ++n) {
+    s_acc[(warp * MMA_R + g) * MMA_D + n * 8 + 2 * t] = acc[n][0];
+    s_acc[(warp * MMA_R + g) * MMA_D + n * 8 + 2 * t + 1] = acc[n][1];
+  }
+  if (t == 0) s_m[warp * MMA_R + g] = m_run, s_l[warp * MMA_R + g] = l_run;
+}
+
 // Q fragments (A operand) of this lane: row g < 4 the bf16 hi part of query row g, row g >= 4 the
 // lo part of query row g - 4 (rows 8..15 are zero); query rows past rows.n are zero.
 __device__ __forceinline__ void load_q_frags(const Args& a, const Rows& rows, int kvh, int g, int t,
@@ -803,21 +819,12 @@ __global__ void __launch_bounds__(THREADS, MINB) mma_kernel(Args a) {
   cp_async_wait<0>();
   fold_halves(acc);
   __syncthreads();
-  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
-  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
   // merge the warps (token groups), then one partial per row, as partial_kernel does
   constexpr int NG = MMA_WARPS, D = MMA_D, RMAX = MMA_R;
   float* s_acc = smem;
   float* s_m = s_acc + NG * RMAX * D;
   float* s_l = s_m + NG * RMAX;
-  if (g < RMAX) {
-#pragma unroll
-    for (int n = 0; n < 16; ++n) {
-      s_acc[(warp * RMAX + g) * D + n * 8 + 2 * t] = acc[n][0];
-      s_acc[(warp * RMAX + g) * D + n * 8 + 2 * t + 1] = acc[n][1];
-    }
-    if (t == 0) s_m[warp * RMAX + g] = m_run, s_l[warp * RMAX + g] = l_run;
-  }
+  stash_warp_rows(s_acc, s_m, s_l, acc, m_run, l_run, warp, g, t);
   __syncthreads();
   // one split: the CTA holds the whole row, so it writes the output itself (no combine)
   const bool direct = a.fuse && gridDim.x == 1;

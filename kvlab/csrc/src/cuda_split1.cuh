@@ -76,21 +76,12 @@ __global__ void __launch_bounds__(THREADS, 1) split1_kernel(Args a) {
   cp_async_wait<0>();
   fold_halves(acc);
   __syncthreads();
-  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
-  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
   // merge the warps (token groups) in shared memory, as mma_kernel does
   constexpr int NG = MMA_WARPS, D = MMA_D, RMAX = MMA_R;
   float* s_acc = smem;
   float* s_m = s_acc + NG * RMAX * D;
   float* s_l = s_m + NG * RMAX;
-  if (g < RMAX) {
-#pragma unroll
-    for (int n = 0; n < 16; ++n) {
-      s_acc[(warp * RMAX + g) * D + n * 8 + 2 * t] = acc[n][0];
-      s_acc[(warp * RMAX + g) * D + n * 8 + 2 * t + 1] = acc[n][1];
-    }
-    if (t == 0) s_m[warp * RMAX + g] = m_run, s_l[warp * RMAX + g] = l_run;
-  }
+  stash_warp_rows(s_acc, s_m, s_l, acc, m_run, l_run, warp, g, t);
   __syncthreads();
   const bool direct = S == 1;  // one split holds the whole row: the output itself
   const float vs = a.p.v_scale ? a.p.v_scale[kvh] : 1.f;
