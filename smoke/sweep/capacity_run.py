@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from model import settings
@@ -21,6 +21,7 @@ from model.errors import UsageError
 from smoke import mix as mixmod, profiles as profmod, replay
 from smoke.sweep import capacity as cap, capacity_assemble as assemble, capacity_report as rep, lanes as lanemod
 from smoke.sweep.capacity_plan import requests_per_session
+from smoke.sweep.capacity_rules import Rules
 from smoke.sweep.capacity_runner import CALIBRATION, Experiment, Store, calibrate, bounds_of
 
 SOURCE_IMAGE = "deploylab/runtime:debian-trixie-cpu"     # the source-built vLLM 0.33.0 (matrix cell)
@@ -67,19 +68,34 @@ def image_preloads_tcmalloc(client, image: str) -> bool:
     return any(e.startswith("LD_PRELOAD=") and "tcmalloc" in e for e in env)
 
 
-def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path, say: Callable[[str], None] = print,
-                 report_only: bool = False) -> Path:
+@dataclass
+class Setup:
+    """Everything checked and resolved before the first container: what a run and its pools need."""
+    rules: Rules
+    mix: mixmod.Mix
+    profiles: dict[str, profmod.Profile]
+    client: object
+    image: str
+    engine: str                                      # e.g. "vllm 0.33.0"
+    args: dict[str, dict[str, tuple[str, ...]]]      # profile → pool → engine args
+    model_dir: Path
+    cores: list[int]
+    lanes: dict[str, tuple[lanemod.Lane, ...]] = field(default_factory=dict)   # set after calibration
+
+    @property
+    def reference(self) -> profmod.Profile:
+        return self.profiles[self.rules.equal_load.reference]
+
+
+def prepare(opts: CapacityOptions, rules: Rules | None = None) -> Setup:
+    """Check the mix, profiles and knobs against the engine image; build the test model. No pool yet."""
     from containers.engine import client as docker_client
     from smoke.image import DEFAULT_TAG
     from smoke.server import ensure_model
     from smoke.sweep import knobs
     from smoke.sweep.pools import probe_engine
     from smoke.sweep.runner import CAPS_CACHE, host_cpus
-
-    repo = settings.ROOT
-    commit = rep.score_commit(repo)
-    rep.check_pre_registered(repo, commit)         # no run, and no report, on a score that moved
-    rules = cap.load_rules()
+    rules = rules or cap.load_rules()
     mix = mixmod.load(opts.mix)
     if (names := sorted(c.name for c in mix.classes)) != sorted(rules.slo.classes):
         raise UsageError(f"{mix.source}: classes {', '.join(names)}; capacity.toml slo.classes names "
@@ -91,60 +107,80 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
     if ref not in profs:
         raise UsageError(f"--profiles: the reference profile {ref!r} (capacity.toml equal_load.reference) must be run "
                          "(the calibration uses its knobs)")
+    cores = host_cpus()
+    if opts.engine_cpus > len(cores):
+        raise UsageError(f"--engine-cpus: {opts.engine_cpus:g} > the host's {len(cores)} cores")
     client = docker_client(timeout=3600)
     image = pick_image(client, opts.image)
     caps = probe_engine(client, image, CAPS_CACHE)
     args = {p.name: {pool.name: knobs.translate(pool.knob_dict, caps, f"{p.source}: pools.{pool.name}.knobs")
                      for pool in p.pools} for p in profs.values()}
     model_dir = ensure_model(client, DEFAULT_TAG, opts.model_size)   # the vllm-cpu image has transformers
-    cores = host_cpus()
-    if opts.engine_cpus > len(cores):
-        raise UsageError(f"--engine-cpus: {opts.engine_cpus:g} > the host's {len(cores)} cores")
-    store = Store(results / run / "capacity")
-    pilot = opts.pilot(len(profmod.registered()))
-    plan = store.plan({
-        "profiles": list(profs), "mix": mix.name, "mix_sha256": mix.sha256, "engine_image": image,
-        "image_id": client.images.get(image).id, "engine": caps.label, "model": f"{opts.model_size} random-weight Llama "
-        f"({model_dir.name}, make_model.py)", "engine_cpus": opts.engine_cpus, "cores": ",".join(map(str, cores)),
-        "score_commit": commit, "rates": list(opts.rates), "equal_load": opts.equal_load, "pilot": pilot})
-    skip = () if image_preloads_tcmalloc(client, image) else tuple(v for v in rules.equal_load.variants
-                                                                   if v.endswith("/no-tcmalloc"))
-    if skip and opts.equal_load:
-        say(f"{image} preloads no tcmalloc: {', '.join(skip)} not run (C7 cannot be measured on it)")
+    return Setup(rules, mix, profs, client, image, caps.label, args, model_dir, cores)
 
-    per_session = requests_per_session(mix)
+
+def pool_factory(setup: Setup, store: Store, opts: CapacityOptions):
+    """(profile name | CALIBRATION, modifier) → a context manager of started pools (capacity_pools)."""
+    ref = setup.reference
+    base = ref.pool(ref.default_pool)
+    calib = profmod.Profile(CALIBRATION, "(calibration)", "one replica, one CPU, the reference's knobs",
+                            (replace(base, replicas=1),), base.name, ())
     ropts = replay.ReplayOptions(max_concurrency=opts.max_concurrency, request_timeout_s=opts.request_timeout_s)
-    base = profs[ref].pool(profs[ref].default_pool)
-    calib_profile = profmod.Profile(CALIBRATION, "(calibration)", "one replica, one CPU, the reference's knobs",
-                                    (replace(base, replicas=1),), base.name, ())
-    lanes: dict[str, tuple[lanemod.Lane, ...]] = {}
 
     @contextmanager
     def pools(name: str, mod: str) -> Iterator[object]:
         from smoke.sweep.capacity_pools import open_pools
         if name == CALIBRATION:
-            prof, ls, a = calib_profile, (lanemod.Lane(base.name, 0, f"{base.name}-0", 1.0, str(cores[0])),), args[ref]
+            prof, ls = calib, (lanemod.Lane(base.name, 0, f"{base.name}-0", 1.0, str(setup.cores[0])),)
+            args = setup.args[ref.name]
         else:
-            prof, ls, a = profs[name], lanes[name], args[name]
+            prof, ls, args = setup.profiles[name], setup.lanes[name], setup.args[name]
         env = {"LD_PRELOAD": ""} if mod == "no-tcmalloc" else {}
         log = store.root / "logs" / f"{name}{'+' + mod if mod else ''}"
-        with open_pools(client, image, model_dir, prof, ls, a, log, env=env, startup_timeout_s=opts.startup_timeout_s,
-                        opts=ropts, cores=cores) as p:
+        with open_pools(setup.client, setup.image, setup.model_dir, prof, ls, args, log, env=env,
+                        startup_timeout_s=opts.startup_timeout_s, opts=ropts, cores=setup.cores) as p:
             yield p
+    return pools
 
+
+def size_lanes(setup: Setup, store: Store, calibration: dict, engine_cpus: float) -> None:
+    per_session = requests_per_session(setup.mix)
+    for name, p in setup.profiles.items():
+        setup.lanes[name] = lanemod.size(p, per_session, calibration["service_s"], engine_cpus, setup.cores)
+    store.put_state(lanes={n: [asdict(x) for x in ls] for n, ls in setup.lanes.items()})
+
+
+def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path, say: Callable[[str], None] = print,
+                 report_only: bool = False) -> Path:
+    repo = settings.ROOT
+    commit = rep.score_commit(repo)
+    rep.check_pre_registered(repo, commit)         # no run, and no report, on a score that moved
+    setup = prepare(opts)
+    rules, client, image = setup.rules, setup.client, setup.image
+    store = Store(results / run / "capacity")
+    pilot = opts.pilot(len(profmod.registered()))
+    plan = store.plan({
+        "profiles": list(setup.profiles), "mix": setup.mix.name, "mix_sha256": setup.mix.sha256, "engine_image": image,
+        "image_id": client.images.get(image).id, "engine": setup.engine, "model": f"{opts.model_size} random-weight "
+        f"Llama ({setup.model_dir.name}, make_model.py)", "engine_cpus": opts.engine_cpus,
+        "cores": ",".join(map(str, setup.cores)), "score_commit": commit, "rates": list(opts.rates),
+        "equal_load": opts.equal_load, "pilot": pilot})
+    skip = () if image_preloads_tcmalloc(client, image) else tuple(v for v in rules.equal_load.variants
+                                                                   if v.endswith("/no-tcmalloc"))
+    if skip and opts.equal_load:
+        say(f"{image} preloads no tcmalloc: {', '.join(skip)} not run (C7 cannot be measured on it)")
+    pools = pool_factory(setup, store, opts)
     if report_only:
         calibration = store.calibration()
         if calibration is None:
             raise UsageError(f"{store.root}: no calibration stored: run `invoke capacity` without --report-only first")
     else:
-        calibration = calibrate(store, mix, rules, pools, say)
-    for name, p in profs.items():
-        lanes[name] = lanemod.size(p, per_session, calibration["service_s"], opts.engine_cpus, cores)
-    store.put_state(lanes={n: [asdict(x) for x in ls] for n, ls in lanes.items()})
-    exp = Experiment(rules, mix, list(profs), store, pools, say, rates=opts.rates, equal_load=opts.equal_load,
-                     bounds=bounds_of(calibration), skip_variants=skip)
+        calibration = calibrate(store, setup.mix, rules, pools, say)
+    size_lanes(setup, store, calibration, opts.engine_cpus)
+    exp = Experiment(rules, setup.mix, list(setup.profiles), store, pools, say, rates=opts.rates,
+                     equal_load=opts.equal_load, bounds=bounds_of(calibration), skip_variants=skip)
     if not report_only:
-        for name, ls in lanes.items():
+        for name, ls in setup.lanes.items():
             say(f"lanes {name}: " + ", ".join(f"{x.host} {x.cpus:g} CPUs (cores {x.threads})" for x in ls))
         exp.run()
     elapsed = exp.elapsed_s() + calibration["startup_s"] + calibration["wall_s"]   # the budget counts calibration
