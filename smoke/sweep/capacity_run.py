@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -129,6 +129,7 @@ def pool_factory(setup: Setup, store: Store, opts: CapacityOptions):
 
     @contextmanager
     def pools(name: str, mod: str) -> Iterator[object]:
+        from smoke.server import ServerFailed
         from smoke.sweep.capacity_pools import open_pools
         if name == CALIBRATION:
             prof, ls = calib, (lanemod.Lane(base.name, 0, f"{base.name}-0", 1.0, str(setup.cores[0])),)
@@ -137,8 +138,15 @@ def pool_factory(setup: Setup, store: Store, opts: CapacityOptions):
             prof, ls, args = setup.profiles[name], setup.lanes[name], setup.args[name]
         env = {"LD_PRELOAD": ""} if mod == "no-tcmalloc" else {}
         log = store.root / "logs" / f"{name}{'+' + mod if mod else ''}"
-        with open_pools(setup.client, setup.image, setup.model_dir, prof, ls, args, log, env=env,
-                        startup_timeout_s=opts.startup_timeout_s, opts=ropts, cores=setup.cores) as p:
+        with ExitStack() as stack:
+            try:
+                p = stack.enter_context(open_pools(setup.client, setup.image, setup.model_dir, prof, ls, args, log,
+                                                   env=env, startup_timeout_s=opts.startup_timeout_s, opts=ropts,
+                                                   cores=setup.cores))
+            except ServerFailed as exc:   # one line; what ran so far is stored and a rerun resumes
+                lines = [x for x in str(exc).splitlines() if x.strip()] or [""]
+                raise UsageError(f"{name}{'/' + mod if mod else ''}: pools did not start ({lines[0][:200]} ... "
+                                 f"{lines[-1][:200]}); logs in {log}; rerun to resume") from None
             yield p
     return pools
 

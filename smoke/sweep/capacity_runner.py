@@ -270,6 +270,8 @@ class Experiment:
         need = self.rules.repetitions.per_point if variant else min(k, self.rules.repetitions.per_point)
         tag = f"{'eq-' if variant else ''}{label.replace('/', '+')}-r{rate:g}-s{seed}-p{k}"
         d = self.store.run_dir(tag)
+        for f in d.iterdir():       # an interrupted attempt of this very run: its partial files go
+            f.unlink()
         self.say(f"[{self._elapsed()} pass {k}/{self.rules.repetitions.per_point}] {label} @ {rate:g} sessions/s, "
                  f"rep {ok + 1}/{need}, seed {seed}: {len(trace.requests)} requests over {duration:.0f} s")
         t = self.clock()
