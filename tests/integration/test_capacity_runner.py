@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 
 from model.errors import UsageError
-from smoke.sweep import capacity as cap, capacity_assemble as assemble, capacity_runner as cr
+from smoke.sweep import capacity as cap, capacity_assemble as assemble, capacity_runner as cr, hostload
 from tests.integration.test_capacity_guard import repo  # noqa: F401  (the fixture: a git repo holding the score)
 from tests.unit.test_capacity_runner import BOUNDS, FAST, KneePools, experiment
 
@@ -73,6 +73,7 @@ def test_a_tiny_calibration_and_one_point_on_the_real_engine(docker_client, tmp_
             for cid in p.container_ids[:-1]:            # the last one is nginx
                 attrs = docker_client.containers.get(cid).attrs
                 seen[name] = (attrs["HostConfig"]["NanoCpus"], [e for e in attrs["Config"]["Env"] if "OMP" in e])
+                assert hostload.container_cpu_seconds(cid, hostload.docker_stats(docker_client)) > 0  # it started: CPU used
             yield p
 
     calib = cr.calibrate(store, setup.mix, rules, watched, say=print)
@@ -87,6 +88,7 @@ def test_a_tiny_calibration_and_one_point_on_the_real_engine(docker_client, tmp_
     (e,) = store.entries()
     assert seen["one"] == (1_000_000_000, ["VLLM_CPU_OMP_THREADS_BIND=0"])
     assert sum(e["requests"].values()) > 0 and 0 <= e["foreign_cpu_share"] <= 1 and len(e["load1"]) == 2
+    assert e["ours_cpu_share"] > 0                  # the replica's cgroup and this process were counted as ours
     assert math.isfinite(e["server_ttft_mean_ms"]) and e["client_ttft_mean_ms"] >= e["server_ttft_mean_ms"] * 0.5
     # The router's log named the replica of every request the replay sent (request id → main-0).
     recs = cr.read_xz_records(store.root / e["dir"] / "records.jsonl.xz")
