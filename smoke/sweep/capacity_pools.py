@@ -28,6 +28,10 @@ from smoke.sweep.pools import LABEL, ROLE, sweep_network
 from smoke.workload import Trace
 
 TTFT = "vllm:time_to_first_token_seconds"
+# C7's "same image without the tcmalloc preload": the image's entrypoint runs as built (it may add the
+# preload itself), then this drops every entry of LD_PRELOAD whose file name names tcmalloc.
+NO_TCMALLOC = ("bash", "-c", 'IFS=:; keep=(); for p in $LD_PRELOAD; do [[ ${p##*/} == *tcmalloc* ]] || keep+=("$p"); done; '
+               'export LD_PRELOAD="${keep[*]}"; unset IFS; exec "$@"', "no-tcmalloc")
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class Pools:
     stats: object
     startup_s: float
     opts: replay.ReplayOptions
+    tcmalloc: dict[str, bool]            # replica host → libtcmalloc mapped into its server process
 
     def replay(self, trace: Trace, records_path: Path, tag: str) -> Measured:
         from dataclasses import replace
@@ -93,7 +98,7 @@ class Pools:
 def open_pools(client, image: str, model_dir: Path, profile: Profile, lanes: Sequence[Lane],
                args: Mapping[str, Sequence[str]], log_dir: Path, *, env: Mapping[str, str] | None = None,
                startup_timeout_s: float = 600.0, opts: replay.ReplayOptions = replay.ReplayOptions(),
-               cores: Sequence[int] = ()) -> Iterator[Pools]:
+               cores: Sequence[int] = (), no_tcmalloc: bool = False) -> Iterator[Pools]:
     """Start the profile's replicas (quota'd lanes) and its router; yield Pools; remove all after."""
     from smoke.server import engine_server
     labels = {LABEL: ROLE, "org.deploylab.capacity-profile": profile.name}
@@ -106,7 +111,7 @@ def open_pools(client, image: str, model_dir: Path, profile: Profile, lanes: Seq
             srv = engine_server(image, model_dir, tuple(args[lane.pool]), role=ROLE, cpus=cpuset, quota_cpus=lane.cpus,
                                 env={"VLLM_CPU_OMP_THREADS_BIND": lane.threads, **(env or {})}, network=net,
                                 aliases=(lane.host,), labels=labels, log_path=log_dir / f"{lane.host}.log",
-                                name=f"{lane.host} ({lane.cpus:g} CPUs)")
+                                name=f"{lane.host} ({lane.cpus:g} CPUs)", wrap=NO_TCMALLOC if no_tcmalloc else ())
             stack.callback(srv.stop)
             started.append((lane, srv.start()))
         for _, srv in started:
@@ -119,5 +124,12 @@ def open_pools(client, image: str, model_dir: Path, profile: Profile, lanes: Seq
         with nginx.nginx_router(conf, net, labels) as router:
             ids.append(router.server.id)
             yield Pools(profile.name, router, {lane.host: srv.url for lane, srv in started}, ip_host, ids,
-                        hostload.docker_stats(client), time.monotonic() - t0, opts)
+                        hostload.docker_stats(client), time.monotonic() - t0, opts,
+                        {lane.host: tcmalloc_mapped(client, srv.id) for lane, srv in started})
             (log_dir / "router-access.jsonl").write_text("".join(x + "\n" for x in router.log_lines()))
+
+
+def tcmalloc_mapped(client, container_id: str) -> bool:
+    """Whether the server process (PID 1 after the entrypoint's exec) has libtcmalloc mapped."""
+    res = client.containers.get(container_id).exec_run(["grep", "-c", "tcmalloc", "/proc/1/maps"])
+    return res.exit_code == 0 and int(res.output.decode().strip() or 0) > 0

@@ -63,11 +63,6 @@ def pick_image(client, image: str) -> str:
     return DEFAULT_TAG
 
 
-def image_preloads_tcmalloc(client, image: str) -> bool:
-    env = client.images.get(image).attrs.get("Config", {}).get("Env") or []
-    return any(e.startswith("LD_PRELOAD=") and "tcmalloc" in e for e in env)
-
-
 @dataclass
 class Setup:
     """Everything checked and resolved before the first container: what a run and its pools need."""
@@ -136,17 +131,18 @@ def pool_factory(setup: Setup, store: Store, opts: CapacityOptions):
             args = setup.args[ref.name]
         else:
             prof, ls, args = setup.profiles[name], setup.lanes[name], setup.args[name]
-        env = {"LD_PRELOAD": ""} if mod == "no-tcmalloc" else {}
         log = store.root / "logs" / f"{name}{'+' + mod if mod else ''}"
         with ExitStack() as stack:
             try:
                 p = stack.enter_context(open_pools(setup.client, setup.image, setup.model_dir, prof, ls, args, log,
-                                                   env=env, startup_timeout_s=opts.startup_timeout_s, opts=ropts,
-                                                   cores=setup.cores))
+                                                   startup_timeout_s=opts.startup_timeout_s, opts=ropts,
+                                                   cores=setup.cores, no_tcmalloc=mod == "no-tcmalloc"))
             except ServerFailed as exc:   # one line; what ran so far is stored and a rerun resumes
                 lines = [x for x in str(exc).splitlines() if x.strip()] or [""]
                 raise UsageError(f"{name}{'/' + mod if mod else ''}: pools did not start ({lines[0][:200]} ... "
                                  f"{lines[-1][:200]}); logs in {log}; rerun to resume") from None
+            if mod == "no-tcmalloc" and any(p.tcmalloc.values()):
+                raise UsageError(f"{name}/no-tcmalloc: tcmalloc is still mapped in {sorted(h for h, v in p.tcmalloc.items() if v)}")
             yield p
     return pools
 
@@ -173,10 +169,6 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
         f"Llama ({setup.model_dir.name}, make_model.py)", "engine_cpus": opts.engine_cpus,
         "cores": ",".join(map(str, setup.cores)), "score_commit": commit, "rates": list(opts.rates),
         "equal_load": opts.equal_load, "pilot": pilot})
-    skip = () if image_preloads_tcmalloc(client, image) else tuple(v for v in rules.equal_load.variants
-                                                                   if v.endswith("/no-tcmalloc"))
-    if skip and opts.equal_load:
-        say(f"{image} preloads no tcmalloc: {', '.join(skip)} not run (C7 cannot be measured on it)")
     pools = pool_factory(setup, store, opts)
     if report_only:
         calibration = store.calibration()
@@ -184,6 +176,9 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
             raise UsageError(f"{store.root}: no calibration stored: run `invoke capacity` without --report-only first")
     else:
         calibration = calibrate(store, setup.mix, rules, pools, say)
+    skip = () if calibration["tcmalloc"] else tuple(v for v in rules.equal_load.variants if v.endswith("/no-tcmalloc"))
+    if skip and opts.equal_load:
+        say(f"{image}: no tcmalloc in the server process: {', '.join(skip)} not run (C7 cannot be measured on it)")
     size_lanes(setup, store, calibration, opts.engine_cpus)
     exp = Experiment(rules, setup.mix, list(setup.profiles), store, pools, say, rates=opts.rates,
                      equal_load=opts.equal_load, bounds=bounds_of(calibration), skip_variants=skip)

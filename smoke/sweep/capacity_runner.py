@@ -42,6 +42,7 @@ CALIBRATION = "calibration"          # the pool factory's name for the calibrati
 
 class Session(Protocol):
     startup_s: float
+    tcmalloc: dict[str, bool]        # replica → libtcmalloc mapped in its server process
 
     def replay(self, trace: workload.Trace, records_path: Path, tag: str) -> Any: ...   # capacity_pools.Measured
 
@@ -400,7 +401,8 @@ def calibrate(store: Store, mix: Mix, rules: Rules, pools: PoolFactory, say: Cal
     data = {"unloaded": {c: {"ttft_ms": f.ttft_ms, "tpot_ms": f.tpot_ms, "n": f.n} for c, f in figures.items()},
             "bounds": {c: b.model_dump() for c, b in bounds.items()}, "service_s": service,
             "load1": list(m.usage.load1), "foreign_cpu_share": m.usage.foreign_cpu_share,
-            "startup_s": session.startup_s, "wall_s": m.usage.wall_s}
+            "startup_s": session.startup_s, "wall_s": m.usage.wall_s,
+            "tcmalloc": any(session.tcmalloc.values())}
     store.put_calibration(data)
     for c, f in sorted(figures.items()):
         say(f"  {c}: unloaded TTFT {f.ttft_ms:.0f} ms, TPOT {f.tpot_ms if f.tpot_ms is None else round(f.tpot_ms, 1)} ms"

@@ -80,6 +80,7 @@ def test_a_tiny_calibration_and_one_point_on_the_real_engine(docker_client, tmp_
     assert set(calib["bounds"]) == set(rules.slo.classes)
     assert all(b["ttft_ms"] > 0 for b in calib["bounds"].values()) and calib["service_s"]["long_prefill"] > 0
     assert seen[cr.CALIBRATION][0] == 1_000_000_000
+    assert isinstance(calib["tcmalloc"], bool)      # read from the server process's own memory map
     run.size_lanes(setup, store, calib, 1.0)
     exp = cr.Experiment(rules, setup.mix, ["one"], store, watched, say=print, rates=(0.5,), equal_load=False,
                         bounds=cr.bounds_of(calib))
@@ -95,3 +96,15 @@ def test_a_tiny_calibration_and_one_point_on_the_real_engine(docker_client, tmp_
     replicas = json.loads(lzma.decompress((store.root / e["dir"] / "replicas.json.xz").read_bytes()))
     assert {r.id for r in recs} == set(replicas) and set(replicas.values()) == {"main-0"}
     assert not docker_client.containers.list(all=True, filters={"label": "org.deploylab.capacity-profile"})
+
+
+def test_the_no_tcmalloc_wrapper_drops_only_tcmalloc_from_the_preload(tmp_path):
+    import subprocess
+    from smoke.sweep.capacity_pools import NO_TCMALLOC
+    # Real files, so the loader has something to preload (an empty shared object is refused with a
+    # warning only); the server command is `env` here.
+    libs = {n: tmp_path / n for n in ("libtcmalloc_minimal.so.4", "libiomp5.so")}
+    preload = ":".join(str(p) for p in libs.values())
+    out = subprocess.run([*NO_TCMALLOC, "env"], env={"LD_PRELOAD": preload, "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True).stdout
+    assert f"LD_PRELOAD={libs['libiomp5.so']}\n" in out

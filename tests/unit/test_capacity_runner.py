@@ -48,6 +48,7 @@ class Session:
     owner: KneePools
     profile: str
     startup_s: float = 1.0
+    tcmalloc: dict = field(default_factory=lambda: {"main-0": True})
 
     def replay(self, trace, path, tag) -> Measured:
         o = self.owner
