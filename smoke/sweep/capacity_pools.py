@@ -85,9 +85,11 @@ class Pools:
         from smoke.server import MODEL_NAME
         before = {h: scrape.fetch(u) for h, u in self.urls.items()}
         seen = len(self.router.log_lines())
-        a = hostload.sample(self.container_ids, self.stats)
+        ports = [int(u.rsplit(":", 1)[1]) for u in (self.router.url, *self.urls.values())]
+        pids = hostload.helper_pids(self.container_ids, ports)
+        a = hostload.sample(self.container_ids, self.stats, pids)
         recs = replay.run(trace, self.router.url, MODEL_NAME, records_path, replace(self.opts, request_id_prefix=tag))
-        b = hostload.sample(self.container_ids, self.stats)
+        b = hostload.sample(self.container_ids, self.stats, pids)
         after = {h: scrape.fetch(u) for h, u in self.urls.items()}
         lines = self.router.log_lines()[seen:]
         return Measured(recs, hostload.usage(a, b), server_ttft_mean_ms(before, after),

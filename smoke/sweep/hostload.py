@@ -2,7 +2,8 @@
 
 A Sample is taken at a run's start and end: the 1-min load average, the host's busy CPU time from
 /proc/stat (every state but idle and iowait), the CPU time of our own containers (pools and router,
-from their cgroup's cpuacct.usage, else Docker's stats API) and of this process (the replay client).
+from their cgroup's cpuacct.usage, else Docker's stats API), of the Docker helpers serving them
+(userland port proxies, shims: helper_pids) and of this process (the replay client).
 `usage(a, b)` turns two samples into what capacity.Run records: the load at both ends and the share
 of the host's CPU capacity that went to work that was not ours (other agents, builds, dockerd).
 No Docker in this module except the stats fallback; parsing is tested on real /proc text.
@@ -49,6 +50,34 @@ def container_cpu_seconds(container_id: str, stats: Callable[[str], dict] | None
     return int(stats(container_id)["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
 
 
+def helper_pids(container_ids: Iterable[str], host_ports: Iterable[int], proc: Path = Path("/proc")) -> list[int]:
+    """Host processes that work for our containers: Docker's userland proxy of each published port
+    (every byte the client and the scrapes exchange passes through it) and each container's shim."""
+    ids, ports = set(container_ids), {str(p) for p in host_ports}
+    out = []
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            args = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:          # gone meanwhile, or not ours to read
+            continue
+        flag = dict(zip(args, args[1:]))
+        if (args[0].endswith("docker-proxy") and flag.get("-host-port") in ports) or \
+                ("containerd-shim" in args[0] and flag.get("-id") in ids):
+            out.append(int(d.name))
+    return out
+
+
+def pid_cpu_seconds(pid: int, proc: Path = Path("/proc")) -> float:
+    """utime + stime of a process (0 once it is gone)."""
+    try:
+        fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # fields 14, 15 of stat(5)
+
+
 def docker_stats(client) -> Callable[[str], dict]:
     return lambda cid: client.api.stats(cid, stream=False, one_shot=True)
 
@@ -61,9 +90,10 @@ class Sample:
     ours_s: float            # our containers + this process
 
 
-def sample(container_ids: Iterable[str], stats: Callable[[str], dict] | None = None) -> Sample:
+def sample(container_ids: Iterable[str], stats: Callable[[str], dict] | None = None, pids: Iterable[int] = ()) -> Sample:
     cpu = os.times()
-    ours = cpu.user + cpu.system + sum(container_cpu_seconds(c, stats) for c in container_ids)
+    ours = (cpu.user + cpu.system + sum(container_cpu_seconds(c, stats) for c in container_ids)
+            + sum(pid_cpu_seconds(p) for p in pids))
     return Sample(time.monotonic(), os.getloadavg()[0], busy_seconds(PROC_STAT.read_text()), ours)
 
 

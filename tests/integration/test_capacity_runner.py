@@ -86,7 +86,9 @@ def test_a_tiny_calibration_and_one_point_on_the_real_engine(docker_client, tmp_
                         bounds=cr.bounds_of(calib))
     exp.session = 0
     assert exp.turn("one", 1)
-    (e,) = store.entries()
+    es = store.entries()          # a run over a discard bound (a busy shared host) is followed by its repeat
+    assert 1 <= len(es) <= rules.discard.max_discards_per_rate + 1 and all(x["discarded"] for x in es[:-1])
+    e = es[-1]
     assert seen["one"] == (1_000_000_000, ["VLLM_CPU_OMP_THREADS_BIND=0"])
     assert sum(e["requests"].values()) > 0 and 0 <= e["foreign_cpu_share"] <= 1 and len(e["load1"]) == 2
     assert e["ours_cpu_share"] > 0                  # the replica's cgroup and this process were counted as ours

@@ -123,3 +123,24 @@ def test_server_ttft_mean_pools_every_replica_histogram():
     after = {"a": {f"{t}_sum": 3.0, f"{t}_count": 20}, "b": {f"{t}_sum": 1.0, f"{t}_count": 10}}
     assert capacity_pools.server_ttft_mean_ms(before, after) == pytest.approx(1000 * 3.0 / 20)
     assert capacity_pools.server_ttft_mean_ms(before, before) != capacity_pools.server_ttft_mean_ms(before, before)
+
+
+def test_docker_helpers_of_our_ports_and_containers_count_as_ours(tmp_path):
+    # A /proc tree laid out as the kernel does (cmdline NUL-separated; stat's comm in parentheses),
+    # with the argument lists of dockerd 20.10's userland proxy and containerd's shim as `ps` shows them.
+    def proc(pid, args, utime=0, stime=0):
+        d = tmp_path / str(pid)
+        d.mkdir()
+        (d / "cmdline").write_bytes("\0".join(args).encode() + b"\0")
+        (d / "stat").write_text(f"{pid} (x y) S 1 1 1 0 -1 0 0 0 0 0 {utime} {stime} 0 0 20 0 1 0 0 0 0\n")
+    proc(10, ["/usr/sbin/docker-proxy", "-proto", "tcp", "-host-ip", "127.0.0.1", "-host-port", "32782",
+              "-container-ip", "172.17.0.2", "-container-port", "8000"], utime=30, stime=20)
+    proc(11, ["/usr/sbin/docker-proxy", "-proto", "tcp", "-host-ip", "127.0.0.1", "-host-port", "40000"])
+    proc(12, ["/usr/bin/containerd-shim-runc-v2", "-namespace", "moby", "-id", "abc", "-address", "/x.sock"])
+    proc(13, ["python", "-host-port", "32782"])
+    (tmp_path / "self").mkdir()
+    assert sorted(hostload.helper_pids(["abc"], [32782], tmp_path)) == [10, 12]
+    hz = os.sysconf("SC_CLK_TCK")
+    assert hostload.pid_cpu_seconds(10, tmp_path) == pytest.approx(50 / hz)
+    assert hostload.pid_cpu_seconds(99, tmp_path) == 0.0
+    assert hostload.pid_cpu_seconds(os.getpid()) > 0            # the real /proc
