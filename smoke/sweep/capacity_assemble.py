@@ -69,6 +69,12 @@ def build(store: Store, rules: Rules, plan: dict, calibration: dict, elapsed_s: 
     """The report of everything stored; (report, notes for the reader: what is left out and why)."""
     entries = store.entries()
     notes: list[str] = []
+    d = rules.discard
+    if calibration.get("foreign_cpu_share", 0) > d.max_foreign_cpu_share or \
+            max(calibration.get("load1", [0])) > d.max_load_per_core * len(str(plan.get("cores", "0")).split(",")):
+        notes.append(f"the calibration ran on a busy host (load {calibration['load1'][0]:.2f} / {calibration['load1'][1]:.2f}, "
+                     f"foreign CPU {calibration['foreign_cpu_share']:.0%}, over the runs' discard bounds): its unloaded "
+                     "figures, hence the SLO bounds, are looser than an idle host's")
     profiles: dict[str, rep.ProfileCapacity] = {}
     for p in plan["profiles"]:
         runs = [to_run(e) for e in entries if e["label"] == p and not e["variant"]]
