@@ -135,3 +135,35 @@ def write(report: rep.CapacityReport, repo: Path, out_dir: Path, plan: dict, cal
         text = f"> **PILOT** — {pilot}\n\n" + text
     md.write_text(text + "\n".join(extra) + "\n")
     return md
+
+
+def runs_note(store: Store, plan: dict, calibration: dict, rules: Rules, why: str, pilot: str) -> str:
+    """A pilot's Markdown when no capacity can be stated (too few valid runs): what was run, under
+    what host load, and why each run was or was not kept. States no capacity and no verdict."""
+    entries = store.entries()
+    classes = sorted(rules.slo.classes)
+    out = [f"> **PILOT** — {pilot}", "", "# Capacity pilot: runs only (no capacity stated)", "",
+           f"No capacity or verdict is stated: {why}.", "",
+           f"Score: commit `{plan['score_commit']}`. Model: {plan['model']}. Engine: {plan['engine']} "
+           f"(`{plan['engine_image']}`). Engines: {plan['engine_cpus']:g} CPUs per profile over cores {plan['cores']}.", "",
+           "## Calibration (unloaded, one CPU)", "",
+           f"Host load {calibration['load1'][0]:.2f} / {calibration['load1'][1]:.2f}, foreign CPU "
+           f"{calibration['foreign_cpu_share']:.0%}; replica start {calibration['startup_s']:.0f} s, "
+           f"{calibration['wall_s']:.0f} s of sequential requests.", "",
+           "| class | unloaded TTFT ms | TTFT bound ms | unloaded TPOT ms | TPOT bound ms | service s |", "|---|---|---|---|---|---|"]
+    for c in classes:
+        b = calibration["bounds"][c]
+        tp = "-" if b["tpot_ms"] is None else f"{b['unloaded_tpot_ms']:.1f} | {b['tpot_ms']:.1f}"
+        out.append(f"| {c} | {b['unloaded_ttft_ms']:.0f} | {b['ttft_ms']:.0f} | {tp if b['tpot_ms'] is not None else '- | -'} "
+                   f"| {calibration['service_s'][c]:.2f} |")
+    out += ["", "## Runs (attainment per class in the window; discarded runs are never averaged in)", "",
+            "| profile | pass | rate | seed | wall s | " + " | ".join(classes)
+            + " | load start / end | foreign CPU | ours | client overhead ms | discarded |",
+            "|" + "---|" * (len(classes) + 10)]
+    for e in entries:
+        att = [f"{e['good'][c] / e['requests'][c]:.2f} ({e['requests'][c]})" if e["requests"].get(c) else "-" for c in classes]
+        out.append(f"| {e['label']} | {e['pass']} | {e['rate']:g} | {e['seed']} | {e['wall_s']:.0f} | " + " | ".join(att)
+                   + f" | {e['load1'][0]:.2f} / {e['load1'][1]:.2f} | {e['foreign_cpu_share']:.0%} | "
+                   f"{e['ours_cpu_share']:.0%} | {e['client_ttft_mean_ms'] - e['server_ttft_mean_ms']:.0f} | "
+                   f"{e['discarded'] or '-'} |")
+    return "\n".join(out) + "\n"

@@ -187,9 +187,17 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
             say(f"lanes {name}: " + ", ".join(f"{x.host} {x.cpus:g} CPUs (cores {x.threads})" for x in ls))
         exp.run()
     elapsed = exp.elapsed_s() + calibration["startup_s"] + calibration["wall_s"]   # the budget counts calibration
-    report, notes = assemble.build(store, rules, plan, calibration, elapsed, say)
     out = notes_dir / "capacity-pilot" if pilot else notes_dir
-    md = assemble.write(report, repo, out, {**plan, "lanes": store.state()["lanes"]}, calibration, notes, pilot)
+    try:
+        report, notes = assemble.build(store, rules, plan, calibration, elapsed, say)
+        md = assemble.write(report, repo, out, {**plan, "lanes": store.state()["lanes"]}, calibration, notes, pilot)
+    except UsageError as exc:
+        if not pilot or "no profile has a capacity" not in str(exc):
+            raise
+        rep.check_pre_registered(repo, plan["score_commit"])
+        out.mkdir(parents=True, exist_ok=True)
+        md = out / "README.md"
+        md.write_text(assemble.runs_note(store, plan, calibration, rules, str(exc).split(": ", 1)[-1], pilot))
     if pilot:   # a pilot's raw data goes beside its report (committed); the full run's is copied by hand
         copy_raw(store.root, out / "data")
     return md
