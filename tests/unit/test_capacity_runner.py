@@ -254,3 +254,21 @@ def test_equal_load_figures_come_from_the_stored_windows(tmp_path):
     assert len(values["tpot_p50_ms"]["balanced"]) == 3
     assert values["slow_tpot_ratio"]["balanced"] == [pytest.approx(1.0)] * 3     # TPOT alike with and without
     assert values["hol_ttft_p50_ms"]["balanced"] == [None] * 3                    # no replica map: no HOL figure
+
+
+def test_a_pilot_with_no_valid_run_lists_its_runs_and_states_no_capacity(tmp_path):
+    exp = experiment(tmp_path, KneePools({"balanced": 3.0}, foreign={i: 0.4 for i in range(100)}),
+                     profiles=("balanced",), rates=(2.0,))
+    exp.run()
+    store = cr.Store(tmp_path / "cap")
+    plan = {"profiles": ["balanced"], "engine_cpus": 1.5, "score_commit": "a" * 40, "model": "m", "engine": "e",
+            "engine_image": "img", "cores": "0,1"}
+    calib = {"bounds": {c: b.model_dump() for c, b in BOUNDS.items()}, "service_s": dict.fromkeys(BOUNDS, 0.5),
+             "load1": [3.0, 4.0], "foreign_cpu_share": 0.3, "startup_s": 60.0, "wall_s": 200.0}
+    with pytest.raises(UsageError, match="no profile has a capacity yet"):
+        assemble.build(store, FAST, plan, calib, 1.0)
+    text = assemble.runs_note(store, plan, calib, FAST, "every run was discarded", "a fixed rate grid")
+    assert text.startswith("> **PILOT** — a fixed rate grid") and "No capacity or verdict is stated" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| balanced |")]
+    assert len(rows) == RULES.discard.max_discards_per_rate + 1
+    assert all("foreign CPU 40% of the host > 10%" in r for r in rows)
