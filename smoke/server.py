@@ -58,7 +58,7 @@ def ensure_model(client, image: str = DEFAULT_TAG, size: str = "tiny") -> Path:
     if not (tmp / "config.json").is_file():
         raise ServerFailed(f"model build wrote no config.json: {ran.log[-800:]}")
     tmp.rename(out)
-    return ensure_model(client, image, size)   # the readable-by-all pass above, on the first call too
+    return out
 
 
 @dataclass(frozen=True)
