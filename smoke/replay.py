@@ -15,6 +15,7 @@ import os
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 # The request class travels in a header, as an application gateway would set it: a router in front
 # of several pools (smoke/router) sends each class to its pool; a plain server ignores it.
 CLASS_HEADER = "X-Request-Class"
+# Each request's trace id (after ReplayOptions.request_id_prefix), so a router's log names the
+# replica that served it (the capacity runner's head-of-line figure needs request → replica).
+ID_HEADER = "X-Request-Id"
 
 
 # Engine extensions are sent only where the engine's adapter declares them (engines/NAME.toml
@@ -60,6 +64,10 @@ class ReplayOptions:
     # The served model's tokenizer.json: output tokens where the server sends no usage. None: the
     # project's test model's, when that is what is served and it is on disk.
     tokenizer: Path | None = None
+    # Prepended to each request's trace id in its X-Request-Id ("" = a fresh random one per replay):
+    # ids stay unique on a server that serves several replays of one trace (vLLM takes the header
+    # as its own request id).
+    request_id_prefix: str = ""
 
 
 def request_body(req: TraceRequest, model: str, messages: Sequence[dict[str, Any]] | None, opts: ReplayOptions) -> dict[str, Any]:
@@ -304,6 +312,7 @@ async def replay(trace: Trace, base_url: str, model: str, out: Path | None, opts
     pending_call: dict[str, str] = {}   # session -> the id of the tool call its next turn answers
     tasks: set[asyncio.Task] = set()
     headers = dict(opts.headers)
+    id_prefix = opts.request_id_prefix or f"{uuid.uuid4().hex[:12]}-"
     count_tokens = tokenizer_counter(opts.tokenizer or test_model_tokenizer(model))
 
     fast = ClientPool(opts.max_concurrency)
@@ -324,7 +333,7 @@ async def replay(trace: Trace, base_url: str, model: str, out: Path | None, opts
             body = request_body(req, model, messages, opts)
             async with cap, (slow if req.read_bytes_per_s else fast).client() as client:
                 rec, reply = await stream_one(client, base_url, req, body, at, t0, opts.request_timeout_s, lag_sink,
-                                              headers, count_tokens)
+                                              {**headers, ID_HEADER: id_prefix + req.id}, count_tokens)
             if req.session and req.endpoint == "chat":
                 msg, call_id = assistant_turn(req, reply)
                 conversations[req.session].append(msg)

