@@ -102,19 +102,21 @@ def _stored(ctx: Context, cell: Cell, stage: str) -> StageOutcome | None:
     return have
 
 
+def _keeps(have: StageOutcome, ident: dict[str, Any]) -> bool:
+    return have.identity == ident and have.category not in REDO_CATEGORIES
+
+
 def reusable(ctx: Context, cell: Cell, stage: str) -> StageOutcome | None:
     """The stored outcome run_stage keeps as it stands (identity unchanged, not a category to redo)."""
     have = _stored(ctx, cell, stage)
-    if have is not None and have.identity == identity(ctx, cell, stage) and have.category not in REDO_CATEGORIES:
-        return have
-    return None
+    return have if have is not None and _keeps(have, identity(ctx, cell, stage)) else None
 
 
 def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
     """Run one stage (or reuse its stored outcome while its identity holds) and store the result."""
     have, ident = _stored(ctx, cell, stage), identity(ctx, cell, stage)
     if have is not None:
-        if reusable(ctx, cell, stage) is not None:
+        if _keeps(have, ident):
             ctx.on_event(cell.id, stage, f"kept {have.status}")
             return have
         why = f"{have.category} last time" if have.category in REDO_CATEGORIES else _changed(have.identity, ident)
