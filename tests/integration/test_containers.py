@@ -23,14 +23,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 BASE = "deploylab/base:debian-bookworm"
 TEST = {"org.deploylab.test": "test_containers"}
 # python3 for a real HTTP server; the CA file proves the build context carries it.
-TEMPLATE = """\
-FROM {{ base_image }}
-RUN apt-get update -q && apt-get install -y -q --no-install-recommends python3 \\
-    && rm -rf /var/lib/apt/lists/*
-COPY {{ ca_file }} /usr/local/share/deploylab-test/ca.crt
-RUN echo "{{ greeting }}" > /greeting
-COPY from-prepare.txt /from-prepare.txt
-"""
+TEMPLATE = ROOT / "tests" / "fixtures" / "dockerfiles" / "toolkit-tiny.Dockerfile.j2"
 
 
 def _gone(client, cid: str) -> bool:
@@ -50,7 +43,7 @@ def image(docker_client, tmp_path_factory):
     if not images.exists(docker_client, BASE):
         pytest.skip(f"{BASE} missing: run `invoke bases`")
     tdir = tmp_path_factory.mktemp("templates")
-    (tdir / "tiny.Dockerfile.j2").write_text(TEMPLATE)
+    (tdir / "tiny.Dockerfile.j2").write_text(TEMPLATE.read_text())
     tag = f"deploylab/test-toolkit:{uuid.uuid4().hex[:8]}"
     log = tdir / "build.log"
     calls = []

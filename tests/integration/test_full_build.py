@@ -9,15 +9,15 @@ from __future__ import annotations
 import pytest
 
 from matrix import pipeline
+from model import settings
 from model.results import ResultsStore
-from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.docker, pytest.mark.longbuild]
 
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory, docker_client):
-    c = pipeline.Context(store=ResultsStore(tmp_path_factory.mktemp("results"), "full"), work=ROOT / ".work")
+    c = pipeline.Context(store=ResultsStore(tmp_path_factory.mktemp("results"), "full"), work=settings.work())
     c._client = docker_client
     return c
 

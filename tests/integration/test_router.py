@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from model import settings
 from smoke import mix as mixmod, profiles, workload
 from smoke.replay import ReplayOptions, run as replay_run
 from smoke.router import nginx
@@ -40,7 +41,7 @@ batch_summary = "bulk"
 
 @pytest.fixture(scope="module")
 def router_image(docker_client):
-    return nginx.ensure_image(docker_client, ROOT / "results" / "logs" / "sweep-router-image.log")
+    return nginx.ensure_image(docker_client, settings.results() / "logs" / "sweep-router-image.log")
 
 
 @pytest.mark.docker
@@ -70,7 +71,7 @@ def test_replay_through_nginx_routes_each_class_to_its_pool(docker_client, route
     src = tmp_path / "two.toml"
     src.write_text(TWO_POOLS)
     prof = profiles.load(src)
-    caps = probe_engine(docker_client, DEFAULT_TAG, ROOT / ".work" / "sweep")
+    caps = probe_engine(docker_client, DEFAULT_TAG, settings.work() / "sweep")
     args = {pool.name: knobs.translate(pool.knob_dict, caps, pool.name) for pool in prof.pools}
     chat = profiles.place(prof, host_cpus())[0]
     conf = tmp_path / "nginx.conf"

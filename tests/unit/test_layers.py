@@ -32,3 +32,14 @@ def test_no_dockerfile_text_in_python():
     pattern = re.compile(r'^\s*(?:[rfb]*"""|")?FROM [\w.{}/:-]+', re.MULTILINE)
     inline = [str(p.relative_to(ROOT)) for p in _modules() if pattern.search(p.read_text())]
     assert inline == []
+
+
+def test_no_dockerfile_in_test_code():
+    # Tests too: a Dockerfile a test builds is a file (tests/fixtures/dockerfiles/). A FROM line followed
+    # by an instruction on the next real line is one; a one-line "FROM x\nRUN y" string (an input or an
+    # expected render) is not.
+    pattern = re.compile(r'(?:^\s*|""")FROM \S+[^\n]*\n\s*(?:RUN|COPY|ADD|ENV|ARG|WORKDIR|USER) ', re.MULTILINE)
+    tests = [p for p in (ROOT / "tests").rglob("*.py") if p.name != "test_layers.py"]
+    assert len(tests) > 50
+    inline = [str(p.relative_to(ROOT)) for p in tests if pattern.search(p.read_text())]
+    assert inline == []
