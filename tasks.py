@@ -239,6 +239,7 @@ def preflight(c, cell, vllm=None, spec=None, set_=None, probe=None, all_gates=Fa
     from images.gates import gates_from_tree, resource_gates
     from images.probe import probe_cell
     from images.sources import fetch_engine
+    from model.details import PreflightDetails
     from model.spec import EngineSource
     t0 = time.monotonic()
     x = _matrix(spec, set_).get(cell)
@@ -259,16 +260,17 @@ def preflight(c, cell, vllm=None, spec=None, set_=None, probe=None, all_gates=Fa
                              f"(invoke build --cell {cell}) or pass --probe FILE.json") from None
         found = probe_cell(cl, x.toolchain_tag, gates)
     o = pf.preflight(x, tree, found)
-    for g in o.details["gates"]:
-        if g["status"] != "skip" or all_gates:
-            fix = "" if g["status"] != "fail" else (" fixable" if g["fixable"] else " DEAD END")
-            print(f"{g['status']:<4}{fix:<9} {g['kind']:<8} {g['subject']:<12} need {g['need'][:40]:<16} "
-                  f"found {g['found'] or '-':<12} {g['source']}")
+    d = PreflightDetails.from_outcome(o)
+    for g in d.gates:
+        if g.status != "skip" or all_gates:
+            fix = "" if g.status != "fail" else (" fixable" if g.fixable else " DEAD END")
+            print(f"{g.status:<4}{fix:<9} {g.kind:<8} {g.subject:<12} need {g.need[:40]:<16} "
+                  f"found {g.found or '-':<12} {g.source}")
     print(f"{cell}: preflight predicts {o.status}{' (' + o.category + ')' if o.category else ''} "
-          f"in {time.monotonic() - t0:.1f}s; {o.details['counts']}")
+          f"in {time.monotonic() - t0:.1f}s; {d.counts}")
     for e in o.evidence:
         print(f"  evidence: {e}")
-    for w in o.details["warnings"]:
+    for w in d.warnings:
         print(f"  undecided: {w}")
     if o.remediation:
         print("  remediation: " + "\n  remediation: ".join(o.remediation.split(" | ")))

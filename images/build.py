@@ -35,6 +35,7 @@ from images.sources import copy_tree
 from model.details import (AttemptRecord, BlockerRecord, BuildArtifacts, BuildDetails, KvlabRecord,
                            OfflineInputRecord, TorchRecord)
 from model.results import StageOutcome
+from model.stage import Timed
 from model.spec import Cell
 
 HERE = Path(__file__).parent
@@ -421,8 +422,7 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
               probe: dict[str, Any] | None = None, stage: str = "build") -> StageOutcome:
     """One source build; stage="rebuild" is the same build again from a clean CMake dir (ccache warm)."""
     cell, ws = req.cell, req.ws
-    started = time.time()
-    t0 = time.monotonic()
+    t = Timed(cell, stage)
     release(ws.src / "build")  # a small filesystem a killed run left mounted there
     copy_tree(req.tree, ws.src)
     if req.clean:
@@ -456,11 +456,10 @@ def run_build(client: docker.DockerClient, req: BuildRequest, log_dir: Path, on_
     for name, info in details.offline_inputs.items():
         versions[name] = info.got
     v = st.verdict
-    return StageOutcome(cell=cell.id, stage=stage, status=v.status, category=v.category, evidence=tuple(v.evidence),
-                        remediation=v.remediation, started=started, seconds=time.monotonic() - t0, versions=versions,
-                        artifacts=BuildArtifacts(logs=str(log_dir), wheels=str(ws.wheels),
-                                                 files={w: str(ws.wheels / w) for w in wheels}).to_json(),
-                        details=details.to_json())
+    return t.done(v.status, category=v.category, evidence=tuple(v.evidence), remediation=v.remediation,
+                  versions=versions, artifacts=BuildArtifacts(logs=str(log_dir), wheels=str(ws.wheels),
+                                                              files={w: str(ws.wheels / w) for w in wheels}).to_json(),
+                  details=details.to_json())
 
 
 def classify_text(text: str):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from images.gates import Gate, GatesConfig, Remedy, gates_from_tree, load_config
 from model.details import GateRecord, PreflightDetails
 from model.errors import UsageError
 from model.results import StageOutcome
+from model.stage import Timed
 
 STATUSES = ("pass", "fail", "warn", "skip")
 
@@ -223,8 +223,7 @@ def cuda_gates(cell: Any, src: Path, probe: Mapping[str, Any]) -> list[GateResul
 
 def preflight(cell: Any, src: Path, probe: Mapping[str, Any], config: GatesConfig | None = None) -> StageOutcome:
     """Predict the build's outcome for one cell: "gated" when a gate with no workaround fails."""
-    t0 = time.monotonic()
-    started = time.time()
+    t = Timed(getattr(cell, "id", str(cell)), "preflight")
     cfg = config if config is not None else load_config()
     gates = [*resource_gates(cell), *gates_from_tree(Path(src), cfg)]
     results = [*evaluate(gates, probe, cell, cfg), *cuda_gates(cell, Path(src), probe)]
@@ -235,10 +234,9 @@ def preflight(cell: Any, src: Path, probe: Mapping[str, Any], config: GatesConfi
     remediation = " | ".join(dict.fromkeys(r.remediation for r in failing if r.remediation))
     versions = {k: str(v) for k, v in probe.items() if k != "reachable"}
     counts = {s: sum(r.status == s for r in results) for s in STATUSES}
-    return StageOutcome(
-        cell=getattr(cell, "id", str(cell)), stage="preflight", status=status, category=category,
-        evidence=tuple(r.evidence for r in failing), remediation=remediation, started=started,
-        seconds=time.monotonic() - t0, versions=versions,
+    return t.done(
+        status, category=category, evidence=tuple(r.evidence for r in failing), remediation=remediation,
+        versions=versions,
         details=PreflightDetails(source=str(src), gates=[r.record() for r in results], counts=counts,
                                  first_dead_end=dead[0].gate.id if dead else "",
                                  warnings=[r.evidence for r in results if r.status == "warn"]).to_json(),

@@ -11,10 +11,10 @@ numpy/ml_dtypes), nothing else of the repository.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from containers.run import SCRIPTS, run_once, script_mount
+from model.details import BuildDetails, OracleDetails
 from model.results import ResultsStore, StageOutcome
 from model.stage import Timed
 
@@ -28,7 +28,7 @@ TOOLCHAIN_PREP = RESOURCES / "oracle_toolchain.sh"   # a throwaway venv with the
 def run_oracle_stage(cell, image: str, store: ResultsStore, client, wheels: Path | None = None,
                      pip_cache: Path | None = None) -> StageOutcome:
     """`wheels` set: run in `image` (a toolchain image) on the wheel in that folder; else on `image`'s own."""
-    t0, started = time.monotonic(), time.time()
+    t = Timed(cell, "oracle")
     out_dir = store.artifact_dir(cell.id, "oracle")
     ro = {"/deploylab-src/kvlab": ROOT / "kvlab", **script_mount(ORACLE)}
     rw = {}
@@ -48,16 +48,15 @@ def run_oracle_stage(cell, image: str, store: ResultsStore, client, wheels: Path
     where = "the runtime image" if wheels is None else "the toolchain image (no runtime image: vLLM did not build)"
     if summary is None or code != 0:
         tail = [ln for ln in log.splitlines() if ln.strip()][-5:]
-        return StageOutcome(cell.id, "oracle", "fail", category="oracle-crashed", evidence=tuple(tail),
-                            remediation=f"the oracle did not finish in {where}: see oracle.log",
-                            started=started, seconds=time.monotonic() - t0, artifacts=arts)
-    ok = summary["failed"] == 0
-    ev = (f"{summary['checks'] - summary['failed']}/{summary['checks']} case×layout checks pass "
-          f"({summary['named']} named + {summary['random']} randomized cases) on the cell's kvx extension, in {where}",
-          *summary["first_failures"])
-    return StageOutcome(cell.id, "oracle", "pass" if ok else "fail", category="" if ok else "oracle-mismatch",
-                        evidence=ev, started=started, seconds=time.monotonic() - t0, artifacts=arts,
-                        details={**summary, "image": image})
+        return t.done("fail", category="oracle-crashed", evidence=tuple(tail),
+                      remediation=f"the oracle did not finish in {where}: see oracle.log", artifacts=arts)
+    s = OracleDetails(**summary, image=image)
+    ok = s.failed == 0
+    ev = (f"{s.checks - s.failed}/{s.checks} case×layout checks pass "
+          f"({s.named} named + {s.random} randomized cases) on the cell's kvx extension, in {where}",
+          *s.first_failures)
+    return t.done("pass" if ok else "fail", category="" if ok else "oracle-mismatch", evidence=ev,
+                  artifacts=arts, details=s.to_json())
 
 
 def run(ctx, cell) -> StageOutcome:
@@ -67,11 +66,11 @@ def run(ctx, cell) -> StageOutcome:
     if rt is not None and rt.status == "pass":
         return run_oracle_stage(cell=cell, image=cell.runtime_tag, store=ctx.store, client=ctx.client)
     build = ctx.store.get(cell.id, "build")
-    kv = (build.details if build else {}).get("kvlab") or {}
-    if kv.get("status") != "pass":
+    kv = BuildDetails.from_outcome(build).kvlab if build else None
+    if kv is None or kv.status != "pass":
         return Timed(cell, "oracle").done(
             "skipped", category="upstream-kvlab",
-            evidence=(f"build: the kvx extension {kv.get('status', 'was not built')}"
-                      + (f" ({kv['category']})" if kv.get("category") else ""), *kv.get("evidence", [])[:2]))
+            evidence=(f"build: the kvx extension {kv.status if kv else 'was not built'}"
+                      + (f" ({kv.category})" if kv and kv.category else ""), *(kv.evidence[:2] if kv else ())))
     return run_oracle_stage(cell=cell, image=cell.toolchain_tag, store=ctx.store, client=ctx.client,
                             wheels=ctx.cell_dir(cell) / "wheels", pip_cache=ctx.cache / "pip")

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 
+from model.details import RuntimeDetails, SmokeDetails  # noqa: E402
 from model.results import ResultsStore  # noqa: E402
 
 
@@ -24,7 +25,7 @@ def _source_build_s(builds: ResultsStore | None, cell: str, image_id: str | None
     if builds is None or not image_id:
         return None
     build, runtime = builds.get(cell, "build"), builds.get(cell, "runtime")
-    if build is None or runtime is None or runtime.details.get("image_id") != image_id:
+    if build is None or runtime is None or RuntimeDetails.from_outcome(runtime).image_id != image_id:
         return None
     return round(build.seconds + runtime.seconds, 1)
 
@@ -50,7 +51,8 @@ def rows(store: ResultsStore, builds: ResultsStore | None = None) -> list[dict[s
             "memory_gb": round(d["memory_bytes"] / 1e9, 2) if d.get("memory_bytes") else None,
             "memory_kind": d.get("memory_kind", ""), "provenance": c.provenance, "check_results": checks}
         if s is not None:
-            row["smoke"] = {"status": s.status, **{k: s.details.get(k) for k in
+            sd = SmokeDetails.from_outcome(s)
+            row["smoke"] = {"status": s.status, **{k: getattr(sd, k) for k in
                                                    ("mix", "requests", "attainment", "ttft_ms", "tpot_ms", "http_5xx",
                                                     "load_1m")}}
         out.append(row)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from matrix import adapters
-from model.details import BuildArtifacts, BuildDetails, PreflightDetails, RuntimeDetails
+from model.details import BuildArtifacts, BuildDetails, PreflightDetails, RuntimeDetails, SmokeDetails
 from model.results import ResultsStore, StageOutcome, provenance
 from model.stages import NAMES as ORDER
 
@@ -148,7 +148,7 @@ def cell_section(cell: str, outs: dict[str, StageOutcome]) -> list[str]:
         if o and o.status != "skipped":
             label = f"{o.status} ({o.category})" if o.category else o.status
             lines += [f"**{stage}:** {label}" + "".join(f"\n- {e}" for e in o.evidence[:8]), ""]
-    warnings = [w for o in outs.values() for w in o.details.get("runtime_warnings", [])]
+    warnings = (SmokeDetails.from_outcome(outs["smoke"]).runtime_warnings or []) if "smoke" in outs else []
     if warnings:
         lines += ["**Runtime warnings:**", *(f"- {w}" for w in warnings), ""]
     return lines
@@ -159,11 +159,12 @@ def write_build_logs(store: ResultsStore, taken: set[tuple[str, str]], out: Path
     this store, so each figure in a note traces to a log line. Other runs' logs are left as they are."""
     written = []
     for o in store.outcomes():
-        if (o.cell, o.stage) not in taken or o.stage not in ("build", "rebuild") or "logs" not in o.artifacts:
+        logs = BuildArtifacts.from_outcome(o).logs if o.stage in ("build", "rebuild") else ""
+        if (o.cell, o.stage) not in taken or not logs:
             continue
         dest = out / "builds" / o.cell
         dest.mkdir(parents=True, exist_ok=True)
-        for log in sorted(Path(o.artifacts["logs"]).glob("*.log")):
+        for log in sorted(Path(logs).glob("*.log")):
             path = dest / f"{o.stage}-{log.stem}.log.xz"
             with open(log, "rb") as src, lzma.open(path, "wb", preset=9) as dst:
                 shutil.copyfileobj(src, dst)

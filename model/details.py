@@ -1,4 +1,4 @@
-"""Typed records of what each build-side stage keeps in `StageOutcome.details` (and the build's
+"""Typed records of what each stage keeps in `StageOutcome.details` (and the build's
 artifacts): the stage writes `details=Record(...).to_json()`, readers use `Record.from_outcome(o)`.
 
 Records read old outcomes too (committed notes/*.json hold records of earlier runs): every field
@@ -172,6 +172,40 @@ class RuntimeDetails(Details):
     preload: list[str] | None = None  # LD_PRELOAD of the image's env, as its config says
 
 
+# --- smoke and oracle ------------------------------------------------------------------------
+
+class SmokeDetails(Details):
+    """The smoke outcome: the matrix stage's (smoke/stage.py) or the adapter matrix's replay on a
+    running engine (smoke/conform_run.py); each writes only its own fields."""
+
+    STAGES = ("smoke",)
+    failures: list[str] | None = None  # the gate's failed bounds
+    duration_s: float | None = None
+    runtime_warnings: list[str] | None = None  # from the server's log
+    mix: str | None = None
+    seed: int | None = None
+    requests: int | None = None
+    attainment: dict[str, float | None] | None = None  # per class, the share of requests within its SLO
+    ttft_ms: dict[str, float | None] | None = None  # percentiles
+    tpot_ms: dict[str, float | None] | None = None
+    http_5xx: int | None = None
+    load_1m: list[float] | None = None  # the host's 1-min load before and after the replay
+
+
+class OracleDetails(Details):
+    """kvlab/resources/oracle_run.py's ORACLE-SUMMARY line, and the image it ran in."""
+
+    STAGES = ("oracle",)
+    checks: int = 0  # case x layout checks
+    failed: int = 0
+    named: int = 0
+    random: int = 0
+    first_failures: list[str] = []
+    kvx: str = ""  # the extension module the oracle imported
+    image: str = ""
+
+
 BY_STAGE: dict[str, type[Details]] = {s: cls for cls in (RenderDetails, BaseDetails, ToolchainDetails,
-                                                         PreflightDetails, BuildDetails, RuntimeDetails)
+                                                         PreflightDetails, BuildDetails, RuntimeDetails,
+                                                         SmokeDetails, OracleDetails)
                                       for s in cls.STAGES}

@@ -337,7 +337,7 @@ def expand(doc: dict[str, Any], source: str, machine: Machine) -> Matrix:
                 numactl=knobs["numactl"], tcmalloc=knobs["tcmalloc"], disk_gb=float(knobs["disk_gb"]),
                 cuda=knobs["cuda"], cuda_version=knobs["cuda_version"],
                 extra_packages=tuple(knobs["extra_packages"]),
-                stages=tuple(knobs["stages"]),
+                stages=tuple(knobs.get("stages", STAGE_NAMES)),
                 **{k: None if knobs.get(k, "none") == "none" else float(knobs[k]) for k in LIMIT_KNOBS},
             ),
         ))

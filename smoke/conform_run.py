@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 import ssl
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from model.details import SmokeDetails
 from model.errors import UsageError
 from model.results import ResultsStore, StageOutcome
+from model.stage import Timed
 from smoke import conform, replay
 
 EXTENSIONS = ("return_token_ids", "slots")  # the extensions a conform check exists for
@@ -54,14 +55,14 @@ def check(http: httpx.Client, model: str, extensions: tuple[str, ...],
     return conform.run_checks(conf, on_result=on_result)
 
 
-def _outcome(cell: str, results: list[conform.Result], started: float, t0: float, details: dict[str, Any],
-             versions: dict[str, str], artifacts: dict[str, str]) -> StageOutcome:
+def _outcome(t: Timed, results: list[conform.Result], details: dict[str, Any], versions: dict[str, str],
+             artifacts: dict[str, str]) -> StageOutcome:
     failed = [r.check for r in results if r.status == "fail" and r.required]
-    return StageOutcome(
-        cell, "conform", "fail" if failed else "pass", category="contract" if failed else "",
+    return t.done(
+        "fail" if failed else "pass", category="contract" if failed else "",
         evidence=tuple(r.line() for r in results),
         remediation=f"required checks failed: {', '.join(failed)}" if failed else "",
-        started=started, seconds=time.monotonic() - t0, versions=versions, artifacts=artifacts,
+        versions=versions, artifacts=artifacts,
         details={**details, "checks": [{"check": r.check, "status": r.status, "required": r.required,
                                         "evidence": r.evidence} for r in results]})
 
@@ -72,13 +73,13 @@ def conform_url(url: str, store: ResultsStore, api_key_env: str = "", model: str
     bad = [e for e in extensions if e not in EXTENSIONS]
     if bad:
         raise UsageError(f"--extension: unknown extension {bad[0]!r} (known: {', '.join(EXTENSIONS)})")
-    t0, started = time.monotonic(), time.time()
+    # The URL's host and path name the cell; the key never leaves the environment variable.
+    t = Timed(url_cell_id(url), "conform")
     with http_client(url, api_key_env) as http:
         model = model or served_model(http)
         results = check(http, model, extensions, on_result)
-    # The URL's host and path name the cell; the key never leaves the environment variable.
-    return store.write(_outcome(url_cell_id(url), results, started, t0,
-                                {"target": url, "model": model, "extensions": list(extensions)}, {}, {}))
+    return store.write(_outcome(t, results, {"target": url, "model": model, "extensions": list(extensions)},
+                                {}, {}))
 
 
 def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=None, mix: str = "") -> StageOutcome:
@@ -95,13 +96,12 @@ def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=Non
         from model import spec as specmod
         specmod.load().get(cell)  # an unknown cell is one line here, not a missing image later
     cell_id = f"engine-{name}" + (f"-{cell}" if cell else "")
-    t0, started = time.monotonic(), time.time()
+    t = Timed(cell_id, "conform")
     out_dir = store.artifact_dir(cell_id, "conform")
 
     def unavailable(reason: str) -> StageOutcome:
-        return store.write(StageOutcome(cell_id, "conform", "engine-unavailable", category="engine-unavailable",
-                                        evidence=(reason,), started=started, seconds=time.monotonic() - t0,
-                                        details={"engine": name, "what": ad.spec.what, "obtain": ad.spec.obtain.how}))
+        return store.write(t.done("engine-unavailable", category="engine-unavailable", evidence=(reason,),
+                                  details={"engine": name, "what": ad.spec.what, "obtain": ad.spec.obtain.how}))
 
     if ad.unavailable:
         return unavailable(ad.unavailable)
@@ -151,18 +151,16 @@ def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=Non
             details["memory_bytes"], details["memory_kind"] = _memory(dc, eng.container_id)
     except EngineFailed as exc:
         tail = [ln for ln in str(exc).splitlines() if ln.strip()][-8:]
-        return store.write(StageOutcome(cell_id, "conform", "fail", category="server-start", evidence=tuple(tail),
-                                        remediation="see server.log: the engine never served /v1/models",
-                                        started=started, seconds=time.monotonic() - t0, details=details,
-                                        artifacts={"server_log": str(log)}))
-    return store.write(_outcome(cell_id, results, started, t0, details, {name: details["version"], "image": image},
+        return store.write(t.done("fail", category="server-start", evidence=tuple(tail),
+                                  remediation="see server.log: the engine never served /v1/models",
+                                  details=details, artifacts={"server_log": str(log)}))
+    return store.write(_outcome(t, results, details, {name: details["version"], "image": image},
                                 {"server_log": str(log)}))
 
 
 def smoke_on(url: str, extensions: tuple[str, ...], store: ResultsStore, cell_id: str, mix: str,
              meta: dict[str, Any], seed: int = 0) -> StageOutcome:
     """`mix`'s seeded trace against a server already running; the same trace for every engine."""
-    from model.stage import Timed
     from smoke import metrics, mix as mixmod, records, workload
     from smoke.server import MODEL_NAME
     from smoke.stage import evidence, replay_and_report
@@ -176,12 +174,12 @@ def smoke_on(url: str, extensions: tuple[str, ...], store: ResultsStore, cell_id
     recs = records.read(out_dir / "records.jsonl")
     # TPOT of the clients that read as fast as the server writes: a slow reader's pace is its own
     tpot = metrics.percentiles([x for r in recs if not r.read_bytes_per_s and (x := metrics.tpot_ms(r)) is not None])
-    details = {"mix": m.name, "seed": seed, "requests": len(trace.requests),
-               "attainment": {c: (s.good / s.requests if s.requests else None) for c, s in summary.classes.items()},
-               "ttft_ms": summary.overall.ttft_ms, "tpot_ms": tpot,
-               "http_5xx": sum(1 for r in recs if (r.http_status or 0) >= 500),
-               # the instrument: the host's 1-min load around the replay, beside the figures it shaped
-               "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+    details = SmokeDetails(
+        mix=m.name, seed=seed, requests=len(trace.requests),
+        attainment={c: (s.good / s.requests if s.requests else None) for c, s in summary.classes.items()},
+        ttft_ms=summary.overall.ttft_ms, tpot_ms=tpot, http_5xx=sum(1 for r in recs if (r.http_status or 0) >= 500),
+        # the instrument: the host's 1-min load around the replay, beside the figures it shaped
+        load_1m=[round(load_before, 2), round(os.getloadavg()[0], 2)]).to_json()
     return store.write(t.done("pass" if verdict.passed else "fail", category="" if verdict.passed else "slo",
                               evidence=evidence(summary, verdict), artifacts=arts, details=details))
 

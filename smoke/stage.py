@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from model.details import SmokeDetails
 from model.errors import UsageError
 from model.results import ResultsStore, StageOutcome
 from model.stage import Timed
@@ -170,7 +171,8 @@ def run_smoke(target, store: ResultsStore, *, image: str | None = None, mix: str
         status, category="" if verdict.passed else "slo", evidence=evidence(summary, verdict),
         remediation="" if verdict.passed else "a class missed its SLO bound: see report.md",
         versions=versions, artifacts=arts,
-        details={"failures": list(verdict.failures), "duration_s": summary.duration_s, "runtime_warnings": warns}))
+        details=SmokeDetails(failures=list(verdict.failures), duration_s=summary.duration_s,
+                             runtime_warnings=warns).to_json()))
 
 
 def run(ctx, cell) -> StageOutcome:

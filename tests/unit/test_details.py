@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from model.details import BY_STAGE, BuildArtifacts, BuildDetails, PreflightDetails, ToolchainDetails
+from model.details import (BY_STAGE, BuildArtifacts, BuildDetails, OracleDetails, PreflightDetails, SmokeDetails,
+                           ToolchainDetails)
 from model.errors import UsageError
 from model.results import StageOutcome
 
@@ -20,9 +21,9 @@ RECORDS = [(f"{f.name}:{cell}:{stage}", o) for f in NOTES
 
 
 def test_the_notes_hold_records_of_every_typed_stage():
-    assert len(NOTES) == 4 and len(RECORDS) == 49
+    assert len(NOTES) == 4 and len(RECORDS) == 65
     assert {o["stage"] for _, o in RECORDS} >= {"render", "base", "toolchain", "preflight", "build", "rebuild",
-                                                  "runtime"}
+                                                  "runtime", "smoke", "oracle"}
 
 
 @pytest.mark.parametrize("name, raw", RECORDS, ids=[n for n, _ in RECORDS])
@@ -59,6 +60,24 @@ def test_typed_reads_of_real_records():
     assert ToolchainDetails.from_outcome(_outcome("toolchain", "debian-bookworm-cpu")).probe["gxx"].startswith("12.2")
     skipped = BuildDetails.from_outcome(_outcome("build", "debian-bookworm-cuda"))
     assert (skipped.torch, skipped.blockers, skipped.max_jobs) == (None, [], None)
+
+
+def test_typed_reads_of_real_smoke_and_oracle_records():
+    sm = SmokeDetails.from_outcome(_outcome("smoke", "debian-trixie-cpu"))
+    assert sm.failures == [] and sm.duration_s > 0 and sm.runtime_warnings is not None and sm.mix is None
+    orc = OracleDetails.from_outcome(_outcome("oracle", "debian-bookworm-cpu"))
+    assert orc.failed == 0 and orc.checks > orc.named > 0 and orc.image.startswith("deploylab/")
+
+
+def test_the_adapter_matrix_smoke_figures_are_smoke_records():
+    # adapters.json rows carry the serving engines' smoke details (smoke/conform_run.py writes them).
+    rows = json.loads((NOTES[0].parent / "adapters.json").read_text())
+    smoke = [r["smoke"] for r in rows if "smoke" in r]
+    assert len(smoke) >= 2
+    for raw in smoke:
+        details = {k: v for k, v in raw.items() if k != "status"}
+        rec = SmokeDetails.from_outcome(StageOutcome(cell="c", stage="smoke", status=raw["status"], details=details))
+        assert rec.to_json() == details and rec.requests > 0 and rec.failures is None
 
 
 def test_a_malformed_record_is_one_line():

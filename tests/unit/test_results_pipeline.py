@@ -207,3 +207,25 @@ def test_a_cold_warm_ratio_only_within_one_run(tmp_path):
             assert "**Build:** skipped (not-selected)\n" in cuda and "MAX_JOBS" not in cuda
         else:
             assert "cold/warm =" not in md and "not the run of the build above" in md
+
+
+def test_notes_read_typed_smoke_and_build_records(tmp_path):
+    """The runtime-warnings list comes from the smoke record; every phase log of the build record's
+    logs folder is kept whole, xz-compressed, beside the note."""
+    import lzma
+
+    from model.details import BuildArtifacts, SmokeDetails
+    cell = "debian-trixie-cpu"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "wheel.log").write_text("".join(f"[{n}/9000] line {n}\n" for n in range(3000)))
+    store = ResultsStore(tmp_path / "results", "r")
+    store.write(StageOutcome(cell, "build", "pass", category="success",
+                             artifacts=BuildArtifacts(logs=str(logs), wheels="").to_json()))
+    store.write(StageOutcome(cell, "smoke", "pass", details=SmokeDetails(
+        failures=[], duration_s=60.0, runtime_warnings=["Triton is not installed."]).to_json()))
+    paths = write_notes(store, tmp_path / "notes")
+    md = (tmp_path / "notes" / "debian-trixie.md").read_text()
+    assert "**Runtime warnings:**\n- Triton is not installed." in md
+    kept = tmp_path / "notes" / "builds" / cell / "build-wheel.log.xz"
+    assert kept in paths and lzma.decompress(kept.read_bytes()) == (logs / "wheel.log").read_bytes()
