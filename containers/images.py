@@ -47,6 +47,26 @@ def exists(client, tag: str) -> bool:
         return False
 
 
+def pull(client, image: str, tag: str) -> str | None:
+    """Pull `image` ("repo[:ref]") and tag it `tag`; the error's first line when the engine cannot
+    get it (no registry reachable), else None."""
+    from docker.errors import DockerException
+    repo, _, ref = image.rpartition(":")
+    try:
+        img = client.images.pull(repo or image, tag=ref or "latest")
+    except DockerException as exc:  # APIError is one
+        return str(getattr(exc, "explanation", None) or exc).splitlines()[0][:300]
+    repo_t, _, ref_t = tag.rpartition(":")
+    img.tag(repo_t, ref_t)
+    return None
+
+
+def import_rootfs(client, tarball: Path, tag: str, changes: Sequence[str] = ()) -> None:
+    """`docker import`: a root filesystem tarball becomes image `tag`, with Dockerfile-style changes."""
+    repo, _, ref = tag.rpartition(":")
+    client.api.import_image_from_file(str(tarball), repository=repo, tag=ref, changes=list(changes))
+
+
 @dataclass(frozen=True)
 class Image:
     tag: str

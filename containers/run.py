@@ -1,5 +1,6 @@
 """Run-once containers: run a command in an image, wait with a timeout, return exit code and log,
-and always remove the container (also on a timeout, an exception or Ctrl-C).
+and always remove the container (also on a timeout, an exception or Ctrl-C). start_detached: a
+labelled long-lived container that commands are exec'd into (the source build's).
 
 Container-side scripts are files in their package's resources/ folder, mounted alone (one file,
 read-only, under SCRIPTS), never the repository: `script_mount(path)` names where one lands.
@@ -66,6 +67,16 @@ class Ran:
             return self
         how = "was killed at its timeout" if self.timed_out else f"exited {self.exit_code}"
         raise ContainerFailed(f"{what or self.command[0]} in {self.image} {how}; log tail:\n{tail(self.log)}")
+
+
+def start_detached(client, image: str, command: Sequence[str], *, role: str, ro: Mounts | None = None,
+                   rw: Mounts | None = None, env: Mapping[str, str] | None = None,
+                   labels: Mapping[str, str] | None = None, **create_kw):
+    """A long-lived container, started and returned (commands are then exec'd into it), labelled like
+    every other so cleanup_leftovers finds it after a crash. The caller owns it: a context manager
+    that ends in labels.remove_container. Docker's own errors propagate (the caller classifies them)."""
+    return client.containers.run(image, list(command), detach=True, environment=dict(env or {}),
+                                 labels=make_labels(role, dict(labels or {})), volumes=volumes(ro, rw), **create_kw)
 
 
 def run_once(client, image: str, command: Sequence[str], *, role: str, ro: Mounts | None = None,

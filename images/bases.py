@@ -19,7 +19,7 @@ import docker
 from docker.errors import APIError
 
 from containers.engine import ensure_host_tools
-from containers.images import exists
+from containers.images import exists, import_rootfs, pull
 from model.spec import Distro
 
 MIRROR = os.environ.get("DEPLOYLAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -37,18 +37,6 @@ class BaseResult:
 
 def base_tag(distro: Distro) -> str:
     return f"deploylab/base:{distro.name}"
-
-
-def _try_pull(client: docker.DockerClient, distro: Distro, tag: str) -> str | None:
-    """Pull distro.image and tag it; returns the error text on failure, None on success."""
-    repo, _, ref = distro.image.rpartition(":")
-    try:
-        img = client.images.pull(repo or distro.image, tag=ref or "latest")
-    except (APIError, docker.errors.DockerException) as exc:
-        return str(getattr(exc, "explanation", None) or exc).splitlines()[0][:300]
-    repo_t, _, ref_t = tag.rpartition(":")
-    img.tag(repo_t, ref_t)
-    return None
 
 
 def _apt_sources(distro: Distro) -> str:
@@ -86,9 +74,7 @@ def debootstrap(client: docker.DockerClient, distro: Distro, tag: str, log: Path
         (root / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
         tarball = Path(tmp) / "rootfs.tar"
         subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tarball), "."], check=True)
-        repo, _, ref = tag.rpartition(":")
-        client.api.import_image_from_file(str(tarball), repository=repo, tag=ref,
-                                          changes=['CMD ["/bin/bash"]', "ENV LANG=C.UTF-8"])
+        import_rootfs(client, tarball, tag, changes=['CMD ["/bin/bash"]', "ENV LANG=C.UTF-8"])
 
 
 def ensure_base(client: docker.DockerClient, distro: Distro, log: Path | None = None,
@@ -97,7 +83,7 @@ def ensure_base(client: docker.DockerClient, distro: Distro, log: Path | None = 
     t0 = time.monotonic()
     if not force and exists(client, tag):
         return BaseResult(distro.name, tag, True, "cached")
-    pull_err = _try_pull(client, distro, tag)
+    pull_err = pull(client, distro.image, tag)
     if pull_err is None:
         return BaseResult(distro.name, tag, True, "pulled", seconds=time.monotonic() - t0)
     if distro.family != "debian":

@@ -26,8 +26,8 @@ from requests.exceptions import RequestException
 from urllib3.exceptions import ProtocolError
 
 from containers.engine import engine_started, wait_for_engine
-from containers.labels import labels, remove_container
-from containers.run import SCRIPTS, volumes
+from containers.labels import remove_container
+from containers.run import SCRIPTS, start_detached
 from containers.volumes import release, small_fs
 from images import logs
 from images.fixes import fix_env, fixes, offline_inputs
@@ -180,14 +180,13 @@ class BuildContainer:
         self._engine = engine_started()
 
     def __enter__(self) -> BuildContainer:
-        # Long-lived (phases are exec'd into it, sharing its caches), so not a run_once; the toolkit's
-        # labels let cleanup_leftovers find it after a crash.
+        # Long-lived (phases are exec'd into it, sharing its caches), so not a run_once; the toolkit
+        # labels it so cleanup_leftovers finds it after a crash.
         limit = {}
         if self.mem_gib is not None:  # swap as much as memory: over the limit the kernel's OOM killer acts
             limit = {"mem_limit": int(self.mem_gib * 2**30), "memswap_limit": int(self.mem_gib * 2**30)}
-        self.container = self.client.containers.run(
-            self.image, ["sleep", "infinity"], detach=True, environment=self.env, shm_size="1g",
-            volumes=volumes(ro={SCRIPTS: RESOURCES}, rw=self.ws.mounts()), labels=labels("build"), **limit)
+        self.container = start_detached(self.client, self.image, ["sleep", "infinity"], role="build", env=self.env,
+                                        ro={SCRIPTS: RESOURCES}, rw=self.ws.mounts(), shm_size="1g", **limit)
         return self
 
     def __exit__(self, *exc: object) -> None:

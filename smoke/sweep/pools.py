@@ -17,7 +17,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from containers.labels import labels as make_labels, remove_container
+from containers.labels import ROLE as LABEL, remove_container
+from containers.networks import labelled_network
 from containers.run import run_once, script_mount
 from smoke.profiles import Placement
 from smoke.router.nginx import replica_host
@@ -26,7 +27,6 @@ from smoke.sweep.knobs import EngineCaps, parse_help
 
 __all__ = ["probe_engine", "start_replicas", "sweep_network", "remove_container", "Replica", "LABEL", "ROLE"]
 
-LABEL = "org.deploylab.role"
 ROLE = "sweep"
 VERSION_SCRIPT = Path(__file__).parents[1] / "resources" / "engine_version.py"
 
@@ -86,38 +86,7 @@ def start_replicas(image: str, model_dir: Path, placements: Sequence[Placement],
         yield replicas
 
 
-@contextmanager
-def sweep_network(labels: dict[str, str]) -> Iterator[object]:
-    """A user-defined bridge network for one profile; on the way out, whatever of ours is still
-    attached is removed first, and a network that still will not go is reported, not raised
-    (the measurements are already stored by then)."""
-    from docker.errors import APIError, NotFound
-    from testcontainers.core.network import Network
-
-    from containers.engine import client as docker_client
-    from containers.labels import cleanup_leftovers
-    # A crashed sweep's replicas and network would hold cores and names: a dead owner's go first.
-    cleanup_leftovers(docker_client(), f"{LABEL}={ROLE}", orphans_only=True)
-    net = Network(docker_network_kw={"labels": make_labels(ROLE, labels)}).create()
-    try:
-        yield net
-    finally:
-        dc = docker_client()
-        for _ in range(10):
-            try:
-                n = dc.networks.get(net.id)
-                for c in n.attrs.get("Containers", {}) or {}:
-                    try:
-                        cont = dc.containers.get(c)
-                    except NotFound:
-                        continue
-                    if cont.labels.get(LABEL) == ROLE:   # never touch a container that is not ours
-                        remove_container(cont)
-                n.remove()
-                break
-            except NotFound:
-                break
-            except APIError:
-                time.sleep(1.0)
-        else:
-            print(f"warning: could not remove sweep network {net.name}; remove it with: docker network rm {net.name}")
+def sweep_network(labels: dict[str, str]):
+    """A user-defined bridge network for one profile (containers.networks: labelled, a crashed sweep's
+    leftovers removed first, ours removed on the way out)."""
+    return labelled_network(ROLE, labels)

@@ -27,6 +27,20 @@ def test_no_module_over_600_lines():
     assert big == {}
 
 
+def test_only_the_toolkit_starts_containers_or_makes_images():
+    # containers/ is the one place that starts a container, creates a network, or builds, pulls or
+    # imports an image; other code asks it (run_once, start_detached, Server, ensure_image, ...).
+    pattern = re.compile(r"\.containers\.(?:run|create)\(|\.images\.(?:build|pull|load)\(|\.api\.(?:build|"
+                         r"create_container|import_image\w*)\(|\bfrom_env\(|\b(?:DockerContainer|Network)\(|"
+                         r"\.networks\.create\(")
+    outside = [p for p in [*_modules(), ROOT / "tasks.py"] if p.parts[len(ROOT.parts)] != "containers"]
+    assert len(outside) > 100
+    found = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in outside for m in pattern.finditer(p.read_text())]
+    assert found == []
+    inside = "".join(p.read_text() for p in (ROOT / "containers").glob("*.py"))
+    assert len(pattern.findall(inside)) >= 6, "the pattern still finds the toolkit's own calls"
+
+
 def test_no_dockerfile_text_in_python():
     # A FROM line at the start of a string or line inside a .py file: Dockerfiles live in images/templates/.
     pattern = re.compile(r'^\s*(?:[rfb]*"""|")?FROM [\w.{}/:-]+', re.MULTILINE)
