@@ -432,7 +432,7 @@ BENCHES["kvext"] = _bench_kvext
 @one_line_errors
 def oracle(c, backend="python", random=200, layout=None, sizes=False, rebuild=False):
     """Every layout against the float64 reference on every named + randomized case; exit 1 on a failure."""
-    from kvlab import ext, metadata, oracle as orc, scenario
+    from kvlab import ext, inputs, metadata, oracle as orc, scenario
     from kvlab.layouts import LAYOUTS
     from model.errors import did_you_mean
     backends = {"python": orc.python_backend, "ext": ext.cpu_backend, "cuda": ext.cuda_backend}
@@ -449,6 +449,7 @@ def oracle(c, backend="python", random=200, layout=None, sizes=False, rebuild=Fa
             raise UsageError("oracle --backend cuda: no CUDA device here (see kvlab/gpu/run.sh)")
     if backend != "python":
         ext.load(_kvx_site(rebuild, cuda=backend == "cuda"))
+    inputs.check()  # cases.toml, tolerances.toml: one line per fault before the plain readers see them
     named = scenario.named_cases()
     cases = named + scenario.random_cases(int(random))
     results = orc.run(cases, backends[backend], backend, {layout: LAYOUTS[layout]} if layout else None)

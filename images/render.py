@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -17,18 +16,45 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+from pydantic import Field
 
 from containers.images import environment
 from model.errors import UsageError
+from model.toml import Strict, load
 from model.spec import Cell
 
 TEMPLATES = Path(__file__).with_name("templates")
 PACKAGES = Path(__file__).with_name("packages.toml")
 
 
+Packages = list[str]
+
+
+class FamilyPackages(Strict):
+    """One family's packages per feature; "{python}", "{major}", "{minor}" are filled per cell."""
+
+    base: Packages
+    numactl: Packages
+    tcmalloc: Packages
+    cuda_distro: Packages = Field(alias="cuda-distro")
+    cuda_nvidia_repo: Packages = Field(alias="cuda-nvidia-repo")
+
+
+class PackagesFile(Strict):
+    debian: FamilyPackages
+    fedora: FamilyPackages
+    nvidia_repo: dict[str, str] = Field(alias="nvidia-repo", description="a table of distro = repository URL")
+    nvidia_image: dict[str, str] = Field(alias="nvidia-image", description="a table of family = image")
+
+
+def load_packages(path: Path = PACKAGES) -> dict:
+    """packages.toml, validated (model.toml: one line per fault), as the plain tables it holds."""
+    return load(PackagesFile, path).model_dump(by_alias=True)
+
+
 @functools.cache
 def _packages() -> dict:
-    return tomllib.loads(PACKAGES.read_text())
+    return load_packages()
 
 
 def _env() -> jinja2.Environment:

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from containers.run import SCRIPTS, run_once, script_mount
+from kvlab import inputs
 from model.details import BuildDetails, OracleDetails
 from model.results import ResultsStore, StageOutcome
 from model.stage import Timed
@@ -29,6 +30,7 @@ def run_oracle_stage(cell, image: str, store: ResultsStore, client, wheels: Path
                      pip_cache: Path | None = None) -> StageOutcome:
     """`wheels` set: run in `image` (a toolchain image) on the wheel in that folder; else on `image`'s own."""
     t = Timed(cell, "oracle")
+    inputs.check()  # a typo in cases.toml or tolerances.toml: one line here, not a traceback in the container
     out_dir = store.artifact_dir(cell.id, "oracle")
     ro = {"/deploylab-src/kvlab": ROOT / "kvlab", **script_mount(ORACLE)}
     rw = {}

@@ -87,6 +87,11 @@ def _is_model(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
+def _fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """A model's fields by the key the file writes (a field's alias, e.g. a TOML key with a dash)."""
+    return {info.alias or name: info for name, info in model.model_fields.items()}
+
+
 def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[Any], Any, str | None]:
     """The key path the user wrote (pydantic's union-member tags and '[key]' marks dropped), the
     type found there and its description."""
@@ -98,7 +103,7 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[Any], Any,
             continue
         if _is_model(tp):
             keys.append(p)
-            info = tp.model_fields.get(p) if isinstance(p, str) else None
+            info = _fields(tp).get(p) if isinstance(p, str) else None
             tp, desc = _unwrap(info.annotation, info.description) if info else (Any, None)
         elif _is_union(tp):  # p names the member pydantic tried; the union's description stays
             tp = next((m for m in _members(tp) if getattr(m, "__name__", None) == p), tp)
@@ -176,7 +181,7 @@ def one_line(exc: ValidationError, model: type[BaseModel], source: str, prefix: 
     key = _key(keys, prefix)
     if err["type"] == "extra_forbidden":
         _, table, _ = _walk(model, tuple(err["loc"])[:-1])
-        known = list(table.model_fields) if _is_model(table) else []
+        known = list(_fields(table)) if _is_model(table) else []
         hint = did_you_mean(str(keys[-1]), known) or (f" (known: {', '.join(known)})" if known else "")
         return f"{head}{key}: unknown key{hint}"
     if err["type"] == "missing":
