@@ -57,3 +57,10 @@ def test_no_dockerfile_in_test_code():
     assert len(tests) > 50
     inline = [str(p.relative_to(ROOT)) for p in tests if pattern.search(p.read_text())]
     assert inline == []
+
+
+def test_notes_hold_no_runnable_scripts():
+    # notes/ holds evidence; the scripts that made it live in the packages (kvlab/gpu/, smoke/bench/).
+    notes = list((ROOT / "notes").rglob("*"))
+    assert len(notes) > 50
+    assert [str(p.relative_to(ROOT)) for p in notes if p.suffix in (".py", ".sh")] == []
