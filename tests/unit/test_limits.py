@@ -53,7 +53,7 @@ def test_dropping_a_limit_reruns_the_build_only(tmp_path):
     assert "limits" not in store.get(free.id, "build").identity
 
 
-def test_an_engine_lost_outcome_is_redone(tmp_path):
+def test_an_engine_lost_outcome_is_redone(tmp_path, hadolint_ok):
     store = ResultsStore(tmp_path, "r")
     ctx = pipeline.Context(store=store, work=tmp_path)
     events = []

@@ -30,7 +30,7 @@ def test_unknown_status_is_refused():
         StageOutcome(cell="c", stage="s", status="ok")
 
 
-def test_render_runs_once_and_a_rerun_keeps_it(tmp_path, default_matrix):
+def test_render_runs_once_and_a_rerun_keeps_it(tmp_path, default_matrix, hadolint_ok):
     ctx = pipeline.Context(store=ResultsStore(tmp_path, "r"), work=tmp_path / "work")
     cell = default_matrix.get("debian-trixie-cpu")
     first = pipeline.run_stage(ctx, cell, "render")
@@ -129,7 +129,7 @@ def test_a_redone_stage_makes_what_read_it_stale(tmp_path, default_matrix):
     assert events[-3] == ("oracle", "stale (runtime changed since): running again")
 
 
-def test_a_changed_cell_or_engine_is_not_kept(tmp_path):
+def test_a_changed_cell_or_engine_is_not_kept(tmp_path, hadolint_ok):
     from model import spec
     store = ResultsStore(tmp_path, "r")
     a = spec.load(sets=["matrix.distros=['debian-trixie']"]).get("debian-trixie-cpu")
@@ -147,7 +147,7 @@ def test_a_changed_cell_or_engine_is_not_kept(tmp_path):
     assert store.get(a.id, "render").started > first.started
 
 
-def test_an_outcome_stored_without_identity_is_not_trusted(tmp_path, default_matrix):
+def test_an_outcome_stored_without_identity_is_not_trusted(tmp_path, default_matrix, hadolint_ok):
     store = ResultsStore(tmp_path, "r")
     cell = default_matrix.get("debian-trixie-cpu")
     store.write(StageOutcome(cell=cell.id, stage="render", status="pass", started=1.0))
