@@ -56,6 +56,7 @@ def test_scenarios_really_share_prefixes_and_copy_on_write():
 
 def test_fp8_and_bf16_error_against_unquantized_stays_inside_dtype_tolerance():
     res = {r.case: r for r in oracle.run([c for c in NAMED if c.dtype != "f32"], layouts={"spans": LAYOUTS["spans"]})}
+    assert {c.dtype for c in NAMED if c.name in res} == {"bf16", "fp8"}  # the loop below checks both
     for r in res.values():
         assert 0 < r.err_source <= oracle.TOLERANCES["source"][next(c.dtype for c in NAMED if c.name == r.case)]
 
