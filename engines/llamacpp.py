@@ -8,12 +8,12 @@ from pathlib import Path
 from docker.errors import ImageNotFound
 
 from containers.build import build_image
-from containers.run import ContainerFailed, run_once
+from containers.run import SCRIPTS, ContainerFailed, run_once, script_mount
 from engines.spec import EngineSpec
 from images.render import _env
 from model.errors import UsageError
 
-SCRIPT = Path(__file__).with_name("scripts") / "hf_to_gguf.py"
+SCRIPT = Path(__file__).with_name("resources") / "hf_to_gguf.py"  # container-side, mounted alone
 
 
 def dockerfile(spec: EngineSpec, base_image: str) -> str:
@@ -48,9 +48,9 @@ def ensure_gguf(client, hf_dir: Path, image: str) -> Path:
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        run_once(client, image, ["python3", "/script/hf_to_gguf.py", "/hf", "/out/model.gguf"], role="engine",
+        run_once(client, image, ["python3", f"{SCRIPTS}/{SCRIPT.name}", "/hf", "/out/model.gguf"], role="engine",
                  labels={"org.deploylab.purpose": "gguf"}, user=f"{os.getuid()}:{os.getgid()}", timeout_s=600,
-                 ro={"/script": SCRIPT.parent, "/hf": hf_dir}, rw={"/out": tmp}).check("GGUF conversion")
+                 ro={**script_mount(SCRIPT), "/hf": hf_dir}, rw={"/out": tmp}).check("GGUF conversion")
     except ContainerFailed as exc:
         raise UsageError(f"GGUF conversion of {hf_dir} in {image} failed: {str(exc)[-600:]}") from None
     if not (tmp / "model.gguf").is_file():
