@@ -98,9 +98,10 @@ def setup(c, tools=True):
 def bases(c, spec=None, set_=None, cells=None, run="latest", force=False):
     """Provide each cell's base image: pull, else debootstrap + docker import; else base-unavailable."""
     from matrix.pipeline import run_matrix
+    from model.stages import upstream
     ctx = _ctx(run, force=force)
     m = _matrix(spec, set_)
-    run_matrix(ctx, m.select(cells), ["render", "base"])
+    run_matrix(ctx, m.select(cells), [*upstream("base"), "base"])
     for cell in m.select(cells):
         o = ctx.store.get(cell.id, "base")
         print(f"{cell.id:<24} {o.status:<17} {(o.evidence or [''])[0][:100]}")
@@ -146,10 +147,11 @@ def build(c, cell, vllm=None, spec=None, set_=None, run="latest", force=True, re
     """Build vLLM (and the kvlab extension) from source in the cell's toolchain container."""
     from matrix.pipeline import run_stage
     from matrix.progress import LiveProgress
+    from model.stages import upstream
     ctx = _ctx(run, vllm=vllm)
     ctx.confirm_gates = True  # an explicit build runs even past a predicted gate, to confirm it
     x = _matrix(spec, set_).get(cell)
-    for stage in ("render", "base", "toolchain", "preflight"):
+    for stage in upstream("build"):  # render, base, toolchain, preflight
         run_stage(ctx, x, stage)
     ctx.force = force
     with LiveProgress(ctx):

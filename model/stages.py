@@ -64,3 +64,15 @@ def dependents(name: str) -> tuple[str, ...]:
                 found.add(s.name)
                 changed = True
     return tuple(n for n in NAMES if n in found)
+
+
+def upstream(name: str) -> tuple[str, ...]:
+    """Every stage `name` needs, directly or through another stage, in table order."""
+    found: set[str] = set()
+    todo = list(BY_NAME[name].needs)
+    while todo:
+        s = todo.pop()
+        if s not in found:
+            found.add(s)
+            todo.extend(BY_NAME[s].needs)
+    return tuple(n for n in NAMES if n in found)
