@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-from model.details import RuntimeDetails, SmokeDetails  # noqa: E402
+from model.details import ConformDetails, RuntimeDetails, SmokeDetails  # noqa: E402
 from model.results import ResultsStore  # noqa: E402
 
 
@@ -37,19 +37,20 @@ def rows(store: ResultsStore, builds: ResultsStore | None = None) -> list[dict[s
         c = store.get(cell, "conform")
         if c is None or not cell.startswith("engine-"):
             continue
-        d, s = c.details, store.get(cell, "smoke")
-        checks = d.get("checks", [])
+        d, s = ConformDetails.from_outcome(c), store.get(cell, "smoke")
+        checks = d.checks or []
         row: dict[str, Any] = {
-            "cell": cell, "engine": d.get("engine", cell.removeprefix("engine-")), "status": c.status,
+            "cell": cell, "engine": d.engine or cell.removeprefix("engine-"), "status": c.status,
             "why": c.evidence[0] if c.status == "engine-unavailable" and c.evidence else "",
-            "passed": sum(x["status"] == "pass" for x in checks), "checks": len(checks),
-            "required_failed": [x["check"] for x in checks if x["required"] and x["status"] == "fail"],
-            "version": d.get("version", ""), "startup_s": d.get("startup_s"),
-            "image_gb": round(d["image_bytes"] / 1e9, 2) if d.get("image_bytes") else None,
-            "image_build_s": d.get("image_build_s") or _source_build_s(
-                builds, cell.removeprefix(f"engine-{d.get('engine')}-"), d.get("image_id")),
-            "memory_gb": round(d["memory_bytes"] / 1e9, 2) if d.get("memory_bytes") else None,
-            "memory_kind": d.get("memory_kind", ""), "provenance": c.provenance, "check_results": checks}
+            "passed": sum(x.status == "pass" for x in checks), "checks": len(checks),
+            "required_failed": [x.check for x in checks if x.required and x.status == "fail"],
+            "version": d.version or "", "startup_s": d.startup_s,
+            "image_gb": round(d.image_bytes / 1e9, 2) if d.image_bytes else None,
+            "image_build_s": d.image_build_s or _source_build_s(
+                builds, cell.removeprefix(f"engine-{d.engine}-"), d.image_id),
+            "memory_gb": round(d.memory_bytes / 1e9, 2) if d.memory_bytes else None,
+            "memory_kind": d.memory_kind or "", "provenance": c.provenance,
+            "check_results": [x.to_json() for x in checks]}
         if s is not None:
             sd = SmokeDetails.from_outcome(s)
             row["smoke"] = {"status": s.status, **{k: getattr(sd, k) for k in

@@ -205,7 +205,39 @@ class OracleDetails(Details):
     image: str = ""
 
 
+# --- conform (the adapter matrix) ------------------------------------------------------------
+
+class CheckRecord(Record):
+    check: str
+    status: str  # pass | fail | unsupported
+    required: bool
+    evidence: str = ""
+
+
+class ConformDetails(Details):
+    """`invoke conform` against an engine started here (smoke/conform_run.py conform_engine) or a URL
+    (conform_url); the adapter matrix (matrix/adapters.py) reads it. An engine that could not be
+    obtained or did not start has only the first few fields."""
+
+    STAGES = ("conform",)
+    engine: str | None = None
+    what: str | None = None
+    obtain: str | None = None  # source-build | pypi | distro-package | ...
+    target: str | None = None  # the URL, for conform --url
+    image: str | None = None
+    image_id: str | None = None
+    image_bytes: int | None = None
+    image_build_s: float | None = None
+    model: str | None = None
+    extensions: list[str] | None = None
+    startup_s: float | None = None
+    version: str | None = None
+    memory_bytes: int | None = None
+    memory_kind: str | None = None  # peak | at-end
+    checks: list[CheckRecord] | None = None
+
+
 BY_STAGE: dict[str, type[Details]] = {s: cls for cls in (RenderDetails, BaseDetails, ToolchainDetails,
                                                          PreflightDetails, BuildDetails, RuntimeDetails,
-                                                         SmokeDetails, OracleDetails)
+                                                         SmokeDetails, OracleDetails, ConformDetails)
                                       for s in cls.STAGES}

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from model.details import SmokeDetails
+from model.details import CheckRecord, ConformDetails, SmokeDetails
 from model.errors import UsageError
 from model.results import ResultsStore, StageOutcome
 from model.stage import Timed
@@ -63,8 +63,9 @@ def _outcome(t: Timed, results: list[conform.Result], details: dict[str, Any], v
         evidence=tuple(r.line() for r in results),
         remediation=f"required checks failed: {', '.join(failed)}" if failed else "",
         versions=versions, artifacts=artifacts,
-        details={**details, "checks": [{"check": r.check, "status": r.status, "required": r.required,
-                                        "evidence": r.evidence} for r in results]})
+        details=ConformDetails.model_validate({**details, "checks": [
+            CheckRecord(check=r.check, status=r.status, required=r.required, evidence=r.evidence)
+            for r in results]}).to_json())
 
 
 def conform_url(url: str, store: ResultsStore, api_key_env: str = "", model: str = "",
@@ -101,7 +102,8 @@ def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=Non
 
     def unavailable(reason: str) -> StageOutcome:
         return store.write(t.done("engine-unavailable", category="engine-unavailable", evidence=(reason,),
-                                  details={"engine": name, "what": ad.spec.what, "obtain": ad.spec.obtain.how}))
+                                  details=ConformDetails(engine=name, what=ad.spec.what,
+                                                         obtain=ad.spec.obtain.how).to_json()))
 
     if ad.unavailable:
         return unavailable(ad.unavailable)
@@ -153,7 +155,8 @@ def conform_engine(name: str, store: ResultsStore, cell: str = "", on_result=Non
         tail = [ln for ln in str(exc).splitlines() if ln.strip()][-8:]
         return store.write(t.done("fail", category="server-start", evidence=tuple(tail),
                                   remediation="see server.log: the engine never served /v1/models",
-                                  details=details, artifacts={"server_log": str(log)}))
+                                  details=ConformDetails.model_validate(details).to_json(),
+                                  artifacts={"server_log": str(log)}))
     return store.write(_outcome(t, results, details, {name: details["version"], "image": image},
                                 {"server_log": str(log)}))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from model.details import (BY_STAGE, BuildArtifacts, BuildDetails, OracleDetails, PreflightDetails, SmokeDetails,
-                           ToolchainDetails)
+from model.details import (BY_STAGE, BuildArtifacts, BuildDetails, ConformDetails, OracleDetails, PreflightDetails,
+                           SmokeDetails, ToolchainDetails)
 from model.errors import UsageError
 from model.results import StageOutcome
 
@@ -84,3 +84,21 @@ def test_a_malformed_record_is_one_line():
     o = StageOutcome(cell="c", stage="build", status="pass", details={"attempts": [{"phase": "wheel", "exit": "x"}]})
     with pytest.raises(UsageError, match=r"^c/build: details\.attempts\[0\]\.exit: .*got 'x'$"):
         BuildDetails.from_outcome(o)
+
+
+def test_the_adapter_runs_raw_records_are_typed_records(tmp_path):
+    """notes/deploy/raw-adapters-s7.tar.xz: the store the committed adapter matrix was read from. Each
+    conform and smoke outcome in it reads as its record, knows every key, and writes back the same
+    (a null the old writer stored is left out)."""
+    import tarfile
+    with tarfile.open(NOTES[0].parent / "raw-adapters-s7.tar.xz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    outcomes = [StageOutcome.from_json(json.loads(f.read_text())) for f in sorted(tmp_path.rglob("cells/*/*.json"))]
+    typed = [o for o in outcomes if o.stage in ("conform", "smoke")]
+    assert len(typed) == 8 and {o.stage for o in typed} == {"conform", "smoke"}
+    for o in typed:
+        rec = BY_STAGE[o.stage].from_outcome(o)
+        assert set(o.details) <= set(type(rec).model_fields), o.cell
+        assert rec.to_json() == {k: v for k, v in o.details.items() if v is not None}, o.cell
+    served = ConformDetails.from_outcome(next(o for o in typed if o.cell == "engine-vllm-cpu" and o.stage == "conform"))
+    assert served.version == "0.32.0" and len(served.checks) == 23 and served.checks[0].check == "models"
