@@ -472,11 +472,11 @@ def oracle(c, backend="python", random=200, layout=None, sizes=False, rebuild=Fa
             "mix": "mix name or path", "seed": "workload seed", "rate": "base rate (sessions/s; default: the mix's)",
             "duration": "arrival window (s; default: the mix's)", "scale": "also run at rate x SCALE (> 1) on the same pools",
             "image": "engine image (default: the vllm-cpu runtime image)", "run": "results run name",
-            "notes": "report folder", "timeout": "per-request timeout (s)",
+            "notes": "report folder (notes/sweep itself holds the capacity report)", "timeout": "per-request timeout (s)",
             "report_only": "rewrite the report from the stored run (starts nothing)"})
 @one_line_errors
 def sweep(c, profiles=None, mix="default", seed=0, rate=0.0, duration=0.0, scale=0.0, image="", run="sweep",
-          notes="notes/sweep", timeout=180.0, report_only=False):
+          notes="notes/sweep/one-rate", timeout=180.0, report_only=False):
     """Each profile's pools + nginx router on real vLLM, the same trace against each, ranked; report in notes/."""
     from smoke.sweep.runner import SweepOptions, run_sweep
     opts = SweepOptions(mix=mix, seed=int(seed), rate_rps=float(rate), duration_s=float(duration),
