@@ -80,9 +80,10 @@ def _runtime_build_containers(client) -> list:
             if any(s in " ".join(c.attrs["Config"].get("Cmd") or []) for s in steps)]
 
 
-def _interrupt(lab, proc, sig, stage: str, before: dict[str, bytes], docker_client) -> float:
+def _interrupt(lab, proc, sig, stage: str, before: dict[str, bytes], docker_client) -> tuple[str, float]:
     """Send `sig`, then check: exit 130 in one line, the stage interrupted and stored nothing, every
-    outcome stored before unchanged, nothing of the run left. Returns seconds from signal to exit."""
+    outcome stored before unchanged, nothing of the run left. Returns the output and the seconds
+    from signal to exit."""
     t0 = time.monotonic()
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=180)
@@ -97,7 +98,7 @@ def _interrupt(lab, proc, sig, stage: str, before: dict[str, bytes], docker_clie
     while _runtime_build_containers(docker_client) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _runtime_build_containers(docker_client), "the runtime image build's container is left"
-    return took
+    return out, took
 
 
 @pytest.mark.parametrize("at_runtime,at_oracle", [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)],
@@ -112,7 +113,7 @@ def test_interrupted_runtime_and_oracle_stages_resume(resumed, docker_client, at
     first = tiny.matrix(lab)
     _until(first, lambda: log.exists() and "Step 6/" in log.read_text(), "the runtime image build")
     time.sleep(1.5)
-    runtime_exit_s = _interrupt(lab, first, at_runtime, "runtime", before, docker_client)
+    _, runtime_exit_s = _interrupt(lab, first, at_runtime, "runtime", before, docker_client)
 
     # 2. the rerun keeps the build, runs the runtime stage again, and is interrupted in the oracle
     second = tiny.matrix(lab)
@@ -121,7 +122,10 @@ def test_interrupted_runtime_and_oracle_stages_resume(resumed, docker_client, at
     time.sleep(2)
     before = _outcomes(lab)
     assert set(before) == {*BUILT, "runtime", "smoke"}
-    oracle_exit_s = _interrupt(lab, second, at_oracle, "oracle", before, docker_client)
+    out, oracle_exit_s = _interrupt(lab, second, at_oracle, "oracle", before, docker_client)
+    for stage in BUILT:
+        assert f"{stage:<10} kept pass" in out, out
+    assert "runtime    start" in out and "runtime    fail" in out, out
     rt = tiny.outcome(lab, "runtime")
     assert (rt["status"], rt["category"]) == ("fail", "build-failed"), rt["evidence"]
     assert "ModuleNotFoundError: No module named 'vllm'" in log.read_text()  # the image's own check
@@ -130,7 +134,7 @@ def test_interrupted_runtime_and_oracle_stages_resume(resumed, docker_client, at
     out = tiny.finish(tiny.matrix(lab))
     for stage in (*BUILT, "runtime", "smoke"):
         assert f"{stage:<10} kept" in out, out
-    assert tiny.outcome(lab, "oracle")["status"] == "pass"
+    assert "oracle     start" in out and tiny.outcome(lab, "oracle")["status"] == "pass"
     assert _outcomes(lab) | {"oracle": b""} == before | {"oracle": b""}
     ends = [(e["stage"]) for e in _events(lab) if e["event"] == "stage-end"]
     assert all(ends.count(s) == 1 for s in (*BUILT, "runtime", "smoke", "oracle")), ends
