@@ -137,8 +137,9 @@ def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
     except KeyboardInterrupt as exc:
         # Not the stage's verdict: no outcome (what is stored stays as it was, and the rerun runs the
         # stage again); the event log says which stage stopped and why.
-        ctx.store.event("stage-interrupted", cell=cell.id, stage=stage, seconds=round(t.elapsed, 2),
-                        why=str(exc) or "SIGINT")
+        why = str(exc) or "SIGINT"
+        ctx.store.event("stage-interrupted", cell=cell.id, stage=stage, seconds=round(t.elapsed, 2), why=why)
+        ctx.on_event(cell.id, stage, f"interrupted ({why[:80]})")
         raise
     except Exception as exc:  # a crash in one cell's stage is that cell's outcome, not the run's end
         tb = traceback.format_exc().strip().splitlines()

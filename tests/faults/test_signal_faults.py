@@ -92,6 +92,7 @@ def _interrupt(lab, proc, sig, stage: str, before: dict[str, bytes], docker_clie
     assert "interrupted: results written so far are kept" in out and "Traceback" not in out, out
     cut = [e for e in _events(lab) if e["event"] == "stage-interrupted"][-1]
     assert (cut["stage"], cut["why"]) == (stage, signal.Signals(sig).name), cut
+    assert f"{stage:<10} interrupted ({signal.Signals(sig).name})" in out, out
     assert _outcomes(lab) == before, "an outcome stored before the interrupt changed, or the stage stored one"
     tiny.intact(lab, docker_client, proc.pid)
     deadline = time.monotonic() + 15  # dockerd removes a cancelled step's container on its own

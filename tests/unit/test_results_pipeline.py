@@ -221,8 +221,11 @@ def test_an_interrupted_stage_stores_nothing_and_says_so_in_the_events(tmp_path,
         raise KeyboardInterrupt("SIGTERM")
     monkeypatch.setattr(pipeline, "implementation", lambda stage: cut)
     ctx.force = True
+    said = []
+    ctx.on_event = lambda c, s, m: said.append(m)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_stage(ctx, cell, "render")
+    assert said == ["start", "interrupted (SIGTERM)"]
     assert ctx.store.outcome_path(cell.id, "render").read_bytes() == stored
     last = json.loads((ctx.store.path / "events.jsonl").read_text().splitlines()[-1])
     assert (last["event"], last["stage"], last["why"]) == ("stage-interrupted", "render", "SIGTERM")
