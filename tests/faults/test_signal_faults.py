@@ -137,7 +137,7 @@ def test_interrupted_runtime_and_oracle_stages_resume(resumed, docker_client, at
         assert f"{stage:<10} kept" in out, out
     assert "oracle     start" in out and tiny.outcome(lab, "oracle")["status"] == "pass"
     assert _outcomes(lab) | {"oracle": b""} == before | {"oracle": b""}
-    ends = [(e["stage"]) for e in _events(lab) if e["event"] == "stage-end"]
+    ends = [e["stage"] for e in _events(lab) if e["event"] == "stage-end"]
     assert all(ends.count(s) == 1 for s in (*BUILT, "runtime", "smoke", "oracle")), ends
     print(f"runtime {signal.Signals(at_runtime).name}: exit 130 {runtime_exit_s:.1f} s after the signal; "
           f"oracle {signal.Signals(at_oracle).name}: {oracle_exit_s:.1f} s; test {time.monotonic() - t0:.0f} s")
