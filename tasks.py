@@ -22,7 +22,7 @@ RESULTS = settings.results()
 
 def _terminate(signum, frame):
     # SIGTERM (CI cancels, `kill`, systemd) unwinds like Ctrl-C, so every `finally` removes its containers.
-    raise KeyboardInterrupt
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def one_line_errors(fn):
