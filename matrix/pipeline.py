@@ -134,6 +134,13 @@ def run_stage(ctx: Context, cell: Cell, stage: str) -> StageOutcome:
         out = implementation(stage)(ctx, cell)
     except UsageError:
         raise
+    except KeyboardInterrupt as exc:
+        # Not the stage's verdict: no outcome (what is stored stays as it was, and the rerun runs the
+        # stage again); the event log says which stage stopped and why.
+        why = str(exc) or "SIGINT"
+        ctx.store.event("stage-interrupted", cell=cell.id, stage=stage, seconds=round(t.elapsed, 2), why=why)
+        ctx.on_event(cell.id, stage, f"interrupted ({why[:80]})")
+        raise
     except Exception as exc:  # a crash in one cell's stage is that cell's outcome, not the run's end
         tb = traceback.format_exc().strip().splitlines()
         if engine_gone(exc):  # dockerd restarted or stopped under the stage: redone by the next run

@@ -20,9 +20,9 @@ from typing import Any
 from model.stages import NAMES as STAGES  # pipeline order; a stage not listed is still stored, after these
 
 STATUSES = ("pass", "fail", "gated", "base-unavailable", "engine-unavailable", "skipped")
-# Outcomes that say nothing of the cell (the Docker engine restarted under the stage): a rerun redoes
-# them even while their identity holds.
-REDO_CATEGORIES = ("engine-lost",)
+# Outcomes that say nothing of the cell (the Docker engine restarted under the stage, or the tool itself
+# crashed): a rerun redoes them even while their identity holds.
+REDO_CATEGORIES = ("engine-lost", "internal-error")
 
 
 @dataclass(frozen=True)

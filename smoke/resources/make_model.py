@@ -1,7 +1,7 @@
 """Build the tiny random-weight Llama that the smoke tests serve (no model hub is reachable).
 
 Runs inside the runtime image (it has torch, transformers and tokenizers):
-    python make_model.py WORDS_FILE OUT_DIR [SIZE]     # SIZE: tiny (default), small or bench
+    python make_model.py WORDS_FILE OUT_DIR [SIZE]     # SIZE: tiny (default), mid, small or bench
 Deterministic: a byte-level BPE trained on a corpus generated from the word list with a fixed seed
 (big enough a vocabulary that each listed word is one token), and weights from torch.manual_seed(0).
 Only the standard library, torch, tokenizers and transformers are imported: this file is copied
@@ -17,13 +17,16 @@ VOCAB = 2048
 CONTEXT = 4096
 # Any role (user, assistant, tool) renders the same way; enough for chat completions and tool loops.
 # tiny: head_dim 64 (a size vLLM's CPU attention supports); 2 layers keep a 3,000-token prefill cheap.
-# small (~14 M parameters, a decode step ~9 ms here) and bench (~94 M, ~33 ms), for `invoke bench
-# replay`: steps long enough that vLLM's API server keeps pace with the engine on a 2-core box (with
-# tiny, a step is ~2 ms, and an API server that falls behind hands out a request's tokens merged
-# into one piece: notes/smoke.md, session 3).
+# mid (~2.6 M, a decode step 5-7 ms at one CPU, a 3,000-token prefill in hundreds of ms): the capacity
+# search's model (tokens cost, and its points stay short). small (~14 M parameters, a decode step ~9 ms
+# here) and bench (~94 M, ~33 ms), for `invoke bench replay`: steps long enough that vLLM's API server
+# keeps pace with the engine on a 2-core box (with tiny, a step is ~2 ms, and an API server that falls
+# behind hands out a request's tokens merged into one piece: notes/smoke.md, session 3).
 SIZES = {
     "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=2),
+    "mid": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2),
     "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=4),
     "bench": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,

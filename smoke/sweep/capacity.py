@@ -286,6 +286,21 @@ class Step:
     why: str
 
 
+def calibrated_start(rules: Rules, service_s: Mapping[str, float], per_session: Mapping[str, float],
+                     engine_cpus: float) -> float:
+    """search.start_rps = "calibrated": start_utilization x the session rate at which the engines' CPUs
+    would be busy all the time with requests served one at a time (calibration's service seconds at
+    one CPU). Every profile gets the same start, so the searches share one rate grid."""
+    demand = sum(n * service_s[c] for c, n in per_session.items())
+    s = rules.search
+    return round(min(max(s.start_utilization * engine_cpus / demand, s.min_rps), s.max_rps), 4)
+
+
+def resolved(rules: Rules, start_rps: float) -> Rules:
+    """The rules with a numeric first rate (what step() needs)."""
+    return rules.model_copy(update={"search": rules.search.model_copy(update={"start_rps": start_rps})})
+
+
 def step(runs: Sequence[Run], rules: Rules, reps: int | None = None) -> Step:
     """The next rate to run for one profile, from every run so far (discarded ones included).
 
@@ -300,6 +315,8 @@ def step(runs: Sequence[Run], rules: Rules, reps: int | None = None) -> Step:
         return Step(None, f"stopped: {bad[over[0]]} runs discarded at {over[0]:g} sessions/s")
     pts = {p.rate: p for p in points(runs, rules)}
     if not pts:
+        if s.start_rps == "calibrated":
+            raise UsageError("capacity.toml search.start_rps = \"calibrated\": resolve it from the calibration first")
         return Step(s.start_rps, "coarse")
     if few := [r for r, p in pts.items() if len(p.runs) < rules.repetitions.coarse]:
         return Step(few[0], "repeat")

@@ -110,7 +110,9 @@ def open_pools(client, image: str, model_dir: Path, profile: Profile, lanes: Seq
     with sweep_network(labels) as net, ExitStack() as stack:
         started = []
         for lane in lanes:
-            srv = engine_server(image, model_dir, tuple(args[lane.pool]), role=ROLE, cpus=cpuset, quota_cpus=lane.cpus,
+            # No quota while starting: start-up is Python imports in three processes (~60 s at one CPU), and
+            # the lane's quota applies from readiness on, before anything is measured.
+            srv = engine_server(image, model_dir, tuple(args[lane.pool]), role=ROLE, cpus=cpuset,
                                 env={"VLLM_CPU_OMP_THREADS_BIND": lane.threads, **(env or {})}, network=net,
                                 aliases=(lane.host,), labels=labels, log_path=log_dir / f"{lane.host}.log",
                                 name=f"{lane.host} ({lane.cpus:g} CPUs)", wrap=NO_TCMALLOC if no_tcmalloc else ())
@@ -118,6 +120,8 @@ def open_pools(client, image: str, model_dir: Path, profile: Profile, lanes: Seq
             started.append((lane, srv.start()))
         for _, srv in started:
             srv.wait(max(10.0, startup_timeout_s - (time.monotonic() - t0)))
+        for lane, srv in started:
+            client.containers.get(srv.id).update(cpu_period=100_000, cpu_quota=round(lane.cpus * 100_000))
         ids = [srv.id for _, srv in started]
         ip_host = {client.containers.get(srv.id).attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]: lane.host
                    for lane, srv in started}

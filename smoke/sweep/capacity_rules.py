@@ -51,7 +51,8 @@ class _Repetitions(Strict):
 
 
 class _Search(Strict):
-    start_rps: PositiveNumber
+    start_rps: PositiveNumber | Literal["calibrated"]
+    start_utilization: float = Fraction
     factor: float = Field(gt=1, description="a factor > 1")
     min_rps: PositiveNumber
     max_rps: PositiveNumber
@@ -60,7 +61,7 @@ class _Search(Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> _Search:
-        if not self.min_rps <= self.start_rps <= self.max_rps:
+        if self.start_rps != "calibrated" and not self.min_rps <= self.start_rps <= self.max_rps:
             raise Fault("start_rps", f"expected min_rps <= start_rps <= max_rps, got {self.start_rps}")
         return self
 

@@ -1,4 +1,5 @@
-"""The sweep report: Markdown + PNG charts under notes/sweep/, from the stored per-profile outcomes.
+"""The one-rate sweep report (`invoke sweep`): Markdown + PNG charts under notes/sweep/one-rate/, from
+the stored per-profile outcomes.
 
 Charts: per profile x class SLO attainment (a heat map per phase), TTFT and ITL distributions
 (one panel per class, one box per profile), accepted vs rejected requests. Each of the seed's

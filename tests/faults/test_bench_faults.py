@@ -9,11 +9,14 @@ Runs from a temporary folder (`invoke -r ROOT`), so the bench's results/bench/re
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +60,62 @@ def test_interrupted_bench_exits_130_and_leaves_no_container(docker_client, tmp_
     assert not left, f"left behind: {[(c.name, c.labels.get(ROLE), c.status) for c in left]}"
     assert not docker_client.networks.list(filters=mine)
     print(f"bench {signal.Signals(sig).name} after {time.monotonic() - t0:.0f} s in: exit 130, nothing left")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# name, arguments (short: tiny levels; the kvext grid is cut in its first shapes), the line after
+# which the signal is sent, and a line printed before it that must be in what the run kept.
+BENCHES = {
+    "replay-capacity": (["--streams", "20,40,80", "--interval", "0.2"], "streams    20: ok", "streams    20: ok"),
+    "kvext": ([], "context batch", "kvx CPU build:"),
+}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+@pytest.mark.parametrize("name", list(BENCHES))
+def test_interrupted_client_bench_exits_130_keeps_its_lines_and_leaves_no_process(docker_client, tmp_path, name, sig):
+    """`replay-capacity` (its SSE source is a subprocess on loopback) and `kvext` (the C++ extension in
+    this process) start no container: what they must not leave is a process; what they write as they
+    go is their lines (stdout), which an interrupt must not lose."""
+    args, when, kept = BENCHES[name]
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(ROOT), "bench", name, *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    t0 = time.monotonic()
+    while not any(when in line for line in lines) and time.monotonic() - t0 < 300:
+        assert proc.poll() is None, "".join(lines)
+        time.sleep(0.2)
+    assert any(when in line for line in lines), "the bench never reached the point of the fault: " + "".join(lines)
+    time.sleep(1)  # inside the next measurement
+    kids = _children(proc.pid)
+    assert name != "replay-capacity" or kids, "the SSE source is not running"
+    proc.send_signal(sig)
+    t1 = time.monotonic()
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    out = "".join(lines)
+    assert proc.returncode == 130, out
+    assert "interrupted: results written so far are kept" in out and "Traceback" not in out, out
+    assert kept in out, out
+    deadline = time.monotonic() + 10
+    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [k for k in kids if _alive(k)], "a process of the bench is left running"
+    mine = {"label": f"{OWNER}={socket.gethostname()}:{proc.pid}"}
+    assert not docker_client.containers.list(all=True, filters=mine)
+    print(f"bench {name} {signal.Signals(sig).name} {t1 - t0:.0f} s in: exit 130 after {time.monotonic() - t1:.1f} s, "
+          f"{len(out.splitlines())} lines kept, {len(kids)} child process(es) gone")

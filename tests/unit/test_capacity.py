@@ -13,7 +13,7 @@ from smoke.records import RequestRecord
 from smoke.sweep import capacity as cap
 from smoke.sweep.capacity_rules import Rules
 
-RULES = cap.load_rules()
+RULES = cap.resolved(cap.load_rules(), 2.0)   # capacity.toml says "calibrated": the grid these tests walk
 FAST = RULES.model_copy(update={"bootstrap": RULES.bootstrap.model_copy(update={"n_resamples": 999})})
 B = cap.SLOBound(ttft_ms=500, tpot_ms=50, unloaded_ttft_ms=100, unloaded_tpot_ms=10, ttft_multiple=5, tpot_multiple=5)
 
@@ -314,3 +314,16 @@ def test_equal_load_figures():
     assert cap.equal_load_rate(cap.Capacity(5.0, 4.0, 6.0, "", 3), RULES) == 4.0
     with pytest.raises(UsageError, match="balanced: capacity below"):
         cap.equal_load_rate(cap.Capacity(0.0, None, 0.25, "below", 3), RULES)
+
+
+def test_a_calibrated_start_is_the_committed_utilization_of_the_measured_demand_and_must_be_resolved():
+    rules = cap.load_rules()
+    assert rules.search.start_rps == "calibrated"
+    with pytest.raises(UsageError, match="resolve it from the calibration first"):
+        cap.step([], rules)
+    per_session, service = {"a": 0.5, "b": 0.1}, {"a": 0.2, "b": 3.0}       # 0.4 s of one CPU per session
+    start = cap.calibrated_start(rules, service, per_session, engine_cpus=1.5)
+    assert start == pytest.approx(rules.search.start_utilization * 1.5 / 0.4, abs=1e-4)
+    assert cap.step([], cap.resolved(rules, start)).rate == start
+    # Clamped to the searched range: a demand so small the start would pass max_rps starts at max_rps.
+    assert cap.calibrated_start(rules, {"a": 1e-6, "b": 1e-6}, per_session, 1.5) == rules.search.max_rps

@@ -21,7 +21,7 @@ from smoke.records import RequestRecord
 from smoke.sweep import capacity as cap, capacity_assemble as assemble, capacity_plan, capacity_runner as cr, hostload
 from smoke.sweep.capacity_pools import Measured
 
-RULES = cap.load_rules()
+RULES = cap.resolved(cap.load_rules(), 2.0)   # capacity.toml says "calibrated": the grid these tests walk
 FAST = RULES.model_copy(update={"bootstrap": RULES.bootstrap.model_copy(update={"n_resamples": 199})})
 MIX = mixmod.load("default")
 BOUNDS = {c: cap.SLOBound(ttft_ms=500, tpot_ms=50, unloaded_ttft_ms=100, unloaded_tpot_ms=10, ttft_multiple=5,

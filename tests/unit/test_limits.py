@@ -53,16 +53,18 @@ def test_dropping_a_limit_reruns_the_build_only(tmp_path):
     assert "limits" not in store.get(free.id, "build").identity
 
 
-def test_an_engine_lost_outcome_is_redone(tmp_path, hadolint_ok):
+@pytest.mark.parametrize("category", ["engine-lost", "internal-error"])
+def test_an_outcome_that_says_nothing_of_the_cell_is_redone(tmp_path, category, hadolint_ok):
     store = ResultsStore(tmp_path, "r")
     ctx = pipeline.Context(store=store, work=tmp_path)
     events = []
     ctx.on_event = lambda c, s, m: events.append(m)
     cell = _cell()
-    store.write(StageOutcome(cell=cell.id, stage="render", status="fail", category="engine-lost", started=1.0,
+    store.write(StageOutcome(cell=cell.id, stage="render", status="fail", category=category, started=1.0,
                              identity=pipeline.identity(ctx, cell, "render")))
     again = pipeline.run_stage(ctx, cell, "render")
-    assert events[0] == "stale (engine-lost last time): running again" and again.started > 1.0
+    assert events[0] == f"stale ({category} last time): running again" and again.started > 1.0
+    assert again.status == "pass"
 
 
 def _refused(ctx, cell):

@@ -229,3 +229,26 @@ def test_notes_read_typed_smoke_and_build_records(tmp_path):
     assert "**Runtime warnings:**\n- Triton is not installed." in md
     kept = tmp_path / "notes" / "builds" / cell / "build-wheel.log.xz"
     assert kept in paths and lzma.decompress(kept.read_bytes()) == (logs / "wheel.log").read_bytes()
+
+
+def test_an_interrupted_stage_stores_nothing_and_says_so_in_the_events(tmp_path, default_matrix, monkeypatch,
+                                                                         hadolint_ok):
+    """Ctrl-C or SIGTERM (tasks turn it into KeyboardInterrupt("SIGTERM")) is not the stage's verdict:
+    the outcome stored before stays byte for byte, and the event log names the stage and the signal."""
+    ctx = pipeline.Context(store=ResultsStore(tmp_path, "r"), work=tmp_path / "work")
+    cell = default_matrix.get("debian-trixie-cpu")
+    pipeline.run_stage(ctx, cell, "render")
+    stored = ctx.store.outcome_path(cell.id, "render").read_bytes()
+
+    def cut(ctx, cell):
+        raise KeyboardInterrupt("SIGTERM")
+    monkeypatch.setattr(pipeline, "implementation", lambda stage: cut)
+    ctx.force = True
+    said = []
+    ctx.on_event = lambda c, s, m: said.append(m)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_stage(ctx, cell, "render")
+    assert said == ["start", "interrupted (SIGTERM)"]
+    assert ctx.store.outcome_path(cell.id, "render").read_bytes() == stored
+    last = json.loads((ctx.store.path / "events.jsonl").read_text().splitlines()[-1])
+    assert (last["event"], last["stage"], last["why"]) == ("stage-interrupted", "render", "SIGTERM")
