@@ -1,0 +1,322 @@
+// Small-batch split-KV decode on CUDA cores (issue 18, goal 3): bf16, head_dim 128, GQA-4 rows per CTA,
+// included by cuda_kernels.cu inside its anonymous namespace (it reuses SlotCursor, unit_rows,
+// split_range, butterfly16, merge_groups and put_merged).
+//
+// At batch 1 the tensor-core kernel's CTAs (196 registers, 2 per SM, 8 warps per SM) keep too few
+// bytes in flight: a kernel that only reads the same K/V got faster going from 32 to 64 warps per SM
+// (notes/kvlab.md), and the MMA path's fixed cost (Q hi/lo split, fragment setup) is ~7 us. Here:
+// - each warp streams its own 8-token groups (4 KB of K+V of one kv head) through its own STG-deep
+//   cp.async pipeline (L2::128B hint), so only __syncwarp orders a stage, and STG - 1 groups per warp
+//   are in flight while one computes; a CTA of NW warps takes a contiguous token range of one
+//   (sequence, kv head) split, the warps its groups round-robin;
+// - the math is FMA on CUDA cores: a half-warp holds one K row (8 dims a lane) and the 4 query rows'
+//   8 dims, 4 tokens x 4 rows of partial dots reduce-scatter over the 16 lanes (butterfly16, 15
+//   shuffles), one online-softmax step per 8 tokens, P goes through shared memory as float4
+//   broadcasts, and O += P V on the same lanes;
+// - one wave: splits = resident CTAs / items, each CTA's 4 rows merged over its warps in shared
+//   memory into one partial, then b1_combine_kernel (a programmatic dependent) merges the splits
+//   with every slot's loads in flight at once.
+// DIAG 1 (benchmarks only, wrong output): the copies without the math, this kernel's read floor.
+
+constexpr int B1_TT = 8;                          // tokens per warp stage
+constexpr int B1_ROW = 256;                       // bytes of one K (or V) row: 128 bf16
+constexpr int B1_STAGE = 2 * B1_TT * B1_ROW;      // K rows, then V rows
+
+template <int NW, int STG, int DIAG = 0>
+__global__ void __launch_bounds__(32 * NW) b1_kernel(Args a) {
+  extern __shared__ __align__(16) float smem[];
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, hw = lane / 16, part = lane % 16;
+  const int unit = blockIdx.z, kvh = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
+  int sp0 = 0, sp1 = 0;  // the span CSR offsets load alongside the length
+  if (a.kind == SPANS) sp0 = a.sptr[unit], sp1 = a.sptr[unit + 1];
+  Rows rows;
+  int src_len, loffset;
+  unit_rows(a, unit, kvh, chunk, MMA_R, rows, src_len, loffset);
+  if (rows.n == 0) return;
+  int t0, t1;
+  split_range<B1_TT>(a, rows, src_len, loffset, t0, t1);
+  const int ngroups = t1 > t0 ? (t1 - t0 + B1_TT - 1) / B1_TT : 0;
+  const int nsteps = ngroups > warp ? (ngroups - 1 - warp) / NW + 1 : 0;
+
+  SlotCursor<true> slots(a);
+  slots.reset(unit, sp0, sp1);
+  const int H = a.p.kv_heads;
+  const char* K = static_cast<const char*>(a.k);
+  const char* V = static_cast<const char*>(a.v);
+  char* wbase = reinterpret_cast<char*>(smem) + size_t(warp) * STG * B1_STAGE;
+  float* ps = reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + size_t(NW) * STG * B1_STAGE) + warp * 32;
+  // group `step` of this warp into its stage: lane copies 16 bytes of K and of V of rows hw, hw+2, ..
+  auto issue = [&](int step) {
+    if (step < nsteps) {
+      const int tb = t0 + (warp + step * NW) * B1_TT;
+      char* st = wbase + (step % STG) * B1_STAGE;
+      int64_t base = -1;  // the 8 tokens in one physically contiguous run: one lookup
+      if (a.kind != PAGED) {
+        const int64_t s0 = slots.of(tb);
+        if (a.kind == CONTIG || min(t1, tb + B1_TT) <= slots.send) base = s0;
+      }
+#pragma unroll
+      for (int i = 0; i < B1_TT / 2; ++i) {
+        const int r = hw + 2 * i, tok = tb + r;
+        const bool ok = tok < t1;
+        const int64_t slot = !ok ? 0 : base >= 0 ? base + r : slots.of(tok);
+        const size_t off = ok ? size_t(slot * H + kvh) * B1_ROW + size_t(part) * 16 : 0;
+        char* dk = st + r * B1_ROW + part * 16;
+        cp_async16_l2<128>(dk, K + off, ok);
+        cp_async16_l2<128>(dk + B1_TT * B1_ROW, V + off, ok);
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int i = 0; i < STG - 1; ++i) issue(i);
+
+  // this lane's 8 dims of the 4 query rows, pre-scaled (rows past rows.n are zero)
+  const float kscale = a.p.k_scale ? a.p.k_scale[kvh] : 1.f;
+  float q[MMA_R][8];
+#pragma unroll
+  for (int r = 0; r < MMA_R; ++r) {
+    const bool real = r < rows.n;
+    const float qs = real ? a.p.sm_scale * kscale * LOG2E : 0.f;
+    load8(a.q + (size_t(rows.seq[real ? r : 0]) * a.p.q_heads + rows.head[real ? r : 0]) * MMA_D + part * 8, q[r]);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) q[r][e] *= qs;
+  }
+  // after the reduce-scatter this lane holds the score of (token hw*4 + j/4, row j%4), j = lane % 16
+  const int jr = part & 3, jt = part >> 2;
+  float my_qp = 0.f, my_slope = 0.f;
+#pragma unroll
+  for (int r = 0; r < MMA_R; ++r)
+    if (jr == r && r < rows.n) {
+      my_qp = float(rows.qpos[r]);
+      my_slope = a.p.alibi ? a.p.alibi[rows.head[r]] * LOG2E : 0.f;
+    }
+  float acc[MMA_R][8];
+#pragma unroll
+  for (int r = 0; r < MMA_R; ++r)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[r][e] = 0.f;
+  float m_run = -INFINITY, l_run = 0.f;  // row jr's running max (warp-uniform per row), this lane's sum
+  const int W = a.p.window;
+
+  for (int step = 0; step < nsteps; ++step) {
+    cp_async_wait<STG - 2>();
+    __syncwarp();  // every lane's copies of this stage landed; the stage refilled below is consumed
+    issue(step + STG - 1);
+    if (DIAG == 1) continue;
+    const char* st = wbase + (step % STG) * B1_STAGE;
+    const int tb = t0 + (warp + step * NW) * B1_TT;
+    float s[16];  // partial dots, index token * 4 + row
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float kf[8];
+      load8(reinterpret_cast<const uint16_t*>(st + (hw * 4 + i) * B1_ROW + part * 16), kf);
+#pragma unroll
+      for (int r = 0; r < MMA_R; ++r) {
+        float x = q[r][0] * kf[0], y = q[r][1] * kf[1];
+#pragma unroll
+        for (int e = 2; e < 8; e += 2) x = fmaf(q[r][e], kf[e], x), y = fmaf(q[r][e + 1], kf[e + 1], y);
+        s[i * 4 + r] = x + y;
+      }
+    }
+    butterfly16(s, lane);
+    const int tok = tb + hw * 4 + jt;
+    const float rel = float(loffset + tok) - my_qp;
+    const bool masked = tok >= t1 || (W > 0 && rel <= -float(W));
+    const float x = masked ? -INFINITY : fmaf(my_slope, rel, s[0]);
+    float mx = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 4));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+    const float mnew = fmaxf(m_run, mx);
+    const float corr = mnew == -INFINITY ? 1.f : ex2(m_run - mnew);
+    const float p = mnew == -INFINITY ? (x != x ? x : 0.f) : ex2(x - mnew);  // NaN poison survives
+    l_run = l_run * corr + p;
+    m_run = mnew;
+    ps[lane] = p;
+    float c[MMA_R];
+#pragma unroll
+    for (int r = 0; r < MMA_R; ++r) c[r] = __shfl_sync(0xffffffffu, corr, r);
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float vf[8];
+      load8(reinterpret_cast<const uint16_t*>(st + B1_TT * B1_ROW + (hw * 4 + i) * B1_ROW + part * 16), vf);
+      const float4 pp = *reinterpret_cast<const float4*>(ps + hw * 16 + i * 4);
+      const float pr[4] = {pp.x, pp.y, pp.z, pp.w};
+#pragma unroll
+      for (int r = 0; r < MMA_R; ++r)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(pr[r], vf[e], i == 0 ? acc[r][e] * c[r] : acc[r][e]);
+    }
+  }
+  cp_async_wait<0>();
+  // the two half-warps hold the same dims of other tokens, under the same running max
+#pragma unroll
+  for (int r = 0; r < MMA_R; ++r)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[r][e] += __shfl_xor_sync(0xffffffffu, acc[r][e], 16);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 4);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 8);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 16);
+  __syncthreads();  // the merge buffer aliases the stages
+  constexpr int D = MMA_D, RMAX = MMA_R;
+  float* s_acc = smem;
+  float* s_m = s_acc + NW * RMAX * D;
+  float* s_l = s_m + NW * RMAX;
+  if (hw == 0) {
+#pragma unroll
+    for (int r = 0; r < RMAX; ++r) {
+      float4* dst = reinterpret_cast<float4*>(s_acc + (warp * RMAX + r) * D + part * 8);
+      dst[0] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+      dst[1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+    }
+  }
+  if (lane < RMAX) s_m[warp * RMAX + lane] = m_run, s_l[warp * RMAX + lane] = l_run;
+  __syncthreads();
+  const bool direct = a.fuse && gridDim.x == 1;  // one split: the output itself
+  const float vs = a.p.v_scale ? a.p.v_scale[kvh] : 1.f;
+  for (int idx = threadIdx.x; idx < rows.n * D; idx += 32 * NW) {
+    const int r = idx / D, d = idx % D;
+    put_merged(a, merge_groups(s_acc, s_m, s_l, NW, RMAX, D, r, d), size_t(rows.seq[r]) * a.p.q_heads + rows.head[r],
+               d, D, direct, a.slot0 + blockIdx.x, vs);
+  }
+}
+
+// Merges the S split partials of row o (head_dim 128): 8 warps, warp w takes slots w, w + 8, ...,
+// a lane 4 dims; the first B1_PRE slots of each warp load before the max and weights are known, so
+// the partials' reads overlap the m / l reads instead of following them.
+constexpr int B1_PRE = 4;
+__global__ void __launch_bounds__(256) b1_combine_kernel(kvx_params p, int S, const float* ws_m, const float* ws_l,
+                                                         const float* ws_acc, float* out, float* lse) {
+  extern __shared__ float w[];  // [S] weights 2^(m_s - M)
+  __shared__ float red[8][MMA_D];
+  __shared__ float rm[8], rl[8];
+  __shared__ int rn[8];
+  asm volatile("griddepcontrol.wait;" ::: "memory");  // the split kernel's writes are visible
+  const int o = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const float* m = ws_m + size_t(o) * S;
+  const float* l = ws_l + size_t(o) * S;
+  const float4* acc = reinterpret_cast<const float4*>(ws_acc + size_t(o) * S * MMA_D) + lane;
+  float4 x[B1_PRE];
+#pragma unroll
+  for (int k = 0; k < B1_PRE; ++k) {
+    const int s = warp + 8 * k;
+    x[k] = s < S ? __ldcg(acc + size_t(s) * (MMA_D / 4)) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  float M = -INFINITY;
+  for (int s = threadIdx.x; s < S; s += 256) M = fmaxf(M, __ldcg(m + s));
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+  if (lane == 0) rm[warp] = M;
+  __syncthreads();
+  M = rm[0];
+#pragma unroll
+  for (int i = 1; i < 8; ++i) M = fmaxf(M, rm[i]);
+  float Ls = 0.f;
+  int nan = 0;
+  for (int s = threadIdx.x; s < S; s += 256) {
+    const float ms = __ldcg(m + s), ls = __ldcg(l + s);
+    const float ws = ms == -INFINITY ? 0.f : exp2f(ms - M);  // an empty split weighs 0
+    w[s] = ws;
+    nan |= isnan(ls);
+    Ls += ms == -INFINITY ? 0.f : ls * ws;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) Ls += __shfl_xor_sync(0xffffffffu, Ls, off);
+  nan = __any_sync(0xffffffffu, nan);
+  if (lane == 0) rl[warp] = Ls, rn[warp] = nan;
+  __syncthreads();
+  float4 A = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int k = 0; k < B1_PRE; ++k) {
+    const int s = warp + 8 * k;
+    const float ws = s < S ? w[s] : 0.f;
+    A.x = fmaf(x[k].x, ws, A.x), A.y = fmaf(x[k].y, ws, A.y), A.z = fmaf(x[k].z, ws, A.z), A.w = fmaf(x[k].w, ws, A.w);
+  }
+#pragma unroll 4
+  for (int s = warp + 8 * B1_PRE; s < S; s += 8) {
+    const float4 y = __ldcg(acc + size_t(s) * (MMA_D / 4));
+    const float ws = w[s];
+    A.x = fmaf(y.x, ws, A.x), A.y = fmaf(y.y, ws, A.y), A.z = fmaf(y.z, ws, A.z), A.w = fmaf(y.w, ws, A.w);
+  }
+  reinterpret_cast<float4*>(red[warp])[lane] = A;
+  __syncthreads();
+  if (threadIdx.x >= MMA_D) return;
+  const int d = threadIdx.x;
+  float L = 0.f, Ad = 0.f;
+  bool anynan = false;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) L += rl[i], Ad += red[i][d], anynan |= rn[i] != 0;
+  const int kvh = (o % p.q_heads) / (p.q_heads / p.kv_heads);
+  const float vs = p.v_scale ? p.v_scale[kvh] : 1.f;
+  const float Lt = anynan ? NAN : L;
+  out[size_t(o) * MMA_D + d] = fin_out(Ad, Lt, vs);
+  if (d == 0 && lse) lse[o] = fin_lse(M, Lt);
+}
+
+// Variants (KVX_CUDA_VARIANT): 0 takes this kernel where b1_applies says so (the configuration
+// below), 30-34 force a configuration wherever the bf16 d128 GQA-4 path applies (every layout and
+// batch, so the oracle reaches it), 39 = 30's copies without the math (wrong output).
+struct B1 {
+  const void* fn;
+  int nw, stg;
+};
+B1 b1_choice(int v) {
+  switch (v) {
+    case 31: return {reinterpret_cast<const void*>(b1_kernel<4, 3>), 4, 3};
+    case 32: return {reinterpret_cast<const void*>(b1_kernel<2, 6>), 2, 6};
+    case 33: return {reinterpret_cast<const void*>(b1_kernel<4, 6>), 4, 6};
+    case 34: return {reinterpret_cast<const void*>(b1_kernel<1, 8>), 1, 8};
+    case 39: return {reinterpret_cast<const void*>(b1_kernel<4, 4, 1>), 4, 4};
+    default: return {reinterpret_cast<const void*>(b1_kernel<4, 4>), 4, 4};
+  }
+}
+Choice b1_kernel_choice(int v) {
+  const B1 k = b1_choice(v);
+  Choice c{k.fn, size_t(k.nw) * k.stg * B1_STAGE + size_t(k.nw) * 32 * sizeof(float)};
+  c.threads = 32 * k.nw;
+  return c;
+}
+
+// Where it takes a decode call: bf16, head_dim 128, GQA-4 rows; by default for spans and contiguous
+// (the virtual layout) when the items are few enough for at least 4 splits each in one wave (small batch).
+bool b1_applies(const Args& a, long items) {
+  const kvx_params& p = a.p;
+  const int v = fast_variant();
+  const bool fast = p.kv_dtype == KVX_BF16 && p.head_dim == 128 && (p.q_heads / p.kv_heads) % 4 == 0;
+  if (!fast || a.mode != DECODE) return false;
+  if ((v >= 30 && v <= 34) || v == 39) return true;
+  if (v != 0 || a.kind == PAGED) return false;
+  return items * 4 <= long(resident_per_sm(b1_kernel_choice(0))) * num_sms();
+}
+
+int run_b1(Args a, long items, float* out, float* lse) {
+  const kvx_params& p = a.p;
+  const int v = fast_variant();
+  const Choice c = b1_kernel_choice(v);
+  const B1 k = b1_choice(v);
+  // one wave: as many splits per item as the resident CTAs allow, each at least a group per warp
+  const long resident = long(resident_per_sm(c)) * num_sms();
+  const int cap = std::max(1, (p.max_seq_len + k.nw * B1_TT - 1) / (k.nw * B1_TT));
+  const int splits = p.num_splits > 0 ? p.num_splits : int(std::max(1L, std::min<long>(cap, resident / items)));
+  const int units = p.num_seqs, gy = int(items / units);
+  const size_t NQ = size_t(units) * p.q_heads;
+  float* ws = g_ws.get(NQ * splits * (p.head_dim + 2));
+  if (!ws) return fail("cudaMalloc of the split workspace failed");
+  a.ws_m = ws, a.ws_l = ws + NQ * splits, a.ws_acc = ws + 2 * NQ * splits;
+  a.chunks = gy / p.kv_heads, a.slot0 = 0, a.nslots = splits, a.fuse = splits == 1, a.out = out, a.lse = lse;
+  cudaError_t e = launch(a, c, dim3(splits, gy, units));
+  if (e == cudaSuccess && splits > 1) {  // the combine as a programmatic dependent: its launch overlaps
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(unsigned(NQ)), cfg.blockDim = dim3(256), cfg.dynamicSmemBytes = splits * sizeof(float);
+    cfg.stream = stream_of(p);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr, cfg.numAttrs = 1;
+    e = cudaLaunchKernelEx(&cfg, b1_combine_kernel, p, splits, static_cast<const float*>(a.ws_m),
+                           static_cast<const float*>(a.ws_l), static_cast<const float*>(a.ws_acc), out, lse);
+  }
+  return e == cudaSuccess ? 0 : fail(std::string("CUDA: ") + cudaGetErrorString(e));
+}
