@@ -1,43 +1,42 @@
-// Small-batch split-KV decode on CUDA cores (issue 18, goal 3): bf16, head_dim 128, GQA-4 rows per CTA,
-// included by cuda_kernels.cu inside its anonymous namespace (it reuses SlotCursor, unit_rows,
-// split_range, butterfly16, merge_groups and put_merged).
+// Small-batch split-KV decode on CUDA cores (issue 18, goal 3): bf16, head_dim 128, GQA-4 rows, decode
+// mode; included by cuda_kernels.cu inside its anonymous namespace (it reuses SlotCursor, butterfly16,
+// fin_out / fin_lse and the launch helpers).
 //
 // At batch 1 the tensor-core kernel's CTAs (196 registers, 2 per SM, 8 warps per SM) keep too few
 // bytes in flight: a kernel that only reads the same K/V got faster going from 32 to 64 warps per SM
 // (notes/kvlab.md), and the MMA path's fixed cost (Q hi/lo split, fragment setup) is ~7 us. Here:
-// - each warp streams its own 8-token groups (4 KB of K+V of one kv head) through its own STG-deep
-//   cp.async pipeline (L2::128B hint), so only __syncwarp orders a stage, and STG - 1 groups per warp
-//   are in flight while one computes; a CTA of NW warps takes a contiguous token range of one
-//   (sequence, kv head) split, the warps its groups round-robin;
+// - a CTA takes one split (token range) of HPC consecutive (kv head, row chunk) items, one warp each,
+//   so together its warps read whole token rows (HPC x 256 contiguous bytes per token) as a copy does;
+// - each warp streams its own 8-token groups (4 KB of K+V) through its own STG-deep cp.async pipeline
+//   (L2::128B hint), so only __syncwarp orders a stage and there is no CTA-wide barrier at all;
 // - the math is FMA on CUDA cores: a half-warp holds one K row (8 dims a lane) and the 4 query rows'
 //   8 dims, 4 tokens x 4 rows of partial dots reduce-scatter over the 16 lanes (butterfly16, 15
 //   shuffles), one online-softmax step per 8 tokens, P goes through shared memory as float4
-//   broadcasts, and O += P V on the same lanes;
-// - one wave: splits = resident CTAs / items, each CTA's 4 rows merged over its warps in shared
-//   memory into one partial, then b1_combine_kernel (a programmatic dependent) merges the splits
-//   with every slot's loads in flight at once.
+//   broadcasts, and O += P V on the same lanes; each warp writes its rows' partial itself;
+// - one wave: splits = resident CTAs / CTAs per split, then b1_combine_kernel (a programmatic
+//   dependent) merges the splits with the first slots' loads in flight before the weights are known.
 // DIAG 1 (benchmarks only, wrong output): the copies without the math, this kernel's read floor.
 
 constexpr int B1_TT = 8;                          // tokens per warp stage
 constexpr int B1_ROW = 256;                       // bytes of one K (or V) row: 128 bf16
 constexpr int B1_STAGE = 2 * B1_TT * B1_ROW;      // K rows, then V rows
 
-template <int NW, int STG, int DIAG = 0>
-__global__ void __launch_bounds__(32 * NW) b1_kernel(Args a) {
+template <int HPC, int STG, int DIAG = 0>
+__global__ void __launch_bounds__(32 * HPC) b1_kernel(Args a) {
   extern __shared__ __align__(16) float smem[];
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, hw = lane / 16, part = lane % 16;
-  const int unit = blockIdx.z, kvh = blockIdx.y / a.chunks, chunk = blockIdx.y % a.chunks;
+  const int unit = blockIdx.z, item = blockIdx.y * HPC + warp, gy = a.p.kv_heads * a.chunks;
+  if (item >= gy) return;  // no CTA-wide barrier below: a warp without an item just leaves
+  const int kvh = item / a.chunks, G = a.p.q_heads / a.p.kv_heads, head0 = kvh * G + (item % a.chunks) * MMA_R;
   int sp0 = 0, sp1 = 0;  // the span CSR offsets load alongside the length
   if (a.kind == SPANS) sp0 = a.sptr[unit], sp1 = a.sptr[unit + 1];
-  Rows rows;
-  int src_len, loffset;
-  unit_rows(a, unit, kvh, chunk, MMA_R, rows, src_len, loffset);
-  if (rows.n == 0) return;
-  int t0, t1;
-  split_range<B1_TT>(a, rows, src_len, loffset, t0, t1);
-  const int ngroups = t1 > t0 ? (t1 - t0 + B1_TT - 1) / B1_TT : 0;
-  const int nsteps = ngroups > warp ? (ngroups - 1 - warp) / NW + 1 : 0;
+  const int src_len = a.seq_lens[unit], qpos = src_len - 1, W = a.p.window;  // decode: every row at the last token
+  // this CTA's split of the keys the rows see, in whole 8-token groups (as split_range<8>)
+  const int lo = (W > 0 ? max(0, qpos - W + 1) : 0) & ~(B1_TT - 1);
+  const int span = max(0, src_len - lo), per = ((span + gridDim.x - 1) / gridDim.x + B1_TT - 1) & ~(B1_TT - 1);
+  const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
+  const int nsteps = t1 > t0 ? (t1 - t0 + B1_TT - 1) / B1_TT : 0;
 
   SlotCursor<true> slots(a);
   slots.reset(unit, sp0, sp1);
@@ -45,11 +44,11 @@ __global__ void __launch_bounds__(32 * NW) b1_kernel(Args a) {
   const char* K = static_cast<const char*>(a.k);
   const char* V = static_cast<const char*>(a.v);
   char* wbase = reinterpret_cast<char*>(smem) + size_t(warp) * STG * B1_STAGE;
-  float* ps = reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + size_t(NW) * STG * B1_STAGE) + warp * 32;
-  // group `step` of this warp into its stage: lane copies 16 bytes of K and of V of rows hw, hw+2, ..
+  float* ps = reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + size_t(HPC) * STG * B1_STAGE) + warp * 32;
+  // group `step` into its stage: this lane copies 16 bytes of K and of V of rows hw, hw + 2, ..
   auto issue = [&](int step) {
     if (step < nsteps) {
-      const int tb = t0 + (warp + step * NW) * B1_TT;
+      const int tb = t0 + step * B1_TT;
       char* st = wbase + (step % STG) * B1_STAGE;
       int64_t base = -1;  // the 8 tokens in one physically contiguous run: one lookup
       if (a.kind != PAGED) {
@@ -72,33 +71,24 @@ __global__ void __launch_bounds__(32 * NW) b1_kernel(Args a) {
 #pragma unroll
   for (int i = 0; i < STG - 1; ++i) issue(i);
 
-  // this lane's 8 dims of the 4 query rows, pre-scaled (rows past rows.n are zero)
-  const float kscale = a.p.k_scale ? a.p.k_scale[kvh] : 1.f;
+  // this lane's 8 dims of the 4 query rows, pre-scaled
+  const float qs = a.p.sm_scale * (a.p.k_scale ? a.p.k_scale[kvh] : 1.f) * LOG2E;
   float q[MMA_R][8];
 #pragma unroll
   for (int r = 0; r < MMA_R; ++r) {
-    const bool real = r < rows.n;
-    const float qs = real ? a.p.sm_scale * kscale * LOG2E : 0.f;
-    load8(a.q + (size_t(rows.seq[real ? r : 0]) * a.p.q_heads + rows.head[real ? r : 0]) * MMA_D + part * 8, q[r]);
+    load8(a.q + (size_t(unit) * a.p.q_heads + head0 + r) * MMA_D + part * 8, q[r]);
 #pragma unroll
     for (int e = 0; e < 8; ++e) q[r][e] *= qs;
   }
   // after the reduce-scatter this lane holds the score of (token hw*4 + j/4, row j%4), j = lane % 16
   const int jr = part & 3, jt = part >> 2;
-  float my_qp = 0.f, my_slope = 0.f;
-#pragma unroll
-  for (int r = 0; r < MMA_R; ++r)
-    if (jr == r && r < rows.n) {
-      my_qp = float(rows.qpos[r]);
-      my_slope = a.p.alibi ? a.p.alibi[rows.head[r]] * LOG2E : 0.f;
-    }
+  const float my_slope = a.p.alibi ? a.p.alibi[head0 + jr] * LOG2E : 0.f;
   float acc[MMA_R][8];
 #pragma unroll
   for (int r = 0; r < MMA_R; ++r)
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[r][e] = 0.f;
-  float m_run = -INFINITY, l_run = 0.f;  // row jr's running max (warp-uniform per row), this lane's sum
-  const int W = a.p.window;
+  float m_run = -INFINITY, l_run = 0.f;  // row jr's running max (the same in every lane of row jr), this lane's sum
 
   for (int step = 0; step < nsteps; ++step) {
     cp_async_wait<STG - 2>();
@@ -106,7 +96,6 @@ __global__ void __launch_bounds__(32 * NW) b1_kernel(Args a) {
     issue(step + STG - 1);
     if (DIAG == 1) continue;
     const char* st = wbase + (step % STG) * B1_STAGE;
-    const int tb = t0 + (warp + step * NW) * B1_TT;
     float s[16];  // partial dots, index token * 4 + row
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -121,8 +110,8 @@ __global__ void __launch_bounds__(32 * NW) b1_kernel(Args a) {
       }
     }
     butterfly16(s, lane);
-    const int tok = tb + hw * 4 + jt;
-    const float rel = float(loffset + tok) - my_qp;
+    const int tok = t0 + step * B1_TT + hw * 4 + jt;
+    const float rel = float(tok - qpos);
     const bool masked = tok >= t1 || (W > 0 && rel <= -float(W));
     const float x = masked ? -INFINITY : fmaf(my_slope, rel, s[0]);
     float mx = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 4));
@@ -159,27 +148,28 @@ __global__ void __launch_bounds__(32 * NW) b1_kernel(Args a) {
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 4);
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 8);
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 16);
-  __syncthreads();  // the merge buffer aliases the stages
-  constexpr int D = MMA_D, RMAX = MMA_R;
-  float* s_acc = smem;
-  float* s_m = s_acc + NW * RMAX * D;
-  float* s_l = s_m + NW * RMAX;
-  if (hw == 0) {
-#pragma unroll
-    for (int r = 0; r < RMAX; ++r) {
-      float4* dst = reinterpret_cast<float4*>(s_acc + (warp * RMAX + r) * D + part * 8);
-      dst[0] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
-      dst[1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
-    }
-  }
-  if (lane < RMAX) s_m[warp * RMAX + lane] = m_run, s_l[warp * RMAX + lane] = l_run;
-  __syncthreads();
+  // this warp's rows are whole here: lanes 0-15 write 8 dims each, lane r's m and l are row r's
   const bool direct = a.fuse && gridDim.x == 1;  // one split: the output itself
   const float vs = a.p.v_scale ? a.p.v_scale[kvh] : 1.f;
-  for (int idx = threadIdx.x; idx < rows.n * D; idx += 32 * NW) {
-    const int r = idx / D, d = idx % D;
-    put_merged(a, merge_groups(s_acc, s_m, s_l, NW, RMAX, D, r, d), size_t(rows.seq[r]) * a.p.q_heads + rows.head[r],
-               d, D, direct, a.slot0 + blockIdx.x, vs);
+#pragma unroll
+  for (int r = 0; r < MMA_R; ++r) {
+    const float M = __shfl_sync(0xffffffffu, m_run, r), Lr = __shfl_sync(0xffffffffu, l_run, r);
+    if (hw) continue;
+    const size_t o = size_t(unit) * a.p.q_heads + head0 + r;
+    float y[8];
+    if (direct) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) y[e] = fin_out(M == -INFINITY ? 0.f : acc[r][e], Lr, vs);
+      if (part == 0 && a.lse) a.lse[o] = fin_lse(M, Lr);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) y[e] = Lr != Lr ? NAN : acc[r][e];
+      if (part == 0) a.ws_m[o * a.nslots + a.slot0 + blockIdx.x] = M, a.ws_l[o * a.nslots + a.slot0 + blockIdx.x] = Lr;
+    }
+    float4* dst = reinterpret_cast<float4*>(direct ? a.out + o * MMA_D + part * 8
+                                                   : a.ws_acc + (o * a.nslots + a.slot0 + blockIdx.x) * MMA_D + part * 8);
+    dst[0] = make_float4(y[0], y[1], y[2], y[3]);
+    dst[1] = make_float4(y[4], y[5], y[6], y[7]);
   }
 }
 
@@ -260,27 +250,27 @@ __global__ void __launch_bounds__(256) b1_combine_kernel(kvx_params p, int S, co
 // batch, so the oracle reaches it), 39 = 30's copies without the math (wrong output).
 struct B1 {
   const void* fn;
-  int nw, stg;
+  int hpc, stg;
 };
 B1 b1_choice(int v) {
   switch (v) {
-    case 31: return {reinterpret_cast<const void*>(b1_kernel<4, 3>), 4, 3};
-    case 32: return {reinterpret_cast<const void*>(b1_kernel<2, 6>), 2, 6};
-    case 33: return {reinterpret_cast<const void*>(b1_kernel<4, 6>), 4, 6};
-    case 34: return {reinterpret_cast<const void*>(b1_kernel<1, 8>), 1, 8};
-    case 39: return {reinterpret_cast<const void*>(b1_kernel<4, 4, 1>), 4, 4};
-    default: return {reinterpret_cast<const void*>(b1_kernel<4, 4>), 4, 4};
+    case 31: return {reinterpret_cast<const void*>(b1_kernel<4, 4>), 4, 4};
+    case 32: return {reinterpret_cast<const void*>(b1_kernel<4, 3>), 4, 3};
+    case 33: return {reinterpret_cast<const void*>(b1_kernel<8, 4>), 8, 4};
+    case 34: return {reinterpret_cast<const void*>(b1_kernel<2, 6>), 2, 6};
+    case 39: return {reinterpret_cast<const void*>(b1_kernel<8, 3, 1>), 8, 3};
+    default: return {reinterpret_cast<const void*>(b1_kernel<8, 3>), 8, 3};
   }
 }
 Choice b1_kernel_choice(int v) {
   const B1 k = b1_choice(v);
-  Choice c{k.fn, size_t(k.nw) * k.stg * B1_STAGE + size_t(k.nw) * 32 * sizeof(float)};
-  c.threads = 32 * k.nw;
+  Choice c{k.fn, size_t(k.hpc) * k.stg * B1_STAGE + size_t(k.hpc) * 32 * sizeof(float)};
+  c.threads = 32 * k.hpc, c.hpc = k.hpc;
   return c;
 }
 
 // Where it takes a decode call: bf16, head_dim 128, GQA-4 rows; by default for spans and contiguous
-// (the virtual layout) when the items are few enough for at least 4 splits each in one wave (small batch).
+// (the virtual layout) when the CTAs of one split are few enough for at least 4 splits in one wave (small batch).
 bool b1_applies(const Args& a, long items) {
   const kvx_params& p = a.p;
   const int v = fast_variant();
@@ -288,7 +278,9 @@ bool b1_applies(const Args& a, long items) {
   if (!fast || a.mode != DECODE) return false;
   if ((v >= 30 && v <= 34) || v == 39) return true;
   if (v != 0 || a.kind == PAGED) return false;
-  return items * 4 <= long(resident_per_sm(b1_kernel_choice(0))) * num_sms();
+  const Choice c = b1_kernel_choice(0);
+  const long ctas = long(p.num_seqs) * ((items / p.num_seqs + c.hpc - 1) / c.hpc);
+  return ctas * 4 <= long(resident_per_sm(c)) * num_sms();
 }
 
 int run_b1(Args a, long items, float* out, float* lse) {
@@ -296,17 +288,17 @@ int run_b1(Args a, long items, float* out, float* lse) {
   const int v = fast_variant();
   const Choice c = b1_kernel_choice(v);
   const B1 k = b1_choice(v);
-  // one wave: as many splits per item as the resident CTAs allow, each at least a group per warp
+  // one wave: as many splits as the resident CTAs allow, each at least two 8-token groups
+  const int units = p.num_seqs, gy = int(items / units), ctas = units * ((gy + k.hpc - 1) / k.hpc);
   const long resident = long(resident_per_sm(c)) * num_sms();
-  const int cap = std::max(1, (p.max_seq_len + k.nw * B1_TT - 1) / (k.nw * B1_TT));
-  const int splits = p.num_splits > 0 ? p.num_splits : int(std::max(1L, std::min<long>(cap, resident / items)));
-  const int units = p.num_seqs, gy = int(items / units);
+  const int cap = std::max(1, (p.max_seq_len + 2 * B1_TT - 1) / (2 * B1_TT));
+  const int splits = p.num_splits > 0 ? p.num_splits : int(std::max(1L, std::min<long>(cap, resident / ctas)));
   const size_t NQ = size_t(units) * p.q_heads;
   float* ws = g_ws.get(NQ * splits * (p.head_dim + 2));
   if (!ws) return fail("cudaMalloc of the split workspace failed");
   a.ws_m = ws, a.ws_l = ws + NQ * splits, a.ws_acc = ws + 2 * NQ * splits;
   a.chunks = gy / p.kv_heads, a.slot0 = 0, a.nslots = splits, a.fuse = splits == 1, a.out = out, a.lse = lse;
-  cudaError_t e = launch(a, c, dim3(splits, gy, units));
+  cudaError_t e = launch(a, c, dim3(splits, (gy + k.hpc - 1) / k.hpc, units));
   if (e == cudaSuccess && splits > 1) {  // the combine as a programmatic dependent: its launch overlaps
     cudaLaunchConfig_t cfg{};
     cfg.gridDim = dim3(unsigned(NQ)), cfg.blockDim = dim3(256), cfg.dynamicSmemBytes = splits * sizeof(float);
