@@ -193,17 +193,125 @@ __global__ void __launch_bounds__(32 * HPC) b1_kernel(Args a) {
   }
 }
 
-// Merges the S split partials of row o (head_dim 128): 8 warps, warp w takes slots w, w + 8, ...,
-// a lane 4 dims; the first B1_PRE slots of each warp load before the max and weights are known, so
-// the partials' reads overlap the m / l reads instead of following them.
-constexpr int B1_PRE = 4;
-__global__ void __launch_bounds__(256) b1_combine_kernel(kvx_params p, int S, const float* ws_m, const float* ws_l,
-                                                         const float* ws_acc, float* out, float* lse) {
+// The same shape with the tensor-core tile math of mma_kernel (mma_tile16): each warp streams its own
+// 16-token tiles (8.5 KB of padded K+V rows) through its own STG-deep cp.async pipeline and keeps its 4
+// rows' accumulators in MMA fragments; HPC items per CTA, one warp each; each warp writes its partial.
+constexpr int B1M_TT = 16, B1M_STAGE = 2 * B1M_TT * MMA_RBP;
+template <int HPC, int STG>
+__global__ void __launch_bounds__(32 * HPC, 1) b1_mma_kernel(Args a) {
+  extern __shared__ __align__(16) float smem[];
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  const int warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4, hw = L / 16, part = L % 16;
+  const int unit = blockIdx.z, item = blockIdx.y * HPC + warp, gy = a.p.kv_heads * a.chunks;
+  if (item >= gy) return;  // no CTA-wide barrier below
+  const int kvh = item / a.chunks, G = a.p.q_heads / a.p.kv_heads, head0 = kvh * G + (item % a.chunks) * MMA_R;
+  int sp0 = 0, sp1 = 0;
+  if (a.kind == SPANS) sp0 = a.sptr[unit], sp1 = a.sptr[unit + 1];
+  const int src_len = a.seq_lens[unit], qpos = src_len - 1, W = a.p.window;
+  const int lo = (W > 0 ? max(0, qpos - W + 1) : 0) & ~(B1M_TT - 1);
+  const int span = max(0, src_len - lo), per = ((span + gridDim.x - 1) / gridDim.x + B1M_TT - 1) & ~(B1M_TT - 1);
+  const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
+  const int nsteps = t1 > t0 ? (t1 - t0 + B1M_TT - 1) / B1M_TT : 0;
+
+  SlotCursor<true> slots(a);
+  slots.reset(unit, sp0, sp1);
+  const int H = a.p.kv_heads;
+  const char* K = static_cast<const char*>(a.k);
+  const char* V = static_cast<const char*>(a.v);
+  char* wbase = reinterpret_cast<char*>(smem) + size_t(warp) * STG * B1M_STAGE;
+  auto issue = [&](int step) {  // tile `step`: this lane copies 16 bytes of K and V of rows hw, hw + 2, ..
+    if (step < nsteps) {
+      const int tb = t0 + step * B1M_TT;
+      char* st = wbase + (step % STG) * B1M_STAGE;
+      int64_t base = -1;
+      if (a.kind != PAGED) {
+        const int64_t s0 = slots.of(tb);
+        if (a.kind == CONTIG || min(t1, tb + B1M_TT) <= slots.send) base = s0;
+      }
+#pragma unroll
+      for (int i = 0; i < B1M_TT / 2; ++i) {
+        const int r = hw + 2 * i, tok = tb + r;
+        const bool ok = tok < t1;
+        const int64_t slot = !ok ? 0 : base >= 0 ? base + r : slots.of(tok);
+        const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
+        char* dk = st + r * MMA_RBP + part * 16;
+        cp_async16_l2<128>(dk, K + off, ok);
+        cp_async16_l2<128>(dk + B1M_TT * MMA_RBP, V + off, ok);
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll 1
+  for (int i = 0; i < STG - 1; ++i) issue(i);
+
+  // Q fragments as load_q_frags: row g < 4 the bf16 hi part of query row g, g >= 4 the lo part of row g - 4
+  uint32_t qa[8][2];
+  {
+    const bool lo_half = g >= 4;
+    const float* qr = a.q + (size_t(unit) * a.p.q_heads + head0 + (g & 3)) * MMA_D;
+    const float qs = a.p.sm_scale * (a.p.k_scale ? a.p.k_scale[kvh] : 1.f) * LOG2E;
+    uint32_t hi, lo2;
+#pragma unroll
+    for (int kc = 0; kc < 8; ++kc) {
+      split_bf16(qr[kc * 16 + 2 * t] * qs, qr[kc * 16 + 2 * t + 1] * qs, hi, lo2);
+      qa[kc][0] = lo_half ? lo2 : hi;
+      split_bf16(qr[kc * 16 + 2 * t + 8] * qs, qr[kc * 16 + 2 * t + 9] * qs, hi, lo2);
+      qa[kc][1] = lo_half ? lo2 : hi;
+    }
+  }
+  const float my_slope = a.p.alibi ? a.p.alibi[head0 + (g & 3)] * LOG2E : 0.f;
+  float acc[16][4];
+#pragma unroll
+  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  float m_run = -INFINITY, l_run = 0.f;
+  for (int step = 0; step < nsteps; ++step) {
+    cp_async_wait<STG - 2>();
+    __syncwarp();
+    issue(step + STG - 1);
+    const char* kt = wbase + (step % STG) * B1M_STAGE;
+    mma_tile16(kt, kt + B1M_TT * MMA_RBP, t0 + step * B1M_TT, t1, 0, float(qpos), my_slope, W, qa, acc, m_run, l_run,
+               L, t);
+  }
+  cp_async_wait<0>();
+  fold_halves(acc);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  if (g >= MMA_R) return;  // lanes 0-15 hold rows 0-3 whole: dims n * 8 + 2t, +1
+  const bool direct = a.fuse && gridDim.x == 1;
+  const float vs = a.p.v_scale ? a.p.v_scale[kvh] : 1.f;
+  const size_t o = size_t(unit) * a.p.q_heads + head0 + g, slot = o * a.nslots + a.slot0 + blockIdx.x;
+  const bool nan = l_run != l_run;
+#pragma unroll
+  for (int n = 0; n < 16; ++n) {
+    const int d = n * 8 + 2 * t;
+    float2 y;
+    if (direct) {
+      y.x = fin_out(m_run == -INFINITY ? 0.f : acc[n][0], l_run, vs);
+      y.y = fin_out(m_run == -INFINITY ? 0.f : acc[n][1], l_run, vs);
+    } else {
+      y.x = nan ? NAN : acc[n][0], y.y = nan ? NAN : acc[n][1];
+    }
+    *reinterpret_cast<float2*>(direct ? a.out + o * MMA_D + d : a.ws_acc + slot * MMA_D + d) = y;
+  }
+  if (t == 0) {
+    if (direct && a.lse) a.lse[o] = fin_lse(m_run, l_run);
+    if (!direct) a.ws_m[slot] = m_run, a.ws_l[slot] = l_run;
+  }
+}
+
+// Merges the S split partials of row o (head_dim 128): B1C_W warps, warp w takes slots w, w + B1C_W, ..,
+// a lane 4 dims; each warp's first B1_PRE slots load before the max and the weights are known, so
+// (S <= B1C_W * B1_PRE) every partial's read is in flight at once, beside the m / l reads.
+constexpr int B1C_W = 16, B1_PRE = 8;
+__global__ void __launch_bounds__(32 * B1C_W) b1_combine_kernel(kvx_params p, int S, const float* ws_m,
+                                                                const float* ws_l, const float* ws_acc, float* out,
+                                                                float* lse) {
   extern __shared__ float w[];  // [S] weights 2^(m_s - M)
-  __shared__ float red[8][MMA_D];
-  __shared__ float rm[8], rl[8];
-  __shared__ int rn[8];
+  __shared__ float red[B1C_W][MMA_D];
+  __shared__ float rm[B1C_W], rl[B1C_W];
+  __shared__ int rn[B1C_W];
   asm volatile("griddepcontrol.wait;" ::: "memory");  // the split kernel's writes are visible
+  constexpr int NT = 32 * B1C_W;
   const int o = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float* m = ws_m + size_t(o) * S;
   const float* l = ws_l + size_t(o) * S;
@@ -211,21 +319,21 @@ __global__ void __launch_bounds__(256) b1_combine_kernel(kvx_params p, int S, co
   float4 x[B1_PRE];
 #pragma unroll
   for (int k = 0; k < B1_PRE; ++k) {
-    const int s = warp + 8 * k;
+    const int s = warp + B1C_W * k;
     x[k] = s < S ? __ldcg(acc + size_t(s) * (MMA_D / 4)) : make_float4(0.f, 0.f, 0.f, 0.f);
   }
   float M = -INFINITY;
-  for (int s = threadIdx.x; s < S; s += 256) M = fmaxf(M, __ldcg(m + s));
+  for (int s = threadIdx.x; s < S; s += NT) M = fmaxf(M, __ldcg(m + s));
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
   if (lane == 0) rm[warp] = M;
   __syncthreads();
   M = rm[0];
 #pragma unroll
-  for (int i = 1; i < 8; ++i) M = fmaxf(M, rm[i]);
+  for (int i = 1; i < B1C_W; ++i) M = fmaxf(M, rm[i]);
   float Ls = 0.f;
   int nan = 0;
-  for (int s = threadIdx.x; s < S; s += 256) {
+  for (int s = threadIdx.x; s < S; s += NT) {
     const float ms = __ldcg(m + s), ls = __ldcg(l + s);
     const float ws = ms == -INFINITY ? 0.f : exp2f(ms - M);  // an empty split weighs 0
     w[s] = ws;
@@ -240,12 +348,12 @@ __global__ void __launch_bounds__(256) b1_combine_kernel(kvx_params p, int S, co
   float4 A = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
   for (int k = 0; k < B1_PRE; ++k) {
-    const int s = warp + 8 * k;
+    const int s = warp + B1C_W * k;
     const float ws = s < S ? w[s] : 0.f;
     A.x = fmaf(x[k].x, ws, A.x), A.y = fmaf(x[k].y, ws, A.y), A.z = fmaf(x[k].z, ws, A.z), A.w = fmaf(x[k].w, ws, A.w);
   }
 #pragma unroll 4
-  for (int s = warp + 8 * B1_PRE; s < S; s += 8) {
+  for (int s = warp + B1C_W * B1_PRE; s < S; s += B1C_W) {
     const float4 y = __ldcg(acc + size_t(s) * (MMA_D / 4));
     const float ws = w[s];
     A.x = fmaf(y.x, ws, A.x), A.y = fmaf(y.y, ws, A.y), A.z = fmaf(y.z, ws, A.z), A.w = fmaf(y.w, ws, A.w);
@@ -257,7 +365,7 @@ __global__ void __launch_bounds__(256) b1_combine_kernel(kvx_params p, int S, co
   float L = 0.f, Ad = 0.f;
   bool anynan = false;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) L += rl[i], Ad += red[i][d], anynan |= rn[i] != 0;
+  for (int i = 0; i < B1C_W; ++i) L += rl[i], Ad += red[i][d], anynan |= rn[i] != 0;
   const int kvh = (o % p.q_heads) / (p.q_heads / p.kv_heads);
   const float vs = p.v_scale ? p.v_scale[kvh] : 1.f;
   const float Lt = anynan ? NAN : L;
@@ -279,6 +387,9 @@ B1 b1_choice(int v) {
     case 32: return {reinterpret_cast<const void*>(b1_kernel<8, 6>), 8, 6};
     case 33: return {reinterpret_cast<const void*>(b1_kernel<4, 4>), 4, 4};
     case 34: return {reinterpret_cast<const void*>(b1_kernel<8, 7>), 8, 7};
+    case 40: return {reinterpret_cast<const void*>(b1_mma_kernel<8, 3>), 8, 3};
+    case 41: return {reinterpret_cast<const void*>(b1_mma_kernel<4, 3>), 4, 3};
+    case 42: return {reinterpret_cast<const void*>(b1_mma_kernel<4, 4>), 4, 4};
     case 37:
     case 39: return {reinterpret_cast<const void*>(b1_kernel<8, 3, 1>), 8, 3};
     default: return {reinterpret_cast<const void*>(b1_kernel<8, 3>), 8, 3};
@@ -286,7 +397,8 @@ B1 b1_choice(int v) {
 }
 Choice b1_kernel_choice(int v) {
   const B1 k = b1_choice(v);
-  Choice c{k.fn, size_t(k.hpc) * k.stg * B1_STAGE + size_t(k.hpc) * 32 * sizeof(float)};
+  Choice c{k.fn, v >= 40 && v <= 42 ? size_t(k.hpc) * k.stg * B1M_STAGE
+                                    : size_t(k.hpc) * k.stg * B1_STAGE + size_t(k.hpc) * 32 * sizeof(float)};
   c.threads = 32 * k.hpc, c.hpc = k.hpc;
   return c;
 }
@@ -298,7 +410,7 @@ bool b1_applies(const Args& a, long items) {
   const int v = fast_variant();
   const bool fast = p.kv_dtype == KVX_BF16 && p.head_dim == 128 && (p.q_heads / p.kv_heads) % 4 == 0;
   if (!fast || a.mode != DECODE) return false;
-  if (v >= 30 && v <= 39) return true;
+  if (v >= 30 && v <= 42) return true;
   if (v != 0 || a.kind == PAGED) return false;
   const Choice c = b1_kernel_choice(0);
   const long ctas = long(p.num_seqs) * ((items / p.num_seqs + c.hpc - 1) / c.hpc);
@@ -313,7 +425,8 @@ int run_b1(Args a, long items, float* out, float* lse) {
   // one wave: as many splits as the resident CTAs allow, each at least two 8-token groups
   const int units = p.num_seqs, gy = int(items / units), ctas = units * ((gy + k.hpc - 1) / k.hpc);
   const long resident = long(resident_per_sm(c)) * num_sms();
-  const int cap = std::max(1, (p.max_seq_len + 2 * B1_TT - 1) / (2 * B1_TT));
+  const int tt = v >= 40 && v <= 42 ? B1M_TT : B1_TT;
+  const int cap = std::max(1, (p.max_seq_len + 2 * tt - 1) / (2 * tt));
   const int splits = p.num_splits > 0 ? p.num_splits : int(std::max(1L, std::min<long>(cap, resident / ctas)));
   const size_t NQ = size_t(units) * p.q_heads;
   float* ws = g_ws.get(NQ * splits * (p.head_dim + 2));
@@ -323,7 +436,7 @@ int run_b1(Args a, long items, float* out, float* lse) {
   cudaError_t e = launch(a, c, dim3(splits, (gy + k.hpc - 1) / k.hpc, units));
   if (e == cudaSuccess && splits > 1 && v != 37 && v != 38) {  // the combine as a programmatic dependent: its launch overlaps
     cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(unsigned(NQ)), cfg.blockDim = dim3(256), cfg.dynamicSmemBytes = splits * sizeof(float);
+    cfg.gridDim = dim3(unsigned(NQ)), cfg.blockDim = dim3(32 * B1C_W), cfg.dynamicSmemBytes = splits * sizeof(float);
     cfg.stream = stream_of(p);
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
