@@ -218,9 +218,10 @@ Choice b1_kernel_choice(int v) {
 }
 
 // Where it takes a decode call: bf16, head_dim 128, GQA-4 rows; by default for spans and contiguous (the
-// virtual layout; a hybrid call with nothing shared runs as spans) at batch 1. H100, the bench's method
-// (notes/kvlab_gpu/i18_b1_sweep_run5.txt): 8k x 1 26.7 vs 29.7 us for mma_kernel + combine, 32k x 1 66.0 vs
-// 67.3, 1k x 1 12.7 vs 13.2; at batch 2 and 8 it read up to 3 % slower at 8k-32k, so those keep mma_kernel.
+// virtual layout; a hybrid call with nothing shared runs as spans) at batch 1 below 16k context. H100, the
+// bench's method, 3 repetitions (notes/kvlab_gpu/i18_b1_sweep_run5a.txt): 8k x 1 26.8-26.9 us against
+// 29.6-30.0 for mma_kernel + combine, 1k x 1 12.7-12.8 against 13.2-13.3, but 32k x 1 69.8-70.5 against
+// 68.7-68.8 (one earlier call: 66.0 against 67.3); at batch 2 and 8 it read up to 3 % slower at 8k-32k.
 bool b1_applies(const Args& a, long items) {
   (void)items;
   const kvx_params& p = a.p;
@@ -228,7 +229,7 @@ bool b1_applies(const Args& a, long items) {
   const bool fast = p.kv_dtype == KVX_BF16 && p.head_dim == 128 && (p.q_heads / p.kv_heads) % 4 == 0;
   if (!fast || a.mode != DECODE) return false;
   if (v >= 40 && v <= 44) return true;
-  return v == 0 && a.kind != PAGED && p.num_seqs == 1;
+  return v == 0 && a.kind != PAGED && p.num_seqs == 1 && p.max_seq_len < 16384;
 }
 
 int run_b1(Args a, long items, float* out, float* lse) {
