@@ -417,8 +417,9 @@ def report(b: dict, card: str) -> str:
     if variants:
         lines.append("")
         lines.append("kernel variants (KVX_CUDA_VARIANT), TB/s spans / paged (graph): "
-                 "default = v25 (v11 + PDL combine), at batch 1 below 16k context for spans/contiguous b1_mma_kernel (v42), and where "
-                 "the items exceed the resident CTAs several items per CTA (16k+ context: v10); "
+                 "default = v25 (v11 + PDL combine), at batch 1 below 16k context for spans/contiguous "
+                 "b1_mma_kernel (v42), and where the items exceed the resident CTAs several items per CTA "
+                 "(16k+ context: v10); "
                  "v8 = one kv head per CTA + combine kernel (v11); v11 = same CTAs, one split writes the output "
                  "itself; v4 = same, several splits merge in their last CTA; v5 = v11 with 2 stages, 3 CTAs/SM; "
                  "v12 = v11 with an L2::256B prefetch hint instead of L2::128B; v13 = v11 with no hint (before v26); "
