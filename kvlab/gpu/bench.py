@@ -35,7 +35,9 @@ BATCHES = (1, 8, 32, 64)
 # 9 / 10: wide_kernel, 4 / 8 kv heads per CTA (contiguous 1 / 2 KB per token), fused combine;
 # 20 / 22: split1_kernel (small-batch split-KV: one wave of CTAs, tiles dealt round-robin to the splits,
 # fused last-CTA merge) with 5 stages at 1 CTA/SM / 3 stages at 2 CTAs/SM; 25: as 11 with the combine
-# kernel launched as a programmatic dependent (PDL)
+# kernel launched as a programmatic dependent (PDL), at batch 1 the default before b1_mma_kernel;
+# 40-44: b1_mma_kernel (the batch-1 default for spans / contiguous: one warp per kv head with its own
+# cp.async pipeline, 4 kv heads per CTA, 4 stages = 42) forced at every batch and layout
 VARIANTS = (13, 11, 4, 10)
 ORACLE_VARIANTS = (4, 5, 8, 9, 10, 11, 12, 13)  # the full oracle runs on the default, then again on each of these
 
@@ -415,14 +417,17 @@ def report(b: dict, card: str) -> str:
     if variants:
         lines.append("")
         lines.append("kernel variants (KVX_CUDA_VARIANT), TB/s spans / paged (graph): "
-                 "default = v11, and where the items exceed the resident CTAs several items per CTA "
+                 "default = v25 (v11 + PDL combine), at batch 1 below 16k context for spans/contiguous "
+                 "b1_mma_kernel (v42), and where the items exceed the resident CTAs several items per CTA "
                  "(16k+ context: v10); "
                  "v8 = one kv head per CTA + combine kernel (v11); v11 = same CTAs, one split writes the output "
                  "itself; v4 = same, several splits merge in their last CTA; v5 = v11 with 2 stages, 3 CTAs/SM; "
                  "v12 = v11 with an L2::256B prefetch hint instead of L2::128B; v13 = v11 with no hint (before v26); "
                  "v9 / v10 = 4 / 8 kv heads per CTA (wide_kernel), fused combine; v20 / v22 = split1_kernel "
                  "(one wave of CTAs, tiles round-robin to the splits, fused last-CTA merge), 5 stages 1 CTA/SM / "
-                 "3 stages 2 CTAs/SM, at every batch; v25 = v11 with the combine kernel launched as a "
+                 "3 stages 2 CTAs/SM, at every batch; v40-v44 = b1_mma_kernel (batch-1 default for spans/contiguous: "
+                 "a warp per kv head, its own pipeline) forced at every batch and layout; "
+                 "v25 = v11 with the combine kernel launched as a "
                  "programmatic dependent (PDL)")
         lines.append("| context | batch | " + " | ".join(f"v{v} spans | v{v} paged" for v in variants) + " |")
         lines.append("|---:|---:|" + "---:|" * (2 * len(variants)))

@@ -1546,10 +1546,12 @@ Args base_args(const kvx_params* p, const float* q, const void* k, const void* v
 }
 
 #include "cuda_split1.cuh"
+#include "cuda_b1.cuh"
 
 int run_decode(Args a, int units, float* out, float* lse) {
   const kvx_params& p = a.p;
   const long items = long(units) * p.kv_heads * ((p.q_heads / p.kv_heads + MMA_R - 1) / MMA_R);
+  if (b1_applies(a, items)) return run_b1(a, items, out, lse);
   if (split1_applies(p, items)) return run_split1(a, items, out, lse);
   const Plan pl = plan(&p, units, p.q_heads / p.kv_heads, p.max_seq_len);
   const size_t NQ = size_t(p.num_seqs) * p.q_heads;
