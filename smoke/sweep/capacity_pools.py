@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from containers.run import SCRIPTS, script_mount
 from smoke import replay
 from smoke.profiles import Placement, Profile
 from smoke.records import RequestRecord
@@ -28,10 +29,10 @@ from smoke.sweep.pools import LABEL, ROLE, sweep_network
 from smoke.workload import Trace
 
 TTFT = "vllm:time_to_first_token_seconds"
-# C7's "same image without the tcmalloc preload": the image's entrypoint runs as built (it may add the
-# preload itself), then this drops every entry of LD_PRELOAD whose file name names tcmalloc.
-NO_TCMALLOC = ("bash", "-c", 'IFS=:; keep=(); for p in $LD_PRELOAD; do [[ ${p##*/} == *tcmalloc* ]] || keep+=("$p"); done; '
-               'export LD_PRELOAD="${keep[*]}"; unset IFS; exec "$@"', "no-tcmalloc")
+# C7's "same image without the tcmalloc preload": a wrapper the serve command is passed to (a resource
+# file, mounted alone).
+NO_TCMALLOC_SCRIPT = Path(__file__).parents[1] / "resources" / "no_tcmalloc.sh"
+NO_TCMALLOC = ("bash", f"{SCRIPTS}/{NO_TCMALLOC_SCRIPT.name}")
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ def open_pools(client, image: str, model_dir: Path, profile: Profile, lanes: Seq
             srv = engine_server(image, model_dir, tuple(args[lane.pool]), role=ROLE, cpus=cpuset,
                                 env={"VLLM_CPU_OMP_THREADS_BIND": lane.threads, **(env or {})}, network=net,
                                 aliases=(lane.host,), labels=labels, log_path=log_dir / f"{lane.host}.log",
-                                name=f"{lane.host} ({lane.cpus:g} CPUs)", wrap=NO_TCMALLOC if no_tcmalloc else ())
+                                name=f"{lane.host} ({lane.cpus:g} CPUs)", wrap=NO_TCMALLOC if no_tcmalloc else (),
+                                ro=script_mount(NO_TCMALLOC_SCRIPT) if no_tcmalloc else {})
             stack.callback(srv.stop)
             started.append((lane, srv.start()))
         for _, srv in started:

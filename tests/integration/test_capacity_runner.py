@@ -103,11 +103,21 @@ def test_a_tiny_calibration_and_one_point_on_the_real_engine(docker_client, tmp_
 
 def test_the_no_tcmalloc_wrapper_drops_only_tcmalloc_from_the_preload(tmp_path):
     import subprocess
-    from smoke.sweep.capacity_pools import NO_TCMALLOC
+    from smoke.sweep.capacity_pools import NO_TCMALLOC_SCRIPT
     # Real files, so the loader has something to preload (an empty shared object is refused with a
     # warning only); the server command is `env` here.
     libs = {n: tmp_path / n for n in ("libtcmalloc_minimal.so.4", "libiomp5.so")}
     preload = ":".join(str(p) for p in libs.values())
-    out = subprocess.run([*NO_TCMALLOC, "env"], env={"LD_PRELOAD": preload, "PATH": "/usr/bin:/bin"},
+    out = subprocess.run(["bash", str(NO_TCMALLOC_SCRIPT), "env"], env={"LD_PRELOAD": preload, "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, check=True).stdout
     assert f"LD_PRELOAD={libs['libiomp5.so']}\n" in out
+
+
+def test_the_no_tcmalloc_wrapper_runs_from_its_mounted_script_in_a_container(docker_client):
+    from containers.run import run_once, script_mount
+    from smoke.sweep.capacity_pools import NO_TCMALLOC, NO_TCMALLOC_SCRIPT
+    ran = run_once(docker_client, "deploylab/base:debian-trixie", [*NO_TCMALLOC, "env"], role="test-no-tcmalloc",
+                   ro=script_mount(NO_TCMALLOC_SCRIPT),
+                   env={"LD_PRELOAD": "/usr/lib/libtcmalloc_minimal.so.4:/opt/libiomp5.so"}, timeout_s=60)
+    assert ran.exit_code == 0, ran.log
+    assert "LD_PRELOAD=/opt/libiomp5.so" in ran.log.splitlines()
