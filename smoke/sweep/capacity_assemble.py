@@ -137,13 +137,21 @@ def write(report: rep.CapacityReport, repo: Path, out_dir: Path, plan: dict, cal
     return md
 
 
-def runs_note(store: Store, plan: dict, calibration: dict, rules: Rules, why: str, pilot: str) -> str:
-    """A pilot's Markdown when no capacity can be stated (too few valid runs): what was run, under
-    what host load, and why each run was or was not kept. States no capacity and no verdict."""
+def runs_note(store: Store, plan: dict, calibration: dict, rules: Rules, why: str, pilot: str,
+              resume: str = "") -> str:
+    """The Markdown when no capacity can be stated yet (a pilot, or a run stopped before any deciding
+    point had its repetitions): what was run, under what host load, and why each run was or was not
+    kept. States no capacity and no verdict."""
     entries = store.entries()
     classes = sorted(rules.slo.classes)
-    out = [f"> **PILOT** — {pilot}", "", "# Capacity pilot: runs only (no capacity stated)", "",
+    banner = (f"> **PILOT** — {pilot}" if pilot else
+              f"> **IN PROGRESS** — the pre-registered search stopped before its end; `{resume}` resumes it")
+    title = "Capacity pilot" if pilot else "Capacity experiment (unfinished)"
+    out = [banner, "", f"# {title}: runs only (no capacity stated)", "",
            f"No capacity or verdict is stated: {why}.", "",
+           f"Profiles: {', '.join(plan['profiles'])}. Passes: {max((e['pass'] for e in entries), default=0)} of at least "
+           f"{rules.repetitions.per_point} begun. Stored runs: {len(entries)} "
+           f"({sum(1 for e in entries if e['discarded'])} discarded).", "",
            f"Score: commit `{plan['score_commit']}`. Model: {plan['model']}. Engine: {plan['engine']} "
            f"(`{plan['engine_image']}`). Engines: {plan['engine_cpus']:g} CPUs per profile over cores {plan['cores']}.", "",
            "## Calibration (unloaded, one CPU)", "",

@@ -197,14 +197,14 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
         report, notes = assemble.build(store, rules, plan, calibration, elapsed, say)
         md = assemble.write(report, repo, out, {**plan, "lanes": store.state()["lanes"]}, calibration, notes, pilot)
     except UsageError as exc:
-        if not pilot or "no profile has a capacity" not in str(exc):
+        if "no profile has a capacity" not in str(exc):
             raise
         rep.check_pre_registered(repo, plan["score_commit"])
         out.mkdir(parents=True, exist_ok=True)
         md = out / "README.md"
-        md.write_text(assemble.runs_note(store, plan, calibration, rules, str(exc).split(": ", 1)[-1], pilot))
-    if pilot:   # a pilot's raw data goes beside its report (committed); the full run's is copied by hand
-        copy_raw(store.root, out / "data")
+        resume = f"invoke capacity --profiles {','.join(plan['profiles'])} --run {run}"
+        md.write_text(assemble.runs_note(store, plan, calibration, rules, str(exc).split(": ", 1)[-1], pilot, resume))
+    copy_raw(store.root, out / "data")   # the raw records behind every figure, beside the report (xz)
     return md
 
 

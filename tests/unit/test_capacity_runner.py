@@ -272,3 +272,11 @@ def test_a_pilot_with_no_valid_run_lists_its_runs_and_states_no_capacity(tmp_pat
     rows = [ln for ln in text.splitlines() if ln.startswith("| balanced |")]
     assert len(rows) == RULES.discard.max_discards_per_rate + 1
     assert all("foreign CPU 40% of the host > 10%" in r for r in rows)
+    # The pre-registered search stopped early (no pilot): the same table under an IN PROGRESS banner that
+    # names the command resuming it, and how far the passes got.
+    text = assemble.runs_note(store, plan, calib, FAST, "no deciding point has 3 runs yet", "",
+                              "invoke capacity --profiles balanced --run r")
+    assert text.startswith("> **IN PROGRESS** — the pre-registered search stopped before its end; "
+                           "`invoke capacity --profiles balanced --run r` resumes it")
+    assert "Passes: 1 of at least 3 begun" in text and "No capacity or verdict is stated" in text
+    assert len([ln for ln in text.splitlines() if ln.startswith("| balanced |")]) == len(rows)
