@@ -93,18 +93,16 @@ def _has_models(body: str) -> bool:
 def engine_server(image: str, model_dir: Path, extra_args: Sequence[str] = (), *, role: str = "smoke-engine",
                   env: Mapping[str, str] | None = None, log_path: Path | None = None, timeout_s: float = 300.0,
                   cpus: str | None = None, labels: Mapping[str, str] | None = None, network=None,
-                  aliases: Sequence[str] = (), name: str = "vLLM", quota_cpus: float | None = None,
-                  wrap: Sequence[str] = (), ro: Mapping[str, Path] | None = None) -> Server:
+                  aliases: Sequence[str] = (), name: str = "vLLM", wrap: Sequence[str] = (),
+                  ro: Mapping[str, Path] | None = None) -> Server:
     """One vLLM server container (not started): the smoke stage's engine and each sweep replica.
-    quota_cpus: a CFS quota in CPUs (the capacity runner's lanes), beside or instead of a cpuset;
     wrap: a command the serve command is passed to (after the image's own entrypoint); ro: more read-only
     mounts (container path → host path), e.g. that command's script."""
     return Server(image, [*wrap, *serve_command("/model", extra_args)], port=PORT, role=role,
                   ready=http_ready(PORT, "/health", ("/v1/models", _has_models)),
                   ro={"/model": model_dir, **(ro or {})}, env={**ENGINE_ENV, **(env or {})}, network=network, aliases=aliases,
                   labels=labels, log_path=log_path, timeout_s=timeout_s, name=name, shm_size="1g",
-                  **({"cpuset_cpus": cpus} if cpus else {}),
-                  **({"nano_cpus": int(quota_cpus * 1e9)} if quota_cpus else {}))
+                  **({"cpuset_cpus": cpus} if cpus else {}))
 
 
 @contextmanager
