@@ -162,6 +162,10 @@ class Server:
         self.startup_s = time.monotonic() - self._t0
         return self
 
+    def limit_cpus(self, cpus: float) -> None:
+        """A CFS quota of `cpus` CPUs from now on (e.g. once ready, so start-up is not throttled)."""
+        self.container.get_wrapped_container().update(cpu_period=100_000, cpu_quota=round(cpus * 100_000))
+
     def logs(self, stdout: bool = True, stderr: bool = True) -> str:
         return self.container.get_wrapped_container().logs(stdout=stdout, stderr=stderr).decode(errors="replace")
 

@@ -123,7 +123,7 @@ def open_pools(client, image: str, model_dir: Path, profile: Profile, lanes: Seq
         for _, srv in started:
             srv.wait(max(10.0, startup_timeout_s - (time.monotonic() - t0)))
         for lane, srv in started:
-            client.containers.get(srv.id).update(cpu_period=100_000, cpu_quota=round(lane.cpus * 100_000))
+            srv.limit_cpus(lane.cpus)
         ids = [srv.id for _, srv in started]
         ip_host = {client.containers.get(srv.id).attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]: lane.host
                    for lane, srv in started}
