@@ -88,6 +88,7 @@ class Run:
     client_ttft_mean_ms: float        # all answered requests of the run (the histogram's population)
     server_ttft_mean_ms: float        # the engines' own TTFT histogram, delta over the run
     send_lag_p99_ms: float
+    throttled_share: float = math.nan  # the most throttled replica's share of CFS periods (recorded, not a bound)
 
     @property
     def attainment(self) -> dict[str, float]:
@@ -180,8 +181,12 @@ def slo_bounds(figures: Mapping[str, Unloaded], rules: Rules) -> dict[str, SLOBo
 # --- per-run figures of the equal-load claims (C3a, C3b, C4, C7) -------------------------------
 
 def equal_load_rate(reference_capacity: Capacity, rules: Rules) -> float:
+    """fraction x the reference's capacity; censored below, the search's floor (equal_load.censored_below =
+    "min_rps": a load every profile was measured at) or none; censored above, fraction x its highest rate."""
     if reference_capacity.censored == "below":
-        raise UsageError(f"{rules.equal_load.reference}: capacity below the lowest rate measured: no equal load")
+        if rules.equal_load.censored_below == "none":
+            raise UsageError(f"{rules.equal_load.reference}: capacity below the lowest rate measured: no equal load")
+        return rules.search.min_rps
     return round(rules.equal_load.fraction * reference_capacity.rps, 4)
 
 
@@ -286,12 +291,20 @@ class Step:
     why: str
 
 
+def calibration_cpus(rules: Rules, engine_cpus: float, replicas: int) -> float:
+    """The calibration replica's quota: calibration.cpus, or "mean_lane" = the engines' CPUs over the
+    reference profile's replicas (what a replica gets on average, so bounds include the lane's quota)."""
+    c = rules.calibration.cpus
+    return round(engine_cpus / replicas, 4) if c == "mean_lane" else float(c)
+
+
 def calibrated_start(rules: Rules, service_s: Mapping[str, float], per_session: Mapping[str, float],
-                     engine_cpus: float) -> float:
+                     engine_cpus: float, calibration_cpus: float = 1.0) -> float:
     """search.start_rps = "calibrated": start_utilization x the session rate at which the engines' CPUs
-    would be busy all the time with requests served one at a time (calibration's service seconds at
-    one CPU). Every profile gets the same start, so the searches share one rate grid."""
-    demand = sum(n * service_s[c] for c, n in per_session.items())
+    would be busy all the time with requests served one at a time (calibration's service seconds on
+    its replica of calibration_cpus, counted as CPU-seconds at that quota). Every profile gets the
+    same start, so the searches share one rate grid."""
+    demand = sum(n * service_s[c] * calibration_cpus for c, n in per_session.items())
     s = rules.search
     return round(min(max(s.start_utilization * engine_cpus / demand, s.min_rps), s.max_rps), 4)
 

@@ -125,7 +125,7 @@ def write(report: rep.CapacityReport, repo: Path, out_dir: Path, plan: dict, cal
              "| profile | replica | CPUs | OpenMP cores |", "|---|---|---|---|"]
     for p, lanes in plan.get("lanes", {}).items():
         extra += [f"| {p} | {x['host']} | {x['cpus']:g} | {x['threads']} |" for x in lanes]
-    extra += ["", "Service time per class (unloaded, one CPU; sizes the lanes): "
+    extra += ["", f"Service time per class (unloaded, {calibration.get('cpus', 1.0):g} CPUs; sizes the lanes): "
               + ", ".join(f"{c} {s * 1000:.0f} ms" for c, s in sorted(calibration["service_s"].items())),
               f"Calibration: host load {calibration['load1'][0]:.2f} / {calibration['load1'][1]:.2f}, "
               f"foreign CPU {calibration['foreign_cpu_share']:.0%}."]
@@ -154,7 +154,7 @@ def runs_note(store: Store, plan: dict, calibration: dict, rules: Rules, why: st
            f"({sum(1 for e in entries if e['discarded'])} discarded).", "",
            f"Score: commit `{plan['score_commit']}`. Model: {plan['model']}. Engine: {plan['engine']} "
            f"(`{plan['engine_image']}`). Engines: {plan['engine_cpus']:g} CPUs per profile over cores {plan['cores']}.", "",
-           "## Calibration (unloaded, one CPU)", "",
+           f"## Calibration (unloaded, {calibration.get('cpus', 1.0):g} CPUs)", "",
            f"Host load {calibration['load1'][0]:.2f} / {calibration['load1'][1]:.2f}, foreign CPU "
            f"{calibration['foreign_cpu_share']:.0%}; replica start {calibration['startup_s']:.0f} s, "
            f"{calibration['wall_s']:.0f} s of sequential requests.", "",
@@ -166,12 +166,19 @@ def runs_note(store: Store, plan: dict, calibration: dict, rules: Rules, why: st
                    f"| {calibration['service_s'][c]:.2f} |")
     out += ["", "## Runs (attainment per class in the window; discarded runs are never averaged in)", "",
             "| profile | pass | rate | seed | wall s | " + " | ".join(classes)
-            + " | load start / end | foreign CPU | ours | client overhead ms | discarded |",
-            "|" + "---|" * (len(classes) + 10)]
+            + " | load start / end | foreign CPU | ours | client overhead ms | throttled (per replica) | discarded |",
+            "|" + "---|" * (len(classes) + 11)]
     for e in entries:
         att = [f"{e['good'][c] / e['requests'][c]:.2f} ({e['requests'][c]})" if e["requests"].get(c) else "-" for c in classes]
         out.append(f"| {e['label']} | {e['pass']} | {e['rate']:g} | {e['seed']} | {e['wall_s']:.0f} | " + " | ".join(att)
                    + f" | {e['load1'][0]:.2f} / {e['load1'][1]:.2f} | {e['foreign_cpu_share']:.0%} | "
                    f"{e['ours_cpu_share']:.0%} | {e['client_ttft_mean_ms'] - e['server_ttft_mean_ms']:.0f} | "
-                   f"{e['discarded'] or '-'} |")
+                   f"{throttle_cell(e)} | {e['discarded'] or '-'} |")
     return "\n".join(out) + "\n"
+
+
+def throttle_cell(e: dict) -> str:
+    """Each replica's share of throttled CFS periods and its mean throttled stretch, e.g. "31 % x 58 ms"."""
+    t = e.get("throttle") or {}
+    return ", ".join(f"{v['throttled'] / v['periods']:.0%} x {1000 * v['throttled_s'] / v['throttled']:.0f} ms"
+                     if v["throttled"] else "0 %" for v in t.values() if v["periods"]) or "-"

@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from containers.run import SCRIPTS, script_mount
@@ -43,6 +43,7 @@ class Measured:
     server_ttft_mean_ms: float            # the replicas' TTFT histograms, delta over the run (NaN: none)
     replica_of: dict[str, str]            # trace request id → replica host, from the router's log
     router_lines: list[str]
+    throttle: dict[str, hostload.Throttle] = field(default_factory=dict)  # replica host → its CFS counters over the run (where readable)
 
 
 def replica_map(lines: Sequence[str], ip_host: Mapping[str, str], prefix: str) -> dict[str, str]:
@@ -79,6 +80,7 @@ class Pools:
     startup_s: float
     opts: replay.ReplayOptions
     tcmalloc: dict[str, bool]            # replica host → libtcmalloc mapped into its server process
+    replica_ids: dict[str, str]          # replica host → container id
 
     def replay(self, trace: Trace, records_path: Path, tag: str) -> Measured:
         from dataclasses import replace
@@ -89,19 +91,22 @@ class Pools:
         ports = [int(u.rsplit(":", 1)[1]) for u in (self.router.url, *self.urls.values())]
         pids = hostload.helper_pids(self.container_ids, ports)
         a = hostload.sample(self.container_ids, self.stats, pids)
+        t0 = {h: hostload.throttle(c) for h, c in self.replica_ids.items()}
         recs = replay.run(trace, self.router.url, MODEL_NAME, records_path, replace(self.opts, request_id_prefix=tag))
         b = hostload.sample(self.container_ids, self.stats, pids)
+        t1 = {h: hostload.throttle(c) for h, c in self.replica_ids.items()}
         after = {h: scrape.fetch(u) for h, u in self.urls.items()}
         lines = self.router.log_lines()[seen:]
         return Measured(recs, hostload.usage(a, b), server_ttft_mean_ms(before, after),
-                        replica_map(lines, self.ip_host, tag), lines)
+                        replica_map(lines, self.ip_host, tag), lines,
+                        {h: t1[h] - t0[h] for h in t0 if t0[h] is not None and t1[h] is not None})
 
 
 @contextmanager
 def open_pools(client, image: str, model_dir: Path, profile: Profile, lanes: Sequence[Lane],
                args: Mapping[str, Sequence[str]], log_dir: Path, *, env: Mapping[str, str] | None = None,
                startup_timeout_s: float = 600.0, opts: replay.ReplayOptions = replay.ReplayOptions(),
-               cores: Sequence[int] = (), no_tcmalloc: bool = False) -> Iterator[Pools]:
+               cores: Sequence[int] = (), no_tcmalloc: bool = False, cfs_period_us: int = 100_000) -> Iterator[Pools]:
     """Start the profile's replicas (quota'd lanes) and its router; yield Pools; remove all after."""
     from smoke.server import engine_server
     labels = {LABEL: ROLE, "org.deploylab.capacity-profile": profile.name}
@@ -123,7 +128,7 @@ def open_pools(client, image: str, model_dir: Path, profile: Profile, lanes: Seq
         for _, srv in started:
             srv.wait(max(10.0, startup_timeout_s - (time.monotonic() - t0)))
         for lane, srv in started:
-            srv.limit_cpus(lane.cpus)
+            srv.limit_cpus(lane.cpus, cfs_period_us)
         ids = [srv.id for _, srv in started]
         ip_host = {client.containers.get(srv.id).attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]: lane.host
                    for lane, srv in started}
@@ -133,7 +138,8 @@ def open_pools(client, image: str, model_dir: Path, profile: Profile, lanes: Seq
             ids.append(router.server.id)
             yield Pools(profile.name, router, {lane.host: srv.url for lane, srv in started}, ip_host, ids,
                         hostload.docker_stats(client), time.monotonic() - t0, opts,
-                        {lane.host: tcmalloc_mapped(client, srv.id) for lane, srv in started})
+                        {lane.host: tcmalloc_mapped(client, srv.id) for lane, srv in started},
+                        {lane.host: srv.id for lane, srv in started})
             (log_dir / "router-access.jsonl").write_text("".join(x + "\n" for x in router.log_lines()))
 
 

@@ -8,6 +8,8 @@ run and may not move while its data is read.
 
 from __future__ import annotations
 
+import math
+
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,6 +99,7 @@ class RunLog(_Out):
     foreign_cpu_share: float
     client_overhead_ms: float
     send_lag_p99_ms: float
+    throttled_share: float | None = None   # the most throttled replica's share of CFS periods (None: not read)
     discarded: str                         # '' or why it was not averaged in
 
 
@@ -155,7 +158,8 @@ def profile_capacity(runs: Sequence[cap.Run], rules: Rules, total_cpus: float) -
                           requests={c: [r.requests[c] for r in p.runs] for c in classes}) for p in pts],
         runs=[RunLog(rate_rps=r.rate, seed=r.seed, load1=r.load1, foreign_cpu_share=r.foreign_cpu_share,
                      client_overhead_ms=r.client_ttft_mean_ms - r.server_ttft_mean_ms,
-                     send_lag_p99_ms=r.send_lag_p99_ms, discarded=cap.discard_reason(r, rules)) for r in runs],
+                     send_lag_p99_ms=r.send_lag_p99_ms, discarded=cap.discard_reason(r, rules),
+                     throttled_share=None if math.isnan(r.throttled_share) else round(r.throttled_share, 4)) for r in runs],
         search=cap.step(runs, rules).why)
 
 
@@ -225,11 +229,12 @@ def render(report: CapacityReport, repo: Path) -> str:
             out.append(f"| {name} | {pt.rate_rps:g} | {len(next(iter(pt.attainment.values())))} | "
                        + " | ".join(cells) + " |")
     out += ["", "## Runs (host load, client overhead; discarded runs are not averaged in)", "",
-            "| profile | rate | seed | load start / end | foreign CPU | client overhead ms | send lag p99 ms | discarded |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| profile | rate | seed | load start / end | foreign CPU | client overhead ms | send lag p99 ms | throttled | discarded |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, p in report.profiles.items():
         out += [f"| {name} | {r.rate_rps:g} | {r.seed} | {r.load1[0]:.2f} / {r.load1[1]:.2f} | {r.foreign_cpu_share:.0%} | "
-                f"{r.client_overhead_ms:.0f} | {r.send_lag_p99_ms:.0f} | {r.discarded or '-'} |" for r in p.runs]
+                f"{r.client_overhead_ms:.0f} | {r.send_lag_p99_ms:.0f} | "
+                f"{'-' if r.throttled_share is None else f'{r.throttled_share:.0%}'} | {r.discarded or '-'} |" for r in p.runs]
     return "\n".join(out) + "\n"
 
 

@@ -43,6 +43,11 @@ class _SLO(Strict):
 class _Calibration(Strict):
     warmup_requests: int = Field(ge=0, description="a non-negative integer")
     requests_per_class: PositiveInt
+    cpus: PositiveNumber | Literal["mean_lane"]
+
+
+class _Lanes(Strict):
+    cfs_period_us: int = Field(ge=1000, le=1_000_000, description="an integer of microseconds in [1000, 1000000]")
 
 
 class _Repetitions(Strict):
@@ -89,6 +94,7 @@ class _Discard(Strict):
 class _EqualLoad(Strict):
     fraction: float = Fraction
     reference: NonEmptyStr
+    censored_below: Literal["min_rps", "none"]
     variants: dict[str, NonEmptyStr] = Field(min_length=1, description="a table of variant = what it runs")
 
 
@@ -108,6 +114,14 @@ class _Claim(Strict):
             raise Fault("metric", "expected metric, profile, versus and better (or parts)")
         return self
 
+    def variants(self) -> list[str]:
+        """The equal-load variants this claim compares (none for a searched metric or a compound claim);
+        slow_tpot_ratio needs each one's no-slow twin too."""
+        if self.metric not in EQUAL_LOAD:
+            return []
+        both = self.metric == "slow_tpot_ratio"
+        return [x for v in (self.profile, *self.versus) for x in ((v, f"{v}/no-slow") if both else (v,))]
+
 
 class _Hol(Strict):
     short_classes: list[NonEmptyStr] = Field(min_length=1, description="a non-empty list of class names")
@@ -124,6 +138,7 @@ class Rules(Strict):
     window: _Window
     slo: _SLO
     calibration: _Calibration
+    lanes: _Lanes
     repetitions: _Repetitions
     search: _Search
     capacity: _Capacity
@@ -141,11 +156,9 @@ class Rules(Strict):
             for p in c.parts:
                 if p not in self.claims or self.claims[p].parts:
                     raise Fault(f"claims.{name}.parts", f"expected names of claims with a metric, got {p!r}")
-            if c.metric in EQUAL_LOAD:
-                for v in (c.profile, *c.versus):
-                    for need in (v, f"{v}/no-slow") if c.metric == "slow_tpot_ratio" else (v,):
-                        if need not in variants:
-                            raise Fault(f"claims.{name}", f"expected variants of equal_load.variants, got {need!r}")
+            for need in c.variants():
+                if need not in variants:
+                    raise Fault(f"claims.{name}", f"expected variants of equal_load.variants, got {need!r}")
         return self
 
 

@@ -3,8 +3,8 @@
 Before any container starts: the score is the committed one (capacity_report's guard: a scoring
 file that differs from its last commit stops the run), the mix has exactly the classes the SLOs
 name, every profile loads and every knob translates for the engine image (its own --help=all).
-Then: the test model of the chosen size, the calibration replica (one CPU, the reference profile's
-knobs), lanes sized from it (smoke.sweep.lanes), the interleaved passes (capacity_runner), and the
+Then: the test model of the chosen size, the calibration replica (the reference profile's knobs, at
+capacity.toml calibration.cpus), lanes sized from it (smoke.sweep.lanes), the interleaved passes (capacity_runner), and the
 report (capacity_assemble). Everything lands under RESULTS/RUN/capacity; a rerun resumes there.
 """
 
@@ -114,11 +114,16 @@ def prepare(opts: CapacityOptions, rules: Rules | None = None) -> Setup:
     return Setup(rules, mix, profs, client, image, caps.label, args, model_dir, cores)
 
 
+def calibration_cpus(setup: Setup, opts: CapacityOptions) -> float:
+    return cap.calibration_cpus(setup.rules, opts.engine_cpus, sum(x.replicas for x in setup.reference.pools))
+
+
 def pool_factory(setup: Setup, store: Store, opts: CapacityOptions):
     """(profile name | CALIBRATION, modifier) → a context manager of started pools (capacity_pools)."""
     ref = setup.reference
     base = ref.pool(ref.default_pool)
-    calib = profmod.Profile(CALIBRATION, "(calibration)", "one replica, one CPU, the reference's knobs",
+    calib_cpus = calibration_cpus(setup, opts)
+    calib = profmod.Profile(CALIBRATION, "(calibration)", f"one replica, {calib_cpus:g} CPUs, the reference's knobs",
                             (replace(base, replicas=1),), base.name, ())
     ropts = replay.ReplayOptions(max_concurrency=opts.max_concurrency, request_timeout_s=opts.request_timeout_s)
 
@@ -127,7 +132,8 @@ def pool_factory(setup: Setup, store: Store, opts: CapacityOptions):
         from smoke.server import ServerFailed
         from smoke.sweep.capacity_pools import open_pools
         if name == CALIBRATION:
-            prof, ls = calib, (lanemod.Lane(base.name, 0, f"{base.name}-0", 1.0, str(setup.cores[0])),)
+            prof, ls = calib, (lanemod.Lane(base.name, 0, f"{base.name}-0", calib_cpus,
+                                            lanemod.threads_for(calib_cpus, setup.cores)),)
             args = setup.args[ref.name]
         else:
             prof, ls, args = setup.profiles[name], setup.lanes[name], setup.args[name]
@@ -136,7 +142,8 @@ def pool_factory(setup: Setup, store: Store, opts: CapacityOptions):
             try:
                 p = stack.enter_context(open_pools(setup.client, setup.image, setup.model_dir, prof, ls, args, log,
                                                    startup_timeout_s=opts.startup_timeout_s, opts=ropts,
-                                                   cores=setup.cores, no_tcmalloc=mod == "no-tcmalloc"))
+                                                   cores=setup.cores, no_tcmalloc=mod == "no-tcmalloc",
+                                                   cfs_period_us=setup.rules.lanes.cfs_period_us))
             except ServerFailed as exc:   # one line; what ran so far is stored and a rerun resumes
                 lines = [x for x in str(exc).splitlines() if x.strip()] or [""]
                 raise UsageError(f"{name}{'/' + mod if mod else ''}: pools did not start ({lines[0][:200]} ... "
@@ -175,13 +182,14 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
         if calibration is None:
             raise UsageError(f"{store.root}: no calibration stored: run `invoke capacity` without --report-only first")
     else:
-        calibration = calibrate(store, setup.mix, rules, pools, say)
+        calibration = calibrate(store, setup.mix, rules, pools, say, calibration_cpus(setup, opts))
     skip = () if calibration["tcmalloc"] else tuple(v for v in rules.equal_load.variants if v.endswith("/no-tcmalloc"))
     if skip and opts.equal_load:
         say(f"{image}: no tcmalloc in the server process: {', '.join(skip)} not run (C7 cannot be measured on it)")
     size_lanes(setup, store, calibration, opts.engine_cpus)
     if rules.search.start_rps == "calibrated":
-        start = cap.calibrated_start(rules, calibration["service_s"], requests_per_session(setup.mix), opts.engine_cpus)
+        start = cap.calibrated_start(rules, calibration["service_s"], requests_per_session(setup.mix), opts.engine_cpus,
+                                     calibration.get("cpus", 1.0))
         rules = cap.resolved(rules, start)
         store.put_state(start_rps=start)
         say(f"search starts at {start:g} sessions/s (capacity.toml search.start_rps = \"calibrated\")")

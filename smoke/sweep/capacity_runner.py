@@ -56,6 +56,14 @@ def variant_parts(name: str) -> tuple[str, str]:
     return base, mod
 
 
+def needed_variants(rules: Rules, profiles: Sequence[str]) -> list[str]:
+    """The equal-load variants of every claim whose variants' profiles all run: a variant no claim
+    of this set of profiles can use is not run (a subset of profiles costs only its own claims)."""
+    need = {v for c in rules.claims.values() if all(variant_parts(v)[0] in profiles for v in c.variants())
+            for v in c.variants()}
+    return [v for v in rules.equal_load.variants if v in need]
+
+
 # --- the store: plan, calibration, runs.jsonl, raw records --------------------------------------
 
 class Store:
@@ -145,8 +153,10 @@ def read_xz_records(path: Path) -> list[RequestRecord]:
 
 
 def to_run(e: dict) -> cap.Run:
+    shares = [t["throttled"] / t["periods"] for t in e.get("throttle", {}).values() if t["periods"]]
     return cap.Run(e["label"], e["rate"], e["seed"], e["good"], e["requests"], tuple(e["load1"]), e["cores"],
-                   e["foreign_cpu_share"], e["client_ttft_mean_ms"], e["server_ttft_mean_ms"], e["send_lag_p99_ms"])
+                   e["foreign_cpu_share"], e["client_ttft_mean_ms"], e["server_ttft_mean_ms"], e["send_lag_p99_ms"],
+                   max(shares, default=math.nan))
 
 
 # --- the experiment -------------------------------------------------------------------------------
@@ -171,8 +181,8 @@ class Experiment:
         self.entries = self.store.entries()
         self.t0 = self.clock()
         self.session = -1                     # set by run(): report-only use adds no session
-        self.variants = [v for v in self.rules.equal_load.variants if variant_parts(v)[0] in self.profiles
-                         and v not in self.skip_variants] if self.equal_load else []
+        self.variants = [v for v in needed_variants(self.rules, self.profiles)
+                         if v not in self.skip_variants] if self.equal_load else []
 
     # --- what has been run
     def _of(self, label: str, k: int | None = None, variant: bool = False) -> list[dict]:
@@ -291,7 +301,9 @@ class Experiment:
              "requests": dict(run.requests), "load1": list(run.load1), "cores": run.cores,
              "foreign_cpu_share": round(run.foreign_cpu_share, 4), "ours_cpu_share": round(m.usage.ours_cpu_share, 4),
              "client_ttft_mean_ms": run.client_ttft_mean_ms, "server_ttft_mean_ms": run.server_ttft_mean_ms,
-             "send_lag_p99_ms": run.send_lag_p99_ms, "discarded": why, "dir": str(d.relative_to(self.store.root)),
+             "send_lag_p99_ms": run.send_lag_p99_ms, "discarded": why,
+             "throttle": {h: {"periods": t.periods, "throttled": t.throttled, "throttled_s": round(t.throttled_s, 3)}
+                          for h, t in sorted(m.throttle.items())}, "dir": str(d.relative_to(self.store.root)),
              "skipped_seeds": skipped, "wall_s": round(self.clock() - t, 1), "session": self.session, "at_s": round(self.clock() - self.t0, 1)}
         self.store.append(e)
         self.entries.append(e)
@@ -299,7 +311,8 @@ class Experiment:
         worst = min(att, key=att.get) if att else "-"
         self.say(f"    -> attainment min {att.get(worst, 0):.2f} ({worst}); load {run.load1[0]:.2f}->{run.load1[1]:.2f}; "
                  f"foreign CPU {run.foreign_cpu_share:.0%}; client overhead "
-                 f"{run.client_ttft_mean_ms - run.server_ttft_mean_ms:.0f} ms"
+                 f"{run.client_ttft_mean_ms - run.server_ttft_mean_ms:.0f} ms; throttled "
+                 + ", ".join(f"{h} {t.share:.0%}" for h, t in sorted(m.throttle.items()))
                  + (f"; DISCARDED: {why} (repeated with a new seed)" if why else ""))
         return e
 
@@ -382,7 +395,8 @@ def calibration_trace(mix: Mix, rules: Rules, seed: int = 16, gap_s: float = 0.2
     return workload.Trace({"kind": "header", "calibration": True, "seed": seed}, tuple(out))
 
 
-def calibrate(store: Store, mix: Mix, rules: Rules, pools: PoolFactory, say: Callable[[str], None] = print) -> dict:
+def calibrate(store: Store, mix: Mix, rules: Rules, pools: PoolFactory, say: Callable[[str], None] = print,
+              cpus: float = 1.0) -> dict:
     """Unloaded per-class figures → SLO bounds and service times (stored; reused on resume)."""
     from smoke.sweep import lanes
     if (have := store.calibration()) is not None:
@@ -402,7 +416,9 @@ def calibrate(store: Store, mix: Mix, rules: Rules, pools: PoolFactory, say: Cal
             "bounds": {c: b.model_dump() for c, b in bounds.items()}, "service_s": service,
             "load1": list(m.usage.load1), "foreign_cpu_share": m.usage.foreign_cpu_share,
             "startup_s": session.startup_s, "wall_s": m.usage.wall_s,
-            "tcmalloc": any(session.tcmalloc.values())}
+            "tcmalloc": any(session.tcmalloc.values()), "cpus": cpus,
+            "throttle": {h: {"periods": t.periods, "throttled": t.throttled, "throttled_s": round(t.throttled_s, 3)}
+                         for h, t in sorted(m.throttle.items())}}
     store.put_calibration(data)
     for c, f in sorted(figures.items()):
         say(f"  {c}: unloaded TTFT {f.ttft_ms:.0f} ms, TPOT {f.tpot_ms if f.tpot_ms is None else round(f.tpot_ms, 1)} ms"

@@ -6,6 +6,8 @@ from their cgroup's cpuacct.usage, else Docker's stats API), of the Docker helpe
 (userland port proxies, shims: helper_pids) and of this process (the replay client).
 `usage(a, b)` turns two samples into what capacity.Run records: the load at both ends and the share
 of the host's CPU capacity that went to work that was not ours (other agents, builds, dockerd).
+`throttle` reads a container's CFS bandwidth counters, so each run also records how often its lanes'
+quotas throttled them (the instrument of the lanes themselves).
 No Docker in this module except the stats fallback; parsing is tested on real /proc text.
 """
 
@@ -48,6 +50,43 @@ def container_cpu_seconds(container_id: str, stats: Callable[[str], dict] | None
     if stats is None:
         return 0.0
     return int(stats(container_id)["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
+
+
+CGROUP_CPU = (Path("/sys/fs/cgroup/cpu/docker"), Path("/sys/fs/cgroup/cpu,cpuacct/docker"))   # cgroup v1
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """A container's CFS bandwidth counters (cpu.stat): periods with a quota, periods it was throttled
+    in, and the time it spent throttled."""
+    periods: int
+    throttled: int
+    throttled_s: float
+
+    def __sub__(self, other: Throttle) -> Throttle:
+        return Throttle(self.periods - other.periods, self.throttled - other.throttled,
+                        self.throttled_s - other.throttled_s)
+
+    @property
+    def share(self) -> float:
+        return self.throttled / self.periods if self.periods else 0.0
+
+
+def parse_cpu_stat(text: str) -> Throttle:
+    """cpu.stat of cgroup v1 (throttled_time, ns) or v2 (throttled_usec)."""
+    d = {k: int(v) for k, v in (line.split() for line in text.splitlines() if line.strip())}
+    t = d["throttled_time"] / 1e9 if "throttled_time" in d else d.get("throttled_usec", 0) / 1e6
+    return Throttle(d.get("nr_periods", 0), d.get("nr_throttled", 0), t)
+
+
+def throttle(container_id: str) -> Throttle | None:
+    """The container's counters, None where no cgroup file is readable (then nothing is recorded)."""
+    for f in (*(root / container_id / "cpu.stat" for root in CGROUP_CPU),
+              *(root / f"docker-{container_id}.scope" / "cpu.stat" for root in CGROUP_V2),
+              *(root / container_id / "cpu.stat" for root in CGROUP_V2)):
+        if f.is_file():
+            return parse_cpu_stat(f.read_text())
+    return None
 
 
 def helper_pids(container_ids: Iterable[str], host_ports: Iterable[int], proc: Path = Path("/proc")) -> list[int]:

@@ -96,11 +96,18 @@ def size(profile: Profile, per_session: Mapping[str, float], service_s: Mapping[
     for p in profile.pools:
         each = round(q[p.name] / p.replicas, 4)
         for i in range(p.replicas):
-            t = min(len(cores), max(1, math.ceil(each - 1e-9)))
-            take = sorted(cores[(k + j) % len(cores)] for j in range(t))
-            k += t
-            lanes.append(Lane(p.name, i, replica_host(p.name, i), each, _ranges(take)))
+            lanes.append(Lane(p.name, i, replica_host(p.name, i), each, threads_for(each, cores, k)))
+            k += thread_count(each, cores)
     return tuple(lanes)
+
+
+def thread_count(cpus: float, cores: Sequence[int]) -> int:
+    return min(len(cores), max(1, math.ceil(cpus - 1e-9)))
+
+
+def threads_for(cpus: float, cores: Sequence[int], first: int = 0) -> str:
+    """The cores a replica of `cpus` binds its OpenMP threads to: its quota rounded up, from cores[first] on."""
+    return _ranges(sorted(cores[(first + j) % len(cores)] for j in range(thread_count(cpus, cores))))
 
 
 def _ranges(cores: Sequence[int]) -> str:

@@ -73,14 +73,16 @@ def test_a_tiny_calibration_and_one_point_on_the_real_engine(docker_client, tmp_
             for cid in p.container_ids[:-1]:            # the last one is nginx
                 attrs = docker_client.containers.get(cid).attrs
                 hc = attrs["HostConfig"]              # the quota is set once the replica is ready
-                seen[name] = (hc["CpuQuota"] / hc["CpuPeriod"], [e for e in attrs["Config"]["Env"] if "OMP" in e])
+                seen[name] = (hc["CpuQuota"] / hc["CpuPeriod"], hc["CpuPeriod"],
+                              [e for e in attrs["Config"]["Env"] if "OMP" in e])
                 assert hostload.container_cpu_seconds(cid, hostload.docker_stats(docker_client)) > 0  # it started: CPU used
             yield p
 
     calib = cr.calibrate(store, setup.mix, rules, watched, say=print)
     assert set(calib["bounds"]) == set(rules.slo.classes)
     assert all(b["ttft_ms"] > 0 for b in calib["bounds"].values()) and calib["service_s"]["long_prefill"] > 0
-    assert seen[cr.CALIBRATION][0] == 1.0
+    assert seen[cr.CALIBRATION][:2] == (1.0, rules.lanes.cfs_period_us)    # the mean lane of 1 CPU / 1 replica
+    assert calib["cpus"] == 1.0 and calib["throttle"]["main-0"]["periods"] > 0
     assert isinstance(calib["tcmalloc"], bool)      # read from the server process's own memory map
     run.size_lanes(setup, store, calib, 1.0)
     exp = cr.Experiment(rules, setup.mix, ["one"], store, watched, say=print, rates=(0.5,), equal_load=False,
@@ -90,7 +92,9 @@ def test_a_tiny_calibration_and_one_point_on_the_real_engine(docker_client, tmp_
     es = store.entries()          # a run over a discard bound (a busy shared host) is followed by its repeat
     assert 1 <= len(es) <= rules.discard.max_discards_per_rate + 1 and all(x["discarded"] for x in es[:-1])
     e = es[-1]
-    assert seen["one"] == (1.0, ["VLLM_CPU_OMP_THREADS_BIND=0"])
+    assert seen["one"] == (1.0, rules.lanes.cfs_period_us, ["VLLM_CPU_OMP_THREADS_BIND=0"])
+    t = e["throttle"]["main-0"]                     # the replica's own CFS counters over the run (cgroup cpu.stat)
+    assert t["periods"] > 0 and 0 <= t["throttled"] <= t["periods"] and t["throttled_s"] >= 0
     assert sum(e["requests"].values()) > 0 and 0 <= e["foreign_cpu_share"] <= 1 and len(e["load1"]) == 2
     assert e["ours_cpu_share"] > 0                  # the replica's cgroup and this process were counted as ours
     assert math.isfinite(e["server_ttft_mean_ms"]) and e["client_ttft_mean_ms"] >= e["server_ttft_mean_ms"] * 0.5

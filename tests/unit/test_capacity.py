@@ -60,6 +60,14 @@ def test_bad_rules_are_one_line():
     doc["search"]["start_rps"] = 64.0
     with pytest.raises(UsageError, match=r"search.start_rps: expected min_rps <= start_rps <= max_rps"):
         validate(Rules, doc, "x.toml")
+    doc = RULES.model_dump()
+    doc["lanes"]["cfs_period_us"] = 500
+    with pytest.raises(UsageError, match=r"^x.toml: lanes.cfs_period_us: expected an integer of microseconds in \[1000, 1000000\]"):
+        validate(Rules, doc, "x.toml")
+    doc = RULES.model_dump()
+    doc["equal_load"]["censored_below"] = "zero"
+    with pytest.raises(UsageError, match=r"^x.toml: equal_load.censored_below: "):
+        validate(Rules, doc, "x.toml")
 
 
 # --- records → one run ---------------------------------------------------------------------------
@@ -312,8 +320,23 @@ def test_equal_load_figures():
     assert cap.tpot_p50_ms(win) == pytest.approx(70)                                 # the slow reader left out
     assert cap.slow_tpot_ratio([rec(0, e2e=2.1)], [rec(0, e2e=1.1)]) == pytest.approx(2.0)
     assert cap.equal_load_rate(cap.Capacity(5.0, 4.0, 6.0, "", 3), RULES) == 4.0
+    assert cap.equal_load_rate(cap.Capacity(8.0, 8.0, None, "above", 3), RULES) == 6.4   # fraction x highest rate
+
+
+def test_a_reference_censored_below_puts_the_equal_load_at_the_floor_unless_the_rules_say_none():
+    below = cap.Capacity(0.0, None, 0.25, "below", 3)
+    assert RULES.equal_load.censored_below == "min_rps"
+    assert cap.equal_load_rate(below, RULES) == RULES.search.min_rps
+    none = RULES.model_copy(update={"equal_load": RULES.equal_load.model_copy(update={"censored_below": "none"})})
     with pytest.raises(UsageError, match="balanced: capacity below"):
-        cap.equal_load_rate(cap.Capacity(0.0, None, 0.25, "below", 3), RULES)
+        cap.equal_load_rate(below, none)
+
+
+def test_the_calibration_replica_gets_the_mean_lane_or_the_committed_number():
+    assert RULES.calibration.cpus == "mean_lane"
+    assert cap.calibration_cpus(RULES, engine_cpus=1.5, replicas=2) == 0.75
+    fixed = RULES.model_copy(update={"calibration": RULES.calibration.model_copy(update={"cpus": 1.0})})
+    assert cap.calibration_cpus(fixed, engine_cpus=1.5, replicas=2) == 1.0
 
 
 def test_a_calibrated_start_is_the_committed_utilization_of_the_measured_demand_and_must_be_resolved():
@@ -325,5 +348,7 @@ def test_a_calibrated_start_is_the_committed_utilization_of_the_measured_demand_
     start = cap.calibrated_start(rules, service, per_session, engine_cpus=1.5)
     assert start == pytest.approx(rules.search.start_utilization * 1.5 / 0.4, abs=1e-4)
     assert cap.step([], cap.resolved(rules, start)).rate == start
+    # Service measured on a 0.75-CPU replica counts as 0.75 CPU-seconds per second of it.
+    assert cap.calibrated_start(rules, service, per_session, 1.5, calibration_cpus=0.75) == pytest.approx(start / 0.75, abs=1e-4)
     # Clamped to the searched range: a demand so small the start would pass max_rps starts at max_rps.
     assert cap.calibrated_start(rules, {"a": 1e-6, "b": 1e-6}, per_session, 1.5) == rules.search.max_rps

@@ -77,6 +77,29 @@ def test_busy_time_leaves_out_idle_and_iowait():
         hostload.busy_seconds("intr 1 2 3\n")
 
 
+# cgroup v1 cpu.stat of a 0.55-CPU class-aware lane, read on this host 2026-12-06 15:04 during run capacity-s8
+# (notes/sweep/evidence/cfs-throttle-1.txt); and the v2 shape of the same counters (kernel docs' field names).
+CPU_STAT_V1 = "nr_periods 11812\nnr_throttled 4796\nthrottled_time 449871253092\nnr_bursts 0\nburst_time 0\n"
+CPU_STAT_V2 = "usage_usec 900\nuser_usec 600\nsystem_usec 300\nnr_periods 20\nnr_throttled 5\nthrottled_usec 250000\n"
+
+
+def test_cfs_counters_parse_both_cgroup_versions_and_subtract_per_run():
+    v1 = hostload.parse_cpu_stat(CPU_STAT_V1)
+    assert (v1.periods, v1.throttled) == (11812, 4796) and v1.throttled_s == pytest.approx(449.871253092)
+    v2 = hostload.parse_cpu_stat(CPU_STAT_V2)
+    assert (v2.periods, v2.throttled, v2.throttled_s) == (20, 5, 0.25) and v2.share == 0.25
+    d = v1 - hostload.Throttle(11000, 4500, 400.0)
+    assert (d.periods, d.throttled) == (812, 296) and d.share == pytest.approx(296 / 812)
+    assert hostload.Throttle(0, 0, 0.0).share == 0.0
+    assert hostload.throttle("no-such-container") is None
+
+
+def test_calibration_threads_bind_from_the_first_core():
+    assert lanes.threads_for(0.75, [0, 1]) == "0"
+    assert lanes.threads_for(1.5, [0, 1]) == "0-1"
+    assert lanes.threads_for(0.5, [0, 1], first=1) == "1"
+
+
 def test_foreign_cpu_is_host_busy_time_that_was_not_ours():
     a = hostload.Sample(0.0, 1.0, 100.0, 10.0)
     b = hostload.Sample(10.0, 1.5, 114.0, 22.0)       # host busy 14 s, ours 12 s, over 2 cores x 10 s

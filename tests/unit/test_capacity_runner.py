@@ -10,13 +10,14 @@ router run in tests/integration/test_capacity_runner.py.
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
 
 from model.errors import UsageError
-from smoke import mix as mixmod, records as recmod
+from smoke import mix as mixmod, profiles as profmod, records as recmod
 from smoke.records import RequestRecord
 from smoke.sweep import capacity as cap, capacity_assemble as assemble, capacity_plan, capacity_runner as cr, hostload
 from smoke.sweep.capacity_pools import Measured
@@ -71,7 +72,7 @@ class Session:
             recs.append(rec)
         mean = sum(x.ttft_s for x in recs) / len(recs) * 1000
         usage = hostload.Usage((0.5, 0.6), 2, o.foreign.get(n, 0.0), 0.5, 1.0)
-        return Measured(recs, usage, mean, {}, [])
+        return Measured(recs, usage, mean, {}, [], {"main-0": hostload.Throttle(100 * (n + 1), 30, 1.5)})
 
 
 def experiment(tmp_path, pools, profiles=("balanced", "class-aware"), **kw) -> cr.Experiment:
@@ -182,6 +183,23 @@ def test_equal_load_variants_run_once_per_pass_at_the_reference_rate_with_one_sh
     skipped = experiment(tmp_path / "s", KneePools({"balanced": 3.0}), profiles=("balanced",), equal_load=True,
                          skip_variants=("balanced/no-tcmalloc",))
     assert "balanced/no-tcmalloc" not in skipped.variants
+
+
+def test_only_the_variants_of_claims_whose_profiles_all_run_are_run():
+    assert cr.needed_variants(RULES, ["balanced", "class-aware"]) == ["balanced", "balanced/no-tcmalloc"]  # C7
+    assert cr.needed_variants(RULES, ["balanced", "long-prefill-limit"]) == ["balanced", "long-prefill-limit",
+                                                                           "balanced/no-tcmalloc"]
+    assert cr.needed_variants(RULES, ["class-aware"]) == []
+    assert cr.needed_variants(RULES, list(profmod.registered())) == list(RULES.equal_load.variants)
+
+
+def test_each_run_records_its_replicas_cfs_throttling(tmp_path):
+    exp = experiment(tmp_path, KneePools({"balanced": 3.0}), profiles=("balanced",))
+    exp.run()
+    first = exp.entries[0]
+    assert first["throttle"] == {"main-0": {"periods": 100, "throttled": 30, "throttled_s": 1.5}}
+    assert cr.to_run(first).throttled_share == 0.3
+    assert math.isnan(cr.to_run({**first, "throttle": {}}).throttled_share)        # not readable: not recorded
 
 
 def test_the_store_refuses_another_plan_and_reads_past_a_torn_last_line(tmp_path):
