@@ -1,0 +1,226 @@
+// Batch-1 split-KV decode with few splits and no combine kernel (issue 18, goal 3, session 9); included by
+// cuda_kernels.cu after cuda_b1.cuh (it reuses b1_mma_kernel's tile copies and math, merge_groups,
+// put_merged, last_to_arrive, combine_row).
+//
+// b1_mma_kernel (4 kv heads per CTA, one warp each) makes 66 splits at 8k x 1 and merges them in a second
+// kernel; a merge of many splits cost 5-7 us in session 8's diagnostics. Here a CTA takes ONE (kv head, row
+// chunk) item with NW warps, each warp its own cp.async pipeline over the CTA's 16-token tiles dealt
+// round-robin (the warps read one contiguous front of the head); the NW warp partials merge in shared
+// memory once at the end, so a (sequence, kv head) needs only resident CTAs / items splits (16 at batch 1
+// on 132 SMs). The splits then merge without a second launch:
+// - CL = 0: each CTA writes its partial, the last CTA to arrive (an arrival counter) merges them;
+// - CL = 1: the splits of an item form one thread-block cluster (<= 16 CTAs); each CTA keeps its merged
+//   partial in shared memory and, after a cluster barrier, merges a slice of the output from every CTA's
+//   shared memory (DSMEM): no global round trip, no atomics.
+// (cooperative_groups.h: included at the top of cuda_kernels.cu, outside its anonymous namespace)
+
+constexpr int B1F_ROWS = MMA_R * MMA_D;  // one item's partial: 4 rows x 128 dims
+
+template <int NW, int STG, int CL>
+__global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
+  extern __shared__ __align__(16) float smem[];
+  const int warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4, hw = L / 16, part = L % 16;
+  const int unit = blockIdx.z, item = blockIdx.y;
+  const int kvh = item / a.chunks, G = a.p.q_heads / a.p.kv_heads, head0 = kvh * G + (item % a.chunks) * MMA_R;
+  int sp0 = 0, sp1 = 0;
+  if (a.kind == SPANS) sp0 = a.sptr[unit], sp1 = a.sptr[unit + 1];
+  const int src_len = a.seq_lens[unit], qpos = src_len - 1, W = a.p.window;
+  const int lo = (W > 0 ? max(0, qpos - W + 1) : 0) & ~(B1M_TT - 1);
+  const int span = max(0, src_len - lo), per = ((span + gridDim.x - 1) / gridDim.x + B1M_TT - 1) & ~(B1M_TT - 1);
+  const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
+  const int ntiles = t1 > t0 ? (t1 - t0 + B1M_TT - 1) / B1M_TT : 0;
+  const int nsteps = ntiles > warp ? (ntiles - warp + NW - 1) / NW : 0;  // tiles warp, warp + NW, ..
+
+  SlotCursor<true> slots(a);
+  slots.reset(unit, sp0, sp1);
+  const int H = a.p.kv_heads;
+  const char* K = static_cast<const char*>(a.k);
+  const char* V = static_cast<const char*>(a.v);
+  char* wbase = reinterpret_cast<char*>(smem) + size_t(warp) * STG * B1M_STAGE;
+  float* s_acc = reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + size_t(NW) * STG * B1M_STAGE);
+  float* s_m = s_acc + NW * B1F_ROWS;  // [NW][4]
+  float* s_l = s_m + NW * MMA_R;
+  float* c_acc = s_l + NW * MMA_R;     // the CTA's merged partial (CL = 1): [4][128], then m[4], l[4]
+  float* c_m = c_acc + B1F_ROWS;
+  float* c_l = c_m + MMA_R;
+  auto tile_of = [&](int step) { return t0 + (warp + step * NW) * B1M_TT; };
+  auto issue = [&](int step) {  // as b1_mma_kernel: this lane copies 16 bytes of K and V of rows hw, hw + 2, ..
+    if (step < nsteps) {
+      const int tb = tile_of(step);
+      char* st = wbase + (step % STG) * B1M_STAGE;
+      int64_t base = -1;
+      if (a.kind != PAGED) {
+        const int64_t s0 = slots.of(tb);
+        if (a.kind == CONTIG || min(t1, tb + B1M_TT) <= slots.send) base = s0;
+      }
+#pragma unroll
+      for (int i = 0; i < B1M_TT / 2; ++i) {
+        const int r = hw + 2 * i, tok = tb + r;
+        const bool ok = tok < t1;
+        const int64_t slot = !ok ? 0 : base >= 0 ? base + r : slots.of(tok);
+        const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
+        char* dk = st + r * MMA_RBP + part * 16;
+        cp_async16_l2<128>(dk, K + off, ok);
+        cp_async16_l2<128>(dk + B1M_TT * MMA_RBP, V + off, ok);
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll 1
+  for (int i = 0; i < STG - 1; ++i) issue(i);
+
+  uint32_t qa[8][2];  // as b1_mma_kernel: rows 0-3 the bf16 hi parts of the query rows, rows 4-7 the lo parts
+  {
+    const bool lo_half = g >= 4;
+    const float* qr = a.q + (size_t(unit) * a.p.q_heads + head0 + (g & 3)) * MMA_D;
+    const float qs = a.p.sm_scale * (a.p.k_scale ? a.p.k_scale[kvh] : 1.f) * LOG2E;
+    uint32_t hi, lo2;
+#pragma unroll
+    for (int kc = 0; kc < 8; ++kc) {
+      split_bf16(qr[kc * 16 + 2 * t] * qs, qr[kc * 16 + 2 * t + 1] * qs, hi, lo2);
+      qa[kc][0] = lo_half ? lo2 : hi;
+      split_bf16(qr[kc * 16 + 2 * t + 8] * qs, qr[kc * 16 + 2 * t + 9] * qs, hi, lo2);
+      qa[kc][1] = lo_half ? lo2 : hi;
+    }
+  }
+  const float my_slope = a.p.alibi ? a.p.alibi[head0 + (g & 3)] * LOG2E : 0.f;
+  float acc[16][4];
+#pragma unroll
+  for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  float m_run = -INFINITY, l_run = 0.f;
+  for (int step = 0; step < nsteps; ++step) {
+    cp_async_wait<STG - 2>();
+    __syncwarp();
+    issue(step + STG - 1);
+    const char* kt = wbase + (step % STG) * B1M_STAGE;
+    mma_tile16(kt, kt + B1M_TT * MMA_RBP, tile_of(step), t1, 0, float(qpos), my_slope, W, qa, acc, m_run, l_run, L, t);
+  }
+  cp_async_wait<0>();
+  fold_halves(acc);
+  stash_warp_rows(s_acc, s_m, s_l, acc, m_run, l_run, warp, g, t);
+  __syncthreads();
+  const float vs = a.p.v_scale ? a.p.v_scale[kvh] : 1.f;
+  const size_t o0 = size_t(unit) * a.p.q_heads + head0;
+  if constexpr (CL == 0) {
+    const bool direct = gridDim.x == 1;
+    for (int idx = threadIdx.x; idx < B1F_ROWS; idx += 32 * NW) {
+      const int r = idx / MMA_D, d = idx % MMA_D;
+      put_merged(a, merge_groups(s_acc, s_m, s_l, NW, MMA_R, MMA_D, r, d), o0 + r, d, MMA_D, direct, blockIdx.x, vs);
+    }
+    if (direct || !last_to_arrive(a)) return;
+    if (warp < MMA_R) combine_row(a, o0 + warp, vs, L, s_acc + warp * a.nslots);  // s_acc is free by now
+  } else {
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    for (int idx = threadIdx.x; idx < B1F_ROWS; idx += 32 * NW) {
+      const int r = idx / MMA_D, d = idx % MMA_D;
+      const Merged x = merge_groups(s_acc, s_m, s_l, NW, MMA_R, MMA_D, r, d);
+      c_acc[idx] = x.A;
+      if (d == 0) c_m[r] = x.M, c_l[r] = x.nan ? NAN : x.L;
+    }
+    cluster.sync();  // every CTA's partial is in its shared memory
+    const int S = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+    const int chunk = (B1F_ROWS + S - 1) / S;
+    for (int idx = rank * chunk + int(threadIdx.x); idx < min(B1F_ROWS, (rank + 1) * chunk); idx += 32 * NW) {
+      const int r = idx / MMA_D, d = idx % MMA_D;
+      float M = -INFINITY;
+      for (int s = 0; s < S; ++s) M = fmaxf(M, *cluster.map_shared_rank(c_m + r, s));
+      float Ls = 0.f, A = 0.f;
+      bool nan = false;
+      for (int s = 0; s < S; ++s) {
+        const float ms = *cluster.map_shared_rank(c_m + r, s), ls = *cluster.map_shared_rank(c_l + r, s);
+        nan |= isnan(ls);
+        if (ms == -INFINITY) continue;  // an empty split weighs 0
+        const float w = exp2f(ms - M);
+        Ls += ls * w, A += *cluster.map_shared_rank(c_acc + idx, s) * w;
+      }
+      const float Lt = nan ? NAN : Ls;
+      a.out[(o0 + r) * MMA_D + d] = fin_out(M == -INFINITY ? 0.f : A, Lt, vs);
+      if (d == 0 && a.lse) a.lse[o0 + r] = fin_lse(M, Lt);
+    }
+    cluster.sync();  // no CTA leaves while another still reads its shared memory
+  }
+}
+
+// Variants: 45 / 46: last-CTA merge with (warps, stages) 4/6 and 8/3; 47 / 48: the same shapes with the
+// cluster merge (one cluster of all an item's splits, at most 16). Forced wherever the bf16 d128 GQA-4 decode
+// path applies (every layout and batch, so the oracle reaches them).
+bool b1f_applies(const Args& a) {
+  const kvx_params& p = a.p;
+  const int v = fast_variant();
+  return v >= 45 && v <= 48 && a.mode == DECODE && p.kv_dtype == KVX_BF16 && p.head_dim == 128 &&
+         (p.q_heads / p.kv_heads) % 4 == 0;
+}
+
+// The largest cluster size <= want of which `need` clusters fit on the GPU at once (else the largest that
+// fits at all: more clusters run in waves); 0 if none fits. Asked once per kernel and size.
+int cluster_size(const void* fn, cudaLaunchConfig_t cfg, int want, long need, int* cache) {
+  int best = 0;
+  for (int s = want; s >= 1; --s) {
+    if (!cache[s]) {
+      cudaLaunchAttribute at[1];
+      at[0].id = cudaLaunchAttributeClusterDimension;
+      at[0].val.clusterDim.x = unsigned(s), at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
+      cfg.attrs = at, cfg.numAttrs = 1, cfg.gridDim = dim3(unsigned(s), 1, 1);
+      int n = 0;
+      if (cudaOccupancyMaxActiveClusters(&n, fn, &cfg) != cudaSuccess) n = 0, cudaGetLastError();
+      cache[s] = n + 1;  // 0 = not asked yet
+    }
+    const int n = cache[s] - 1;
+    if (n >= need) return s;
+    if (n > 0 && !best) best = s;
+  }
+  return best;
+}
+
+template <int NW, int STG, int CL>
+int run_b1f_t(Args a, long items, float* out, float* lse) {
+  const kvx_params& p = a.p;
+  const auto fn = b1f_kernel<NW, STG, CL>;
+  const size_t smem = size_t(NW) * STG * B1M_STAGE + (size_t(NW) * (B1F_ROWS + 2 * MMA_R) + B1F_ROWS + 2 * MMA_R) * 4;
+  Choice c{reinterpret_cast<const void*>(fn), smem};
+  c.threads = 32 * NW;
+  const int units = p.num_seqs, gy = int(items / units);
+  const long resident = long(resident_per_sm(c)) * num_sms();
+  const int cap = std::max(1, (p.max_seq_len + 2 * B1M_TT - 1) / (2 * B1M_TT));
+  int splits = p.num_splits > 0 ? p.num_splits : int(std::max(1L, std::min<long>(cap, resident / (long(units) * gy))));
+  if (CL) splits = std::min(splits, 16);
+  const size_t NQ = size_t(units) * p.q_heads;
+  a.chunks = gy / p.kv_heads, a.slot0 = 0, a.nslots = splits, a.out = out, a.lse = lse;
+  if (!CL && splits > 1) {
+    // combine_row keeps one weight per split in the (then free) warp-partial area: NW x 512 floats
+    if (splits > B1F_ROWS) return fail("b1f: too many splits for the last-CTA merge");
+    float* ws = g_ws.get(NQ * splits * (p.head_dim + 2));
+    if (!ws) return fail("cudaMalloc of the split workspace failed");
+    a.ws_m = ws, a.ws_l = ws + NQ * splits, a.ws_acc = ws + 2 * NQ * splits;
+    a.counters = g_cnt.get(size_t(units) * gy, stream_of(p));
+    if (!a.counters) return fail("cudaMalloc of the split counters failed");
+  }
+  cudaFuncSetAttribute(c.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(unsigned(splits), unsigned(gy), unsigned(units)), cfg.blockDim = dim3(32 * NW);
+  cfg.dynamicSmemBytes = smem, cfg.stream = stream_of(p);
+  cudaLaunchAttribute attr[1];
+  if (CL) {
+    static int cache[17] = {};
+    cudaFuncSetAttribute(c.fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    splits = cluster_size(c.fn, cfg, splits, long(units) * gy, cache);
+    if (splits < 1) return fail("b1f: no thread-block cluster of this kernel fits on the GPU");
+    a.nslots = splits, cfg.gridDim.x = unsigned(splits);
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = unsigned(splits), attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr, cfg.numAttrs = 1;
+  }
+  cudaError_t e = cudaLaunchKernelEx(&cfg, fn, a);
+  if (e == cudaSuccess) e = cudaGetLastError();
+  return e == cudaSuccess ? 0 : fail(std::string("CUDA (b1f): ") + cudaGetErrorString(e));
+}
+
+int run_b1f(Args a, long items, float* out, float* lse) {
+  switch (fast_variant()) {
+    case 46: return run_b1f_t<8, 3, 0>(a, items, out, lse);
+    case 47: return run_b1f_t<4, 6, 1>(a, items, out, lse);
+    case 48: return run_b1f_t<8, 3, 1>(a, items, out, lse);
+    default: return run_b1f_t<4, 6, 0>(a, items, out, lse);
+  }
+}
