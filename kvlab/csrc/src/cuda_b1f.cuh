@@ -211,6 +211,10 @@ int run_b1f_t(Args a, long items, float* out, float* lse) {
     attr[0].val.clusterDim.x = unsigned(splits), attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
     cfg.attrs = attr, cfg.numAttrs = 1;
   }
+  if (std::getenv("KVX_B1F_LOG")) {  // benchmarks: which split count / cluster size a shape got, once per kernel
+    static bool said = false;
+    if (!said) said = true, std::fprintf(stderr, "b1f<%d,%d,%d>: %d splits x %d items x %d units\n", NW, STG, CL, splits, gy, units);
+  }
   cudaError_t e = cudaLaunchKernelEx(&cfg, fn, a);
   if (e == cudaSuccess) e = cudaGetLastError();
   return e == cudaSuccess ? 0 : fail(std::string("CUDA (b1f): ") + cudaGetErrorString(e));
