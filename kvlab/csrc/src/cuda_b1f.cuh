@@ -16,7 +16,8 @@
 
 constexpr int B1F_ROWS = MMA_R * MMA_D;  // one item's partial: 4 rows x 128 dims
 
-template <int NW, int STG, int CL>
+// DIAG (variant 49, a diagnostic with wrong output): the copies and waits only, no tile math.
+template <int NW, int STG, int CL, bool DIAG = false>
 __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
   extern __shared__ __align__(16) float smem[];
   const int warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4, hw = L / 16, part = L % 16;
@@ -93,7 +94,11 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
     __syncwarp();
     issue(step + STG - 1);
     const char* kt = wbase + (step % STG) * B1M_STAGE;
-    mma_tile16(kt, kt + B1M_TT * MMA_RBP, tile_of(step), t1, 0, float(qpos), my_slope, W, qa, acc, m_run, l_run, L, t);
+    if constexpr (DIAG) {
+      acc[0][0] += float(kt[L]), m_run = 0.f, l_run = 1.f;
+    } else {
+      mma_tile16(kt, kt + B1M_TT * MMA_RBP, tile_of(step), t1, 0, float(qpos), my_slope, W, qa, acc, m_run, l_run, L, t);
+    }
   }
   cp_async_wait<0>();
   fold_halves(acc);
@@ -143,12 +148,12 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
 }
 
 // Variants: 45 / 46: last-CTA merge with (warps, stages) 4/6 and 8/3; 47 / 48: the same shapes with the
-// cluster merge (one cluster of all an item's splits, at most 16). Forced wherever the bf16 d128 GQA-4 decode
+// cluster merge (one cluster of all an item's splits, at most 16); 49: 45's copies only (diagnostic). Forced wherever the bf16 d128 GQA-4 decode
 // path applies (every layout and batch, so the oracle reaches them).
 bool b1f_applies(const Args& a) {
   const kvx_params& p = a.p;
   const int v = fast_variant();
-  return v >= 45 && v <= 48 && a.mode == DECODE && p.kv_dtype == KVX_BF16 && p.head_dim == 128 &&
+  return v >= 45 && v <= 49 && a.mode == DECODE && p.kv_dtype == KVX_BF16 && p.head_dim == 128 &&
          (p.q_heads / p.kv_heads) % 4 == 0;
 }
 
@@ -173,10 +178,10 @@ int cluster_size(const void* fn, cudaLaunchConfig_t cfg, int want, long need, in
   return best;
 }
 
-template <int NW, int STG, int CL>
+template <int NW, int STG, int CL, bool DIAG = false>
 int run_b1f_t(Args a, long items, float* out, float* lse) {
   const kvx_params& p = a.p;
-  const auto fn = b1f_kernel<NW, STG, CL>;
+  const auto fn = b1f_kernel<NW, STG, CL, DIAG>;
   const size_t smem = size_t(NW) * STG * B1M_STAGE + (size_t(NW) * (B1F_ROWS + 2 * MMA_R) + B1F_ROWS + 2 * MMA_R) * 4;
   Choice c{reinterpret_cast<const void*>(fn), smem};
   c.threads = 32 * NW;
@@ -213,7 +218,7 @@ int run_b1f_t(Args a, long items, float* out, float* lse) {
   }
   if (std::getenv("KVX_B1F_LOG")) {  // benchmarks: which split count / cluster size a shape got, once per kernel
     static bool said = false;
-    if (!said) said = true, std::fprintf(stderr, "b1f<%d,%d,%d>: %d splits x %d items x %d units\n", NW, STG, CL, splits, gy, units);
+    if (!said) said = true, std::fprintf(stderr, "b1f<%d,%d,%d,%d>: %d splits x %d items x %d units\n", NW, STG, CL, int(DIAG), splits, gy, units);
   }
   cudaError_t e = cudaLaunchKernelEx(&cfg, fn, a);
   if (e == cudaSuccess) e = cudaGetLastError();
@@ -225,6 +230,7 @@ int run_b1f(Args a, long items, float* out, float* lse) {
     case 46: return run_b1f_t<8, 3, 0>(a, items, out, lse);
     case 47: return run_b1f_t<4, 6, 1>(a, items, out, lse);
     case 48: return run_b1f_t<8, 3, 1>(a, items, out, lse);
+    case 49: return run_b1f_t<4, 6, 0, true>(a, items, out, lse);
     default: return run_b1f_t<4, 6, 0>(a, items, out, lse);
   }
 }
