@@ -16,24 +16,26 @@
 
 constexpr int B1F_ROWS = MMA_R * MMA_D;  // one item's partial: 4 rows x 128 dims
 
-// DIAG (variant 49, a diagnostic with wrong output): the copies and waits only, no tile math.
-template <int NW, int STG, int CL, bool DIAG = false>
+// DIAG (diagnostics with wrong output, variants 49, 52-56): 1 the copies and waits only, no tile math; 2
+// also no merge (nothing written); 3 also no metadata (token t read at slot t, the length taken from the
+// host hint); 4 also no copies (an empty kernel with the same launch shape and shared memory).
+template <int NW, int STG, int CL, int DIAG = 0>
 __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
   extern __shared__ __align__(16) float smem[];
   const int warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4, hw = L / 16, part = L % 16;
   const int unit = blockIdx.z, item = blockIdx.y;
   const int kvh = item / a.chunks, G = a.p.q_heads / a.p.kv_heads, head0 = kvh * G + (item % a.chunks) * MMA_R;
   int sp0 = 0, sp1 = 0;
-  if (a.kind == SPANS) sp0 = a.sptr[unit], sp1 = a.sptr[unit + 1];
-  const int src_len = a.seq_lens[unit], qpos = src_len - 1, W = a.p.window;
+  if (a.kind == SPANS && DIAG < 3) sp0 = a.sptr[unit], sp1 = a.sptr[unit + 1];
+  const int src_len = DIAG >= 3 ? a.p.max_seq_len : a.seq_lens[unit], qpos = src_len - 1, W = a.p.window;
   const int lo = (W > 0 ? max(0, qpos - W + 1) : 0) & ~(B1M_TT - 1);
   const int span = max(0, src_len - lo), per = ((span + gridDim.x - 1) / gridDim.x + B1M_TT - 1) & ~(B1M_TT - 1);
   const int t0 = lo + blockIdx.x * per, t1 = min(src_len, t0 + per);
   const int ntiles = t1 > t0 ? (t1 - t0 + B1M_TT - 1) / B1M_TT : 0;
-  const int nsteps = ntiles > warp ? (ntiles - warp + NW - 1) / NW : 0;  // tiles warp, warp + NW, ..
+  const int nsteps = DIAG >= 4 ? 0 : ntiles > warp ? (ntiles - warp + NW - 1) / NW : 0;  // tiles warp, warp + NW, ..
 
   SlotCursor<true> slots(a);
-  slots.reset(unit, sp0, sp1);
+  if (DIAG < 3) slots.reset(unit, sp0, sp1);
   const int H = a.p.kv_heads;
   const char* K = static_cast<const char*>(a.k);
   const char* V = static_cast<const char*>(a.v);
@@ -50,7 +52,9 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
       const int tb = tile_of(step);
       char* st = wbase + (step % STG) * B1M_STAGE;
       int64_t base = -1;
-      if (a.kind != PAGED) {
+      if (DIAG >= 3) {
+        base = tb;
+      } else if (a.kind != PAGED) {
         const int64_t s0 = slots.of(tb);
         if (a.kind == CONTIG || min(t1, tb + B1M_TT) <= slots.send) base = s0;
       }
@@ -101,6 +105,10 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
     }
   }
   cp_async_wait<0>();
+  if constexpr (DIAG >= 2) {
+    if (acc[0][0] == 12345.f) a.out[0] = m_run;  // keeps the waits' smem reads alive
+    return;
+  }
   fold_halves(acc);
   stash_warp_rows(s_acc, s_m, s_l, acc, m_run, l_run, warp, g, t);
   __syncthreads();
@@ -148,13 +156,20 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
 }
 
 // Variants: 45 / 46: last-CTA merge with (warps, stages) 4/6 and 8/3; 47 / 48: the same shapes with the
-// cluster merge (one cluster of all an item's splits, at most 16); 49: 45's copies only (diagnostic). Forced wherever the bf16 d128 GQA-4 decode
+// cluster merge (one cluster of all an item's splits, at most 16); 50 / 51: 45 with 3 / 4 stages;
+// diagnostics (DIAG above): 49 (1), 52 (2), 53 (3), 55 (4) on 45's shape, 54 (3), 56 (4) with 2 stages. Forced wherever the bf16 d128 GQA-4 decode
 // path applies (every layout and batch, so the oracle reaches them).
+// Where it takes a decode call (bf16, head_dim 128, GQA-4 rows): by default (variant 45's shape) for spans and
+// contiguous (so virtual, and hybrid with nothing shared) at batch 1 from 16k context, where it read faster
+// than mma_kernel + combine (H100, 3 repetitions, notes/kvlab_gpu/i18s9_b1f_sweep_call1.txt: 32k x 1 64.4-65.4
+// us against 66.4-66.8); at 8k x 1 it was no faster than b1_mma_kernel (26.9-27.1 against 26.6-26.8).
 bool b1f_applies(const Args& a) {
   const kvx_params& p = a.p;
   const int v = fast_variant();
-  return v >= 45 && v <= 49 && a.mode == DECODE && p.kv_dtype == KVX_BF16 && p.head_dim == 128 &&
-         (p.q_heads / p.kv_heads) % 4 == 0;
+  const bool fast = a.mode == DECODE && p.kv_dtype == KVX_BF16 && p.head_dim == 128 && (p.q_heads / p.kv_heads) % 4 == 0;
+  if (!fast) return false;
+  if (v >= 45 && v <= 56) return true;
+  return v == 0 && a.kind != PAGED && p.num_seqs == 1 && p.max_seq_len >= 16384;
 }
 
 // The largest cluster size <= want of which `need` clusters fit on the GPU at once (else the largest that
@@ -178,7 +193,7 @@ int cluster_size(const void* fn, cudaLaunchConfig_t cfg, int want, long need, in
   return best;
 }
 
-template <int NW, int STG, int CL, bool DIAG = false>
+template <int NW, int STG, int CL, int DIAG = 0>
 int run_b1f_t(Args a, long items, float* out, float* lse) {
   const kvx_params& p = a.p;
   const auto fn = b1f_kernel<NW, STG, CL, DIAG>;
@@ -218,7 +233,7 @@ int run_b1f_t(Args a, long items, float* out, float* lse) {
   }
   if (std::getenv("KVX_B1F_LOG")) {  // benchmarks: which split count / cluster size a shape got, once per kernel
     static bool said = false;
-    if (!said) said = true, std::fprintf(stderr, "b1f<%d,%d,%d,%d>: %d splits x %d items x %d units\n", NW, STG, CL, int(DIAG), splits, gy, units);
+    if (!said) said = true, std::fprintf(stderr, "b1f<%d,%d,%d,%d>: %d splits x %d items x %d units\n", NW, STG, CL, DIAG, splits, gy, units);
   }
   cudaError_t e = cudaLaunchKernelEx(&cfg, fn, a);
   if (e == cudaSuccess) e = cudaGetLastError();
@@ -230,7 +245,14 @@ int run_b1f(Args a, long items, float* out, float* lse) {
     case 46: return run_b1f_t<8, 3, 0>(a, items, out, lse);
     case 47: return run_b1f_t<4, 6, 1>(a, items, out, lse);
     case 48: return run_b1f_t<8, 3, 1>(a, items, out, lse);
-    case 49: return run_b1f_t<4, 6, 0, true>(a, items, out, lse);
+    case 49: return run_b1f_t<4, 6, 0, 1>(a, items, out, lse);
+    case 50: return run_b1f_t<4, 3, 0>(a, items, out, lse);
+    case 51: return run_b1f_t<4, 4, 0>(a, items, out, lse);
+    case 52: return run_b1f_t<4, 6, 0, 2>(a, items, out, lse);
+    case 53: return run_b1f_t<4, 6, 0, 3>(a, items, out, lse);
+    case 54: return run_b1f_t<4, 2, 0, 3>(a, items, out, lse);
+    case 55: return run_b1f_t<4, 6, 0, 4>(a, items, out, lse);
+    case 56: return run_b1f_t<4, 2, 0, 4>(a, items, out, lse);
     default: return run_b1f_t<4, 6, 0>(a, items, out, lse);
   }
 }
