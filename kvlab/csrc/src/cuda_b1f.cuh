@@ -19,7 +19,38 @@ constexpr int B1F_ROWS = MMA_R * MMA_D;  // one item's partial: 4 rows x 128 dim
 // DIAG (diagnostics with wrong output, variants 49, 52-56): 1 the copies and waits only, no tile math; 2
 // also no merge (nothing written); 3 also no metadata (token t read at slot t, the length taken from the
 // host hint); 4 also no copies (an empty kernel with the same launch shape and shared memory).
-template <int NW, int STG, int CL, int DIAG = 0>
+// The last CTA's merge of row o's S <= 16 split partials (one warp, 4 dims a lane): every m, l and partial
+// is loaded before any is used, so the merge waits for one L2 round trip (combine_row waits for three).
+__device__ __forceinline__ void combine_row16(const Args& a, size_t o, float vs, int lane) {
+  const int S = a.nslots;
+  const float ms = lane < S ? __ldcg(a.ws_m + o * S + lane) : -INFINITY;
+  const float ls = lane < S ? __ldcg(a.ws_l + o * S + lane) : 0.f;
+  const float4* acc = reinterpret_cast<const float4*>(a.ws_acc + o * S * MMA_D) + lane;
+  float4 x[16];
+#pragma unroll
+  for (int s = 0; s < 16; ++s) x[s] = s < S ? __ldcg(acc + size_t(s) * (MMA_D / 4)) : make_float4(0.f, 0.f, 0.f, 0.f);
+  float M = ms;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+  const float w = ms == -INFINITY ? 0.f : exp2f(ms - M);  // an empty split weighs 0
+  float Ls = ms == -INFINITY ? 0.f : ls * w;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) Ls += __shfl_xor_sync(0xffffffffu, Ls, off);
+  const bool nan = __any_sync(0xffffffffu, isnan(ls));
+  float4 A = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int s = 0; s < 16; ++s) {
+    const float ws = __shfl_sync(0xffffffffu, w, s);
+    A.x = fmaf(x[s].x, ws, A.x), A.y = fmaf(x[s].y, ws, A.y), A.z = fmaf(x[s].z, ws, A.z), A.w = fmaf(x[s].w, ws, A.w);
+  }
+  const float Lt = nan ? NAN : Ls;
+  reinterpret_cast<float4*>(a.out + o * MMA_D)[lane] =
+      make_float4(fin_out(A.x, Lt, vs), fin_out(A.y, Lt, vs), fin_out(A.z, Lt, vs), fin_out(A.w, Lt, vs));
+  if (lane == 0 && a.lse) a.lse[o] = fin_lse(M, Lt);
+}
+
+// MRG 1: the last CTA merges with combine_row16 (S <= 16), 0: with combine_row.
+template <int NW, int STG, int CL, int DIAG = 0, int MRG = 0>
 __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
   extern __shared__ __align__(16) float smem[];
   const int warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4, hw = L / 16, part = L % 16;
@@ -121,7 +152,9 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
       put_merged(a, merge_groups(s_acc, s_m, s_l, NW, MMA_R, MMA_D, r, d), o0 + r, d, MMA_D, direct, blockIdx.x, vs);
     }
     if (direct || !last_to_arrive(a)) return;
-    if (warp < MMA_R) combine_row(a, o0 + warp, vs, L, s_acc + warp * a.nslots);  // s_acc is free by now
+    if (warp >= MMA_R) return;
+    if (MRG == 1 && a.nslots <= 16) combine_row16(a, o0 + warp, vs, L);
+    else combine_row(a, o0 + warp, vs, L, s_acc + warp * a.nslots);  // s_acc is free by now
   } else {
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
@@ -157,7 +190,8 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
 
 // Variants: 45 / 46: last-CTA merge with (warps, stages) 4/6 and 8/3; 47 / 48: the same shapes with the
 // cluster merge (one cluster of all an item's splits, at most 16); 50 / 51: 45 with 3 / 4 stages;
-// diagnostics (DIAG above): 49 (1), 52 (2), 53 (3), 55 (4) on 45's shape, 54 (3), 56 (4) with 2 stages. Forced wherever the bf16 d128 GQA-4 decode
+// diagnostics (DIAG above): 49 (1), 52 (2), 53 (3), 55 (4) on 45's shape, 54 (3), 56 (4) with 2 stages;
+// 57 / 58: 45 / 51 with the one-round-trip merge (combine_row16), 59: 49 with it. Forced wherever the bf16 d128 GQA-4 decode
 // path applies (every layout and batch, so the oracle reaches them).
 // Where it takes a decode call (bf16, head_dim 128, GQA-4 rows): by default (variant 45's shape) for spans and
 // contiguous (so virtual, and hybrid with nothing shared) at batch 1 from 16k context, where it read faster
@@ -168,7 +202,7 @@ bool b1f_applies(const Args& a) {
   const int v = fast_variant();
   const bool fast = a.mode == DECODE && p.kv_dtype == KVX_BF16 && p.head_dim == 128 && (p.q_heads / p.kv_heads) % 4 == 0;
   if (!fast) return false;
-  if (v >= 45 && v <= 56) return true;
+  if (v >= 45 && v <= 59) return true;
   return v == 0 && a.kind != PAGED && p.num_seqs == 1 && p.max_seq_len >= 16384;
 }
 
@@ -193,10 +227,10 @@ int cluster_size(const void* fn, cudaLaunchConfig_t cfg, int want, long need, in
   return best;
 }
 
-template <int NW, int STG, int CL, int DIAG = 0>
+template <int NW, int STG, int CL, int DIAG = 0, int MRG = 0>
 int run_b1f_t(Args a, long items, float* out, float* lse) {
   const kvx_params& p = a.p;
-  const auto fn = b1f_kernel<NW, STG, CL, DIAG>;
+  const auto fn = b1f_kernel<NW, STG, CL, DIAG, MRG>;
   const size_t smem = size_t(NW) * STG * B1M_STAGE + (size_t(NW) * (B1F_ROWS + 2 * MMA_R) + B1F_ROWS + 2 * MMA_R) * 4;
   Choice c{reinterpret_cast<const void*>(fn), smem};
   c.threads = 32 * NW;
@@ -253,6 +287,9 @@ int run_b1f(Args a, long items, float* out, float* lse) {
     case 54: return run_b1f_t<4, 2, 0, 3>(a, items, out, lse);
     case 55: return run_b1f_t<4, 6, 0, 4>(a, items, out, lse);
     case 56: return run_b1f_t<4, 2, 0, 4>(a, items, out, lse);
+    case 57: return run_b1f_t<4, 6, 0, 0, 1>(a, items, out, lse);
+    case 58: return run_b1f_t<4, 4, 0, 0, 1>(a, items, out, lse);
+    case 59: return run_b1f_t<4, 6, 0, 1, 1>(a, items, out, lse);
     default: return run_b1f_t<4, 6, 0>(a, items, out, lse);
   }
 }
