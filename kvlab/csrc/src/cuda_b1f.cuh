@@ -49,8 +49,8 @@ __device__ __forceinline__ void combine_row16(const Args& a, size_t o, float vs,
   if (lane == 0 && a.lse) a.lse[o] = fin_lse(M, Lt);
 }
 
-// MRG 1: the last CTA merges with combine_row16 (S <= 16), 0: with combine_row.
-template <int NW, int STG, int CL, int DIAG = 0, int MRG = 0>
+// MRG 1: the last CTA merges with combine_row16 (S <= 16), 0: with combine_row. L2B: the copies' L2 prefetch size.
+template <int NW, int STG, int CL, int DIAG = 0, int MRG = 0, int L2B = 128>
 __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
   extern __shared__ __align__(16) float smem[];
   const int warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4, hw = L / 16, part = L % 16;
@@ -96,8 +96,8 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
         const int64_t slot = !ok ? 0 : base >= 0 ? base + r : slots.of(tok);
         const size_t off = ok ? size_t(slot * H + kvh) * MMA_RB + size_t(part) * 16 : 0;
         char* dk = st + r * MMA_RBP + part * 16;
-        cp_async16_l2<128>(dk, K + off, ok);
-        cp_async16_l2<128>(dk + B1M_TT * MMA_RBP, V + off, ok);
+        cp_async16_l2<L2B>(dk, K + off, ok);
+        cp_async16_l2<L2B>(dk + B1M_TT * MMA_RBP, V + off, ok);
       }
     }
     cp_async_commit();
@@ -191,7 +191,8 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
 // Variants: 45 / 46: last-CTA merge with (warps, stages) 4/6 and 8/3; 47 / 48: the same shapes with the
 // cluster merge (one cluster of all an item's splits, at most 16); 50 / 51: 45 with 3 / 4 stages;
 // diagnostics (DIAG above): 49 (1), 52 (2), 53 (3), 55 (4) on 45's shape, 54 (3), 56 (4) with 2 stages;
-// 57 / 58: 45 / 51 with the one-round-trip merge (combine_row16), 59: 49 with it. Forced wherever the bf16 d128 GQA-4 decode
+// 57 / 58: 45 / 51 with the one-round-trip merge (combine_row16), 59: 49 with it; 60: 57 with an L2::256B
+// prefetch hint on the copies (a head's token row is 256 aligned bytes). Forced wherever the bf16 d128 GQA-4 decode
 // path applies (every layout and batch, so the oracle reaches them).
 // Where it takes a decode call (bf16, head_dim 128, GQA-4 rows): by default (variant 45's shape) for spans and
 // contiguous (so virtual, and hybrid with nothing shared) at batch 1 from 16k context, where it read faster
@@ -202,7 +203,7 @@ bool b1f_applies(const Args& a) {
   const int v = fast_variant();
   const bool fast = a.mode == DECODE && p.kv_dtype == KVX_BF16 && p.head_dim == 128 && (p.q_heads / p.kv_heads) % 4 == 0;
   if (!fast) return false;
-  if (v >= 45 && v <= 59) return true;
+  if (v >= 45 && v <= 60) return true;
   return v == 0 && a.kind != PAGED && p.num_seqs == 1 && p.max_seq_len >= 16384;
 }
 
@@ -227,10 +228,10 @@ int cluster_size(const void* fn, cudaLaunchConfig_t cfg, int want, long need, in
   return best;
 }
 
-template <int NW, int STG, int CL, int DIAG = 0, int MRG = 0>
+template <int NW, int STG, int CL, int DIAG = 0, int MRG = 0, int L2B = 128>
 int run_b1f_t(Args a, long items, float* out, float* lse) {
   const kvx_params& p = a.p;
-  const auto fn = b1f_kernel<NW, STG, CL, DIAG, MRG>;
+  const auto fn = b1f_kernel<NW, STG, CL, DIAG, MRG, L2B>;
   const size_t smem = size_t(NW) * STG * B1M_STAGE + (size_t(NW) * (B1F_ROWS + 2 * MMA_R) + B1F_ROWS + 2 * MMA_R) * 4;
   Choice c{reinterpret_cast<const void*>(fn), smem};
   c.threads = 32 * NW;
@@ -290,6 +291,7 @@ int run_b1f(Args a, long items, float* out, float* lse) {
     case 57: return run_b1f_t<4, 6, 0, 0, 1>(a, items, out, lse);
     case 58: return run_b1f_t<4, 4, 0, 0, 1>(a, items, out, lse);
     case 59: return run_b1f_t<4, 6, 0, 1, 1>(a, items, out, lse);
+    case 60: return run_b1f_t<4, 6, 0, 0, 1, 256>(a, items, out, lse);
     default: return run_b1f_t<4, 6, 0>(a, items, out, lse);
   }
 }
