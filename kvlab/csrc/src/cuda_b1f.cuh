@@ -194,12 +194,10 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
 // 57 / 58: 45 / 51 with the one-round-trip merge (combine_row16), 59: 49 with it; 60: 57 with an L2::256B
 // prefetch hint on the copies (a head's token row is 256 aligned bytes). Forced wherever the bf16 d128 GQA-4 decode
 // path applies (every layout and batch, so the oracle reaches them).
-// Where it takes a decode call (bf16, head_dim 128, GQA-4 rows): by default (variant 57's shape: 4 warps, 6
-// stages, the one-round-trip last-CTA merge) for spans and contiguous (so virtual, and hybrid with nothing
-// shared) at batch 1 from 16k context. H100, the bench's method, 3 repetitions each
-// (notes/kvlab_gpu/i18s9_b1f_sweep_*.txt): v45 read 32k x 1 in 64.4-66.2 us against mma_kernel + combine's
-// 66.4-67.3 in three calls, v57 64.5-64.8 against v45's 65.5-65.8 (16k: 40.5-40.7 against 41.5-41.6); at 8k
-// x 1 neither was faster than b1_mma_kernel (v45 26.9-27.4, v57 27.5-27.6, b1_mma 26.5-27.1).
+// Where it takes a decode call (bf16, head_dim 128, GQA-4 rows): by default (variant 45's shape) for spans and
+// contiguous (so virtual, and hybrid with nothing shared) at batch 1 from 16k context, where it read faster
+// than mma_kernel + combine (H100, 3 repetitions, notes/kvlab_gpu/i18s9_b1f_sweep_call1.txt: 32k x 1 64.4-65.4
+// us against 66.4-66.8); at 8k x 1 it was no faster than b1_mma_kernel (26.9-27.1 against 26.6-26.8).
 bool b1f_applies(const Args& a) {
   const kvx_params& p = a.p;
   const int v = fast_variant();
@@ -294,7 +292,6 @@ int run_b1f(Args a, long items, float* out, float* lse) {
     case 58: return run_b1f_t<4, 4, 0, 0, 1>(a, items, out, lse);
     case 59: return run_b1f_t<4, 6, 0, 1, 1>(a, items, out, lse);
     case 60: return run_b1f_t<4, 6, 0, 0, 1, 256>(a, items, out, lse);
-    case 45: return run_b1f_t<4, 6, 0>(a, items, out, lse);
-    default: return run_b1f_t<4, 6, 0, 0, 1>(a, items, out, lse);  // 0 and 57
+    default: return run_b1f_t<4, 6, 0>(a, items, out, lse);
   }
 }
