@@ -196,8 +196,8 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
 // path applies (every layout and batch, so the oracle reaches them).
 // Where it takes a decode call (bf16, head_dim 128, GQA-4 rows): by default (variant 45's shape) for spans and
 // contiguous (so virtual, and hybrid with nothing shared) at batch 1 from 16k context, where it read faster
-// than mma_kernel + combine (H100, the bench's method, 3 repetitions in each of three calls,
-// notes/kvlab_gpu/i18s9_b1f_sweep_*.txt: 32k x 1 64.4-66.2 us against 66.4-67.3, 16k x 1 41.5-41.7 against
+// than mma_kernel + combine in every repetition (H100, the bench's method, 3 repetitions in each of three calls,
+// notes/kvlab_gpu/i18s9_b1f_sweep_*.txt: 32k x 1 64.4-66.5 us against 66.4-67.3, 16k x 1 41.5-42.0 against
 // 42.5-43.6); at 8k x 1 it was no faster than b1_mma_kernel (26.9-27.4 against 26.5-27.1). Variant 57 (the
 // one-round-trip merge) read ~1 us faster still at 16k / 32k (run 6) but is not the default: no device time
 // was left for the run a default change needs (notes/kvlab.md).
