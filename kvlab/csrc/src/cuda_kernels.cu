@@ -8,12 +8,14 @@
 //
 // Threads: TPT = head_dim / 8 lanes own one token (8 elements each, one 8/16/32-byte load), a CTA
 // of 128 threads streams 128 / TPT tokens at a time; head_dim must be 8 × a power of two (<= 256).
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -1547,10 +1549,12 @@ Args base_args(const kvx_params* p, const float* q, const void* k, const void* v
 
 #include "cuda_split1.cuh"
 #include "cuda_b1.cuh"
+#include "cuda_b1f.cuh"
 
 int run_decode(Args a, int units, float* out, float* lse) {
   const kvx_params& p = a.p;
   const long items = long(units) * p.kv_heads * ((p.q_heads / p.kv_heads + MMA_R - 1) / MMA_R);
+  if (b1f_applies(a)) return run_b1f(a, items, out, lse);
   if (b1_applies(a, items)) return run_b1(a, items, out, lse);
   if (split1_applies(p, items)) return run_split1(a, items, out, lse);
   const Plan pl = plan(&p, units, p.q_heads / p.kv_heads, p.max_seq_len);
