@@ -11,6 +11,7 @@ saying so, and never over notes/sweep's report.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,6 +50,35 @@ def equal_load_values(store: Store, entries: Sequence[dict], rules: Rules) -> di
         if (ns := wins.get((f"{v}/no-slow", k))) is not None:
             out["slow_tpot_ratio"].setdefault(v, []).append(cap.slow_tpot_ratio(win, ns))
     return out
+
+
+def miss_causes(store: Store, rules: Rules, bounds: dict[str, cap.SLOBound]) -> list[str]:
+    """Markdown: per profile (searches and variants), rate and class, the valid runs' window requests
+    pooled: how many missed and why (failed / TTFT over / TPOT over with TTFT met) and TTFT p50 / p90."""
+    import numpy as np
+    groups: dict[tuple[str, float], list] = {}
+    for e, win, _ in _windows(store, store.entries(), rules):
+        groups.setdefault((e["label"], e["rate"]), []).extend(win)
+    classes = sorted(bounds)
+    out = ["## Why requests missed (valid runs pooled; failed / TTFT over / TPOT over, of n; TTFT p50 / p90 ms)", "",
+           "| profile | rate | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 2)]
+    for (label, rate), win in sorted(groups.items()):
+        cells = []
+        for c in classes:
+            rs = [r for r in win if r.cls == c]
+            why = Counter(miss_cause(r, bounds[c]) for r in rs)
+            t = [r.ttft_s * 1000 for r in rs if r.ok and r.ttft_s is not None]
+            q = f"; {np.percentile(t, 50):.0f} / {np.percentile(t, 90):.0f}" if t else ""
+            cells.append(f"{why['failed']}/{why['ttft']}/{why['tpot']} of {len(rs)}{q}")
+        out.append(f"| {label} | {rate:g} | " + " | ".join(cells) + " |")
+    return out
+
+
+def miss_cause(r, b: cap.SLOBound) -> str:
+    """'' (met), 'failed' (no answer or no first token), 'ttft' (first token over), 'tpot' (cadence over)."""
+    if cap.meets(r, b):
+        return ""
+    return "failed" if not r.ok or r.ttft_s is None else "ttft" if r.ttft_s * 1000 > b.ttft_ms else "tpot"
 
 
 def measurable_claims(rules: Rules, figures: dict[str, dict[str, cap.Interval]]) -> tuple[Rules, list[str]]:
@@ -114,14 +144,15 @@ def build(store: Store, rules: Rules, plan: dict, calibration: dict, elapsed_s: 
 
 
 def write(report: rep.CapacityReport, repo: Path, out_dir: Path, plan: dict, calibration: dict, notes: list[str],
-          pilot: str = "") -> Path:
+          pilot: str = "", cfs_period_us: int = 100_000, causes: Sequence[str] = ()) -> Path:
     """capacity_report.write (which refuses unless the score is the pre-registered one), then the
     runner's own sections: lanes, calibration, what was left out; a PILOT banner when pilot != ''."""
     md = rep.write(report, repo, out_dir)
     text = md.read_text()
     extra = ["", "## Lanes (CFS quotas; every profile the same total engine CPU)", "",
-             f"Engines: {plan['engine_cpus']:g} CPUs per profile over cores {plan['cores']}; the replay client and "
-             "nginx share the rest of the host (not quota'd; their overhead is measured per run).", "",
+             f"Engines: {plan['engine_cpus']:g} CPUs per profile over cores {plan['cores']}, each quota enforced per a "
+             f"{cfs_period_us / 1000:g} ms CFS period (the runs table gives each replica's throttled periods); the replay "
+             "client and nginx share the rest of the host (not quota'd; their overhead is measured per run).", "",
              "| profile | replica | CPUs | OpenMP cores |", "|---|---|---|---|"]
     for p, lanes in plan.get("lanes", {}).items():
         extra += [f"| {p} | {x['host']} | {x['cpus']:g} | {x['threads']} |" for x in lanes]
@@ -129,6 +160,8 @@ def write(report: rep.CapacityReport, repo: Path, out_dir: Path, plan: dict, cal
               + ", ".join(f"{c} {s * 1000:.0f} ms" for c, s in sorted(calibration["service_s"].items())),
               f"Calibration: host load {calibration['load1'][0]:.2f} / {calibration['load1'][1]:.2f}, "
               f"foreign CPU {calibration['foreign_cpu_share']:.0%}."]
+    if causes:
+        extra += ["", *causes]
     if notes:
         extra += ["", "## Not stated", ""] + [f"- {n}" for n in notes]
     if pilot:

@@ -203,7 +203,8 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
     out = notes_dir / "capacity-pilot" if pilot else notes_dir
     try:
         report, notes = assemble.build(store, rules, plan, calibration, elapsed, say)
-        md = assemble.write(report, repo, out, {**plan, "lanes": store.state()["lanes"]}, calibration, notes, pilot)
+        md = assemble.write(report, repo, out, {**plan, "lanes": store.state()["lanes"]}, calibration, notes, pilot,
+                            rules.lanes.cfs_period_us, assemble.miss_causes(store, rules, bounds_of(calibration)))
     except UsageError as exc:
         if "no profile has a capacity" not in str(exc):
             raise

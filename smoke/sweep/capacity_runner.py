@@ -22,7 +22,7 @@ import lzma
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +32,7 @@ from model.errors import UsageError
 from smoke import workload
 from smoke.mix import Mix
 from smoke.records import RequestRecord, read as read_records
-from smoke.sweep import capacity as cap
+from smoke.sweep import capacity as cap, hostload
 from smoke.sweep.capacity_plan import order, requests_per_session
 from smoke.sweep.capacity_rules import Rules
 
@@ -150,6 +150,12 @@ def read_xz_records(path: Path) -> list[RequestRecord]:
         return read_records(plain)
     finally:
         plain.unlink()
+
+
+def throttle_json(t: Mapping[str, hostload.Throttle]) -> dict[str, dict]:
+    """Per replica host, its CFS counters over a run as stored in runs.jsonl / calibration.json."""
+    return {h: {"periods": x.periods, "throttled": x.throttled, "throttled_s": round(x.throttled_s, 3)}
+            for h, x in sorted(t.items())}
 
 
 def to_run(e: dict) -> cap.Run:
@@ -302,8 +308,7 @@ class Experiment:
              "foreign_cpu_share": round(run.foreign_cpu_share, 4), "ours_cpu_share": round(m.usage.ours_cpu_share, 4),
              "client_ttft_mean_ms": run.client_ttft_mean_ms, "server_ttft_mean_ms": run.server_ttft_mean_ms,
              "send_lag_p99_ms": run.send_lag_p99_ms, "discarded": why,
-             "throttle": {h: {"periods": t.periods, "throttled": t.throttled, "throttled_s": round(t.throttled_s, 3)}
-                          for h, t in sorted(m.throttle.items())}, "dir": str(d.relative_to(self.store.root)),
+             "throttle": throttle_json(m.throttle), "dir": str(d.relative_to(self.store.root)),
              "skipped_seeds": skipped, "wall_s": round(self.clock() - t, 1), "session": self.session, "at_s": round(self.clock() - self.t0, 1)}
         self.store.append(e)
         self.entries.append(e)
@@ -417,8 +422,7 @@ def calibrate(store: Store, mix: Mix, rules: Rules, pools: PoolFactory, say: Cal
             "load1": list(m.usage.load1), "foreign_cpu_share": m.usage.foreign_cpu_share,
             "startup_s": session.startup_s, "wall_s": m.usage.wall_s,
             "tcmalloc": any(session.tcmalloc.values()), "cpus": cpus,
-            "throttle": {h: {"periods": t.periods, "throttled": t.throttled, "throttled_s": round(t.throttled_s, 3)}
-                         for h, t in sorted(m.throttle.items())}}
+            "throttle": throttle_json(m.throttle)}
     store.put_calibration(data)
     for c, f in sorted(figures.items()):
         say(f"  {c}: unloaded TTFT {f.ttft_ms:.0f} ms, TPOT {f.tpot_ms if f.tpot_ms is None else round(f.tpot_ms, 1)} ms"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -262,6 +262,30 @@ def test_the_report_states_what_was_measured_and_leaves_out_the_claims_it_cannot
     assert any("claims not judged" in n and "C2" in n and "C7" in n for n in notes)
     assert all(p.system.repetitions >= 3 for p in report.profiles.values())
     json.loads(report.model_dump_json())
+
+
+def test_the_report_says_why_requests_missed_per_profile_rate_and_class(tmp_path):
+    exp = experiment(tmp_path, KneePools({"balanced": 3.0}), profiles=("balanced",))
+    exp.run()
+    rows = assemble.miss_causes(cr.Store(tmp_path / "cap"), FAST, BOUNDS)
+    classes = sorted(BOUNDS)
+    assert rows[2] == "| profile | rate | " + " | ".join(classes) + " |"
+    by_rate = {float(r.strip("| ").split(" | ")[1]): r.strip("| ").split(" | ")[2:] for r in rows[4:]}
+    assert set(by_rate) == {x.rate for x in exp.runs("balanced")}
+    # KneePools answers every request, first token at 100 ms under the knee and 900 ms over it (bound 500).
+    for rate, cells in by_rate.items():
+        for cell in cells:
+            failed, ttft, tpot = cell.split(" of ")[0].split("/")
+            n = int(cell.split(" of ")[1].split(";")[0])
+            assert (failed, tpot) == ("0", "0") and int(ttft) == (n if rate > 3.0 else 0)
+            assert cell.endswith("; 900 / 900" if rate > 3.0 else "; 100 / 100")
+    b = BOUNDS["rag"]
+    ok = RequestRecord(id="a", cls="rag", endpoint="chat", scheduled_s=0, sent_s=0, end_s=1, status="ok", http_status=200,
+                       ttft_s=0.1, e2e_s=0.3, output_tokens=11, tokens_from="usage", streamed_tokens=11)   # 20 ms a token
+    assert assemble.miss_cause(ok, b) == ""
+    assert assemble.miss_cause(replace(ok, e2e_s=5.0), b) == "tpot"         # 490 ms a token > 50
+    assert assemble.miss_cause(replace(ok, ttft_s=0.6), b) == "ttft"
+    assert assemble.miss_cause(replace(ok, status="error", ttft_s=None), b) == "failed"
 
 
 def test_equal_load_figures_come_from_the_stored_windows(tmp_path):
