@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model.errors import UsageError
-from smoke.sweep import capacity as cap, capacity_report as rep
+from smoke.sweep import capacity as cap, capacity_report as rep, hostload
 from smoke.sweep.capacity_rules import EQUAL_LOAD, Rules
 from smoke.sweep.capacity_runner import Store, entries_by, read_xz_records, to_run
 
@@ -212,6 +212,6 @@ def runs_note(store: Store, plan: dict, calibration: dict, rules: Rules, why: st
 
 def throttle_cell(e: dict) -> str:
     """Each replica's share of throttled CFS periods and its mean throttled stretch, e.g. "31 % x 58 ms"."""
-    t = e.get("throttle") or {}
-    return ", ".join(f"{v['throttled'] / v['periods']:.0%} x {1000 * v['throttled_s'] / v['throttled']:.0f} ms"
-                     if v["throttled"] else "0 %" for v in t.values() if v["periods"]) or "-"
+    ts = [hostload.Throttle(**v) for v in (e.get("throttle") or {}).values() if v["periods"]]
+    return ", ".join(f"{t.share:.0%} x {1000 * t.throttled_s / t.throttled:.0f} ms" if t.throttled else "0 %"
+                     for t in ts) or "-"

@@ -159,7 +159,7 @@ def throttle_json(t: Mapping[str, hostload.Throttle]) -> dict[str, dict]:
 
 
 def to_run(e: dict) -> cap.Run:
-    shares = [t["throttled"] / t["periods"] for t in e.get("throttle", {}).values() if t["periods"]]
+    shares = [hostload.Throttle(**t).share for t in e.get("throttle", {}).values() if t["periods"]]
     return cap.Run(e["label"], e["rate"], e["seed"], e["good"], e["requests"], tuple(e["load1"]), e["cores"],
                    e["foreign_cpu_share"], e["client_ttft_mean_ms"], e["server_ttft_mean_ms"], e["send_lag_p99_ms"],
                    max(shares, default=math.nan))
