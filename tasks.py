@@ -495,10 +495,14 @@ def sweep(c, profiles=None, mix="default", seed=0, rate=0.0, duration=0.0, scale
             "model": "test model size (tiny, mid, small, bench)", "engine_cpus": "CPUs all engines of a profile share",
             "rates": "comma-separated fixed rates: a PILOT instead of the search", "equal_load": "run the equal-load variants",
             "run": "results run name (a rerun resumes it)", "notes": "report folder (a pilot writes under capacity-pilot/)",
-            "timeout": "per-request timeout (s)", "report_only": "rewrite the report from the stored runs (starts nothing)"})
+            "timeout": "per-request timeout (s)", "report_only": "rewrite the report from the stored runs (starts nothing)",
+            "search": "run the rate searches (--no-search: only the equal-load variants, at --equal-load-from's rate)",
+            "equal_load_from": "an earlier run (same model, image, CPUs, mix) whose stored equal load to use",
+            "claims": "comma-separated claims whose equal-load variants run (default: every claim's), e.g. C3a,C4"})
 @one_line_errors
 def capacity(c, profiles=None, mix="default", image="", model="mid", engine_cpus=1.5, rates="", equal_load=True,
-             run="capacity", notes="notes/sweep", timeout=120.0, report_only=False):
+             run="capacity", notes="notes/sweep", timeout=120.0, report_only=False, search=True, equal_load_from="",
+             claims=""):
     """Per-class SLO capacity of each profile (issue 16): calibration, interleaved rate searches, report."""
     from smoke.sweep.capacity_run import CapacityOptions, run_capacity
     try:
@@ -507,7 +511,8 @@ def capacity(c, profiles=None, mix="default", image="", model="mid", engine_cpus
         raise UsageError(f"--rates: expected comma-separated numbers, got {rates!r}") from None
     flat = tuple(n.strip() for x in profiles or () for n in x.split(",") if n.strip())
     opts = CapacityOptions(profiles=flat, mix=mix, image=image, model_size=model, engine_cpus=float(engine_cpus),
-                           rates=grid, equal_load=equal_load, request_timeout_s=float(timeout))
+                           rates=grid, equal_load=equal_load, request_timeout_s=float(timeout), search=search,
+                           equal_load_from=equal_load_from, claims=tuple(x.strip() for x in claims.split(",") if x.strip()))
     print(run_capacity(opts, RESULTS, run, Path(notes), report_only=report_only))
 
 

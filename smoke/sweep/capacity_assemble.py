@@ -115,7 +115,7 @@ def build(store: Store, rules: Rules, plan: dict, calibration: dict, elapsed_s: 
             profiles[p] = rep.profile_capacity(runs, rules, plan["engine_cpus"])
         except (UsageError, ValueError) as exc:   # pydantic: fewer than 3 repetitions at a deciding point
             notes.append(f"{p}: no capacity stated ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
-    if not profiles:
+    if not profiles and (plan.get("search", True) or not any(e["variant"] for e in entries)):
         raise UsageError(f"{store.root}: no profile has a capacity yet (runs stored: {len(entries)})")
     figures = rep.capacity_figures(profiles)
     eq_rate = store.state().get("equal_load_rps")
@@ -144,9 +144,11 @@ def build(store: Store, rules: Rules, plan: dict, calibration: dict, elapsed_s: 
 
 
 def write(report: rep.CapacityReport, repo: Path, out_dir: Path, plan: dict, calibration: dict, notes: list[str],
-          pilot: str = "", cfs_period_us: int = 100_000, causes: Sequence[str] = ()) -> Path:
+          pilot: str = "", cfs_period_us: int = 100_000, causes: Sequence[str] = (),
+          variant_runs: Sequence[dict] = ()) -> Path:
     """capacity_report.write (which refuses unless the score is the pre-registered one), then the
-    runner's own sections: lanes, calibration, what was left out; a PILOT banner when pilot != ''."""
+    runner's own sections: lanes, calibration, why requests missed, the equal-load runs, what was left
+    out; a PILOT banner when pilot != ''."""
     md = rep.write(report, repo, out_dir)
     text = md.read_text()
     extra = ["", "## Lanes (CFS quotas; every profile the same total engine CPU)", "",
@@ -162,6 +164,9 @@ def write(report: rep.CapacityReport, repo: Path, out_dir: Path, plan: dict, cal
               f"foreign CPU {calibration['foreign_cpu_share']:.0%}."]
     if causes:
         extra += ["", *causes]
+    if variant_runs:
+        extra += ["", "## Equal-load runs (attainment per class in the window; discarded runs are never averaged in)", "",
+                  *runs_table(variant_runs, sorted(calibration["bounds"]))]
     if notes:
         extra += ["", "## Not stated", ""] + [f"- {n}" for n in notes]
     if pilot:
@@ -198,16 +203,22 @@ def runs_note(store: Store, plan: dict, calibration: dict, rules: Rules, why: st
         out.append(f"| {c} | {b['unloaded_ttft_ms']:.0f} | {b['ttft_ms']:.0f} | {tp if b['tpot_ms'] is not None else '- | -'} "
                    f"| {calibration['service_s'][c]:.2f} |")
     out += ["", "## Runs (attainment per class in the window; discarded runs are never averaged in)", "",
-            "| profile | pass | rate | seed | wall s | " + " | ".join(classes)
-            + " | load start / end | foreign CPU | ours | client overhead ms | throttled (per replica) | discarded |",
-            "|" + "---|" * (len(classes) + 11)]
+            *runs_table(entries, classes)]
+    return "\n".join(out) + "\n"
+
+
+def runs_table(entries: Sequence[dict], classes: Sequence[str]) -> list[str]:
+    """Markdown rows: each stored run with its attainment per class and the instrument's readings."""
+    out = ["| profile | pass | rate | seed | wall s | " + " | ".join(classes)
+           + " | load start / end | foreign CPU | ours | client overhead ms | throttled (per replica) | discarded |",
+           "|" + "---|" * (len(classes) + 11)]
     for e in entries:
         att = [f"{e['good'][c] / e['requests'][c]:.2f} ({e['requests'][c]})" if e["requests"].get(c) else "-" for c in classes]
         out.append(f"| {e['label']} | {e['pass']} | {e['rate']:g} | {e['seed']} | {e['wall_s']:.0f} | " + " | ".join(att)
                    + f" | {e['load1'][0]:.2f} / {e['load1'][1]:.2f} | {e['foreign_cpu_share']:.0%} | "
                    f"{e['ours_cpu_share']:.0%} | {e['client_ttft_mean_ms'] - e['server_ttft_mean_ms']:.0f} | "
                    f"{throttle_cell(e)} | {e['discarded'] or '-'} |")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def throttle_cell(e: dict) -> str:

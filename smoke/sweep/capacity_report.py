@@ -265,6 +265,8 @@ def write(report: CapacityReport, repo: Path, out_dir: Path) -> Path:
     text = render(report, repo)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "capacity.json").write_text(report.model_dump_json(indent=1) + "\n")
-    plot(report, out_dir / "attainment.png")
-    (out_dir / "README.md").write_text(text.replace("## SLOs", "![attainment vs rate](attainment.png)\n\n## SLOs", 1))
+    if report.profiles:     # an equal-load-only run has no search, hence no curve
+        plot(report, out_dir / "attainment.png")
+        text = text.replace("## SLOs", "![attainment vs rate](attainment.png)\n\n## SLOs", 1)
+    (out_dir / "README.md").write_text(text)
     return out_dir / "README.md"

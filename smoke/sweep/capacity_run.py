@@ -10,6 +10,7 @@ report (capacity_assemble). Everything lands under RESULTS/RUN/capacity; a rerun
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -36,6 +37,9 @@ class CapacityOptions:
     engine_cpus: float = 1.5             # every profile's engines together (CFS quotas)
     rates: tuple[float, ...] = ()        # a fixed rate grid instead of the search: a PILOT
     equal_load: bool = True
+    search: bool = True                  # False: only the equal-load variants, at equal_load_from's rate
+    equal_load_from: str = ""            # an earlier run (same model, image, CPUs, mix) whose equal load to use
+    claims: tuple[str, ...] = ()         # only these claims' equal-load variants (() = every claim's)
     request_timeout_s: float = 120.0
     startup_timeout_s: float = 600.0
     max_concurrency: int = 512
@@ -114,6 +118,27 @@ def prepare(opts: CapacityOptions, rules: Rules | None = None) -> Setup:
     return Setup(rules, mix, profs, client, image, caps.label, args, model_dir, cores)
 
 
+SAME_SETUP = ("mix_sha256", "image_id", "model", "engine_cpus", "cores")
+
+
+def equal_load_source(results: Path, name: str, plan: dict) -> float:
+    """The equal-load rate an earlier run fixed (its reference's pass-1 estimate x fraction), checked to
+    come from the same setup: a rate is only "equal load" on the same model, image, CPUs and mix."""
+    src = results / name / "capacity"
+    try:
+        theirs = json.loads((src / "plan.json").read_text())
+        rate = json.loads((src / "state.json").read_text())["equal_load_rps"]
+    except (OSError, ValueError, KeyError):
+        raise UsageError(f"--equal-load-from: {src}: expected a capacity run with a stored equal_load_rps") from None
+    if rate is None:
+        raise UsageError(f"--equal-load-from: {src}/state.json: equal_load_rps is null (that run fixed no equal load)")
+    if diff := [k for k in SAME_SETUP if theirs.get(k) != plan.get(k)]:
+        k = diff[0]
+        raise UsageError(f"--equal-load-from: {src}/plan.json: {k} = {theirs.get(k)!r}, this run {plan.get(k)!r}: "
+                         "not the same setup")
+    return float(rate)
+
+
 def calibration_cpus(setup: Setup, opts: CapacityOptions) -> float:
     return cap.calibration_cpus(setup.rules, opts.engine_cpus, sum(x.replicas for x in setup.reference.pools))
 
@@ -170,12 +195,18 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
     rules, client, image = setup.rules, setup.client, setup.image
     store = Store(results / run / "capacity")
     pilot = opts.pilot()
-    plan = store.plan({
+    if not opts.search and not opts.equal_load_from:
+        raise UsageError("--no-search: name the run whose equal load to use (--equal-load-from RUN)")
+    want = {
         "profiles": list(setup.profiles), "mix": setup.mix.name, "mix_sha256": setup.mix.sha256, "engine_image": image,
         "image_id": client.images.get(image).id, "engine": setup.engine, "model": f"{opts.model_size} random-weight "
         f"Llama ({setup.model_dir.name}, make_model.py)", "engine_cpus": opts.engine_cpus,
         "cores": ",".join(map(str, setup.cores)), "score_commit": commit, "rates": list(opts.rates),
-        "equal_load": opts.equal_load, "pilot": pilot})
+        "equal_load": opts.equal_load, "pilot": pilot}
+    if not opts.search:     # only then: a full run's plan.json keeps the keys it was started with
+        want |= {"search": False, "claims": list(opts.claims), "equal_load_from": opts.equal_load_from,
+                 "equal_load_rps": equal_load_source(results, opts.equal_load_from, want)}
+    plan = store.plan(want)
     pools = pool_factory(setup, store, opts)
     if report_only:
         calibration = store.calibration()
@@ -187,14 +218,15 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
     if skip and opts.equal_load:
         say(f"{image}: no tcmalloc in the server process: {', '.join(skip)} not run (C7 cannot be measured on it)")
     size_lanes(setup, store, calibration, opts.engine_cpus)
-    if rules.search.start_rps == "calibrated":
+    if rules.search.start_rps == "calibrated" and opts.search:
         start = cap.calibrated_start(rules, calibration["service_s"], requests_per_session(setup.mix), opts.engine_cpus,
                                      calibration.get("cpus", 1.0))
         rules = cap.resolved(rules, start)
         store.put_state(start_rps=start)
         say(f"search starts at {start:g} sessions/s (capacity.toml search.start_rps = \"calibrated\")")
     exp = Experiment(rules, setup.mix, list(setup.profiles), store, pools, say, rates=opts.rates,
-                     equal_load=opts.equal_load, bounds=bounds_of(calibration), skip_variants=skip)
+                     equal_load=opts.equal_load, bounds=bounds_of(calibration), skip_variants=skip,
+                     search=opts.search, equal_rps=plan.get("equal_load_rps"), claims=opts.claims)
     if not report_only:
         for name, ls in setup.lanes.items():
             say(f"lanes {name}: " + ", ".join(f"{x.host} {x.cpus:g} CPUs (cores {x.threads})" for x in ls))
@@ -204,7 +236,8 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
     try:
         report, notes = assemble.build(store, rules, plan, calibration, elapsed, say)
         md = assemble.write(report, repo, out, {**plan, "lanes": store.state()["lanes"]}, calibration, notes, pilot,
-                            rules.lanes.cfs_period_us, assemble.miss_causes(store, rules, bounds_of(calibration)))
+                            rules.lanes.cfs_period_us, assemble.miss_causes(store, rules, bounds_of(calibration)),
+                            [e for e in store.entries() if e["variant"]])
     except UsageError as exc:
         if "no profile has a capacity" not in str(exc):
             raise

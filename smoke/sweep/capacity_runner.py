@@ -56,12 +56,22 @@ def variant_parts(name: str) -> tuple[str, str]:
     return base, mod
 
 
-def needed_variants(rules: Rules, profiles: Sequence[str]) -> list[str]:
-    """The equal-load variants of every claim whose variants' profiles all run: a variant no claim
-    of this set of profiles can use is not run (a subset of profiles costs only its own claims)."""
-    need = {v for c in rules.claims.values() if all(variant_parts(v)[0] in profiles for v in c.variants())
-            for v in c.variants()}
+def needed_variants(rules: Rules, profiles: Sequence[str], claims: Sequence[str] = ()) -> list[str]:
+    """The equal-load variants of every claim (of `claims`, when given) whose variants' profiles all
+    run: a variant no such claim can use is not run (a subset costs only its own claims)."""
+    chosen = [rules.claims[n] for n in expand_claims(rules, claims)] if claims else rules.claims.values()
+    need = {v for c in chosen if all(variant_parts(v)[0] in profiles for v in c.variants()) for v in c.variants()}
     return [v for v in rules.equal_load.variants if v in need]
+
+
+def expand_claims(rules: Rules, claims: Sequence[str]) -> list[str]:
+    """Claim names with each compound claim replaced by its parts; an unknown name is a UsageError."""
+    out: list[str] = []
+    for n in claims:
+        if n not in rules.claims:
+            raise UsageError(f"--claims: no claim {n!r} in capacity.toml (claims: {', '.join(sorted(rules.claims))})")
+        out += rules.claims[n].parts or [n]
+    return out
 
 
 # --- the store: plan, calibration, runs.jsonl, raw records --------------------------------------
@@ -179,6 +189,9 @@ class Experiment:
     equal_load: bool = True
     bounds: dict[str, cap.SLOBound] | None = None
     skip_variants: tuple[str, ...] = ()   # variants this engine image cannot have (no tcmalloc to remove)
+    search: bool = True                   # False: no rate search, only the equal-load variants ...
+    equal_rps: float | None = None        # ... at this rate (an earlier run's, stored in its state)
+    claims: tuple[str, ...] = ()          # only these claims' variants (() = every claim's)
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
@@ -187,8 +200,10 @@ class Experiment:
         self.entries = self.store.entries()
         self.t0 = self.clock()
         self.session = -1                     # set by run(): report-only use adds no session
-        self.variants = [v for v in needed_variants(self.rules, self.profiles)
+        self.variants = [v for v in needed_variants(self.rules, self.profiles, self.claims)
                          if v not in self.skip_variants] if self.equal_load else []
+        if not self.search and (self.equal_rps is None or not self.variants):
+            raise UsageError("a run without searches needs an equal-load rate and a claim measured at equal load")
 
     # --- what has been run
     def _of(self, label: str, k: int | None = None, variant: bool = False) -> list[dict]:
@@ -208,6 +223,8 @@ class Experiment:
 
     # --- what to run next
     def next_search_rate(self, p: str, k: int) -> float | None:
+        if not self.search:
+            return None
         if not self.rates:
             return cap.next_rate(self.runs(p), self.rules, k)
         for r in self.rates:
@@ -221,6 +238,9 @@ class Experiment:
         st = self.store.state()
         if "equal_load_rps" in st:
             return st["equal_load_rps"]
+        if self.equal_rps is not None:
+            self.store.put_state(equal_load_rps=self.equal_rps)
+            return self.equal_rps
         ref = self.rules.equal_load.reference
         if not self.variants or self.next_search_rate(ref, 1) is not None:
             return None

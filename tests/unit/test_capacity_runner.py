@@ -322,3 +322,58 @@ def test_a_pilot_with_no_valid_run_lists_its_runs_and_states_no_capacity(tmp_pat
                            "`invoke capacity --profiles balanced --run r` resumes it")
     assert "Passes: 1 of at least 3 begun" in text and "No capacity or verdict is stated" in text
     assert len([ln for ln in text.splitlines() if ln.startswith("| balanced |")]) == len(rows)
+
+
+def test_a_run_without_searches_runs_only_the_chosen_claims_variants_at_the_given_rate(tmp_path):
+    pools = KneePools({"balanced": 3.0, "prefix-cache": 3.0, "long-prefill-limit": 3.0})
+    profiles = ("balanced", "prefix-cache", "long-prefill-limit")
+    exp = experiment(tmp_path, pools, profiles=profiles, equal_load=True, search=False, equal_rps=0.5,
+                     claims=("C3a", "C4"))
+    exp.run()
+    assert all(e["variant"] for e in exp.entries)                                     # no search run
+    assert {e["variant"] for e in exp.entries} == set(profiles)                       # C7's no-tcmalloc is not run
+    for v in profiles:
+        es = [e for e in exp.entries if e["variant"] == v]
+        assert [e["pass"] for e in es] == [1, 2, 3] and {e["rate"] for e in es} == {0.5}
+    assert [p for p, _ in pools.opened] == list(profiles) * 3                         # interleaved, reference first
+    assert cr.Store(tmp_path / "cap").state()["equal_load_rps"] == 0.5
+    plan = {"profiles": list(profiles), "engine_cpus": 1.5, "score_commit": "a" * 40, "model": "m", "engine": "e",
+            "engine_image": "img", "search": False}
+    calib = {"bounds": {c: b.model_dump() for c, b in BOUNDS.items()}}
+    report, notes = assemble.build(cr.Store(tmp_path / "cap"), FAST, plan, calib, exp.elapsed_s())
+    assert report.profiles == {} and report.equal_load["rag_ttft_p50_ms"]["prefix-cache"].n == 3
+    # KneePools answers RAG alike in both: the intervals coincide, so no difference can be shown.
+    assert report.claims["C3a"].verdict == cap.NO_DIFFERENCE
+    assert any("claims not judged" in n and "C4" in n and "C1" in n for n in notes)   # no replica map: no HOL figure
+    with pytest.raises(UsageError, match="needs an equal-load rate"):
+        experiment(tmp_path / "x", pools, profiles=profiles, equal_load=True, search=False, claims=("C4",))
+    with pytest.raises(UsageError, match="needs an equal-load rate"):        # C1 is no equal-load claim
+        experiment(tmp_path / "y", pools, profiles=("balanced", "class-aware"), equal_load=True, search=False,
+                   equal_rps=0.5, claims=("C1",))
+
+
+def test_claims_choose_the_variants_and_a_compound_claim_means_its_parts():
+    every = list(profmod.registered())
+    assert cr.needed_variants(RULES, every, ["C4"]) == ["balanced", "long-prefill-limit"]
+    assert cr.needed_variants(RULES, every, ["C3"]) == ["balanced", "balanced/no-slow", "prefix-cache",
+                                                       "slow-isolation", "slow-isolation/no-slow"]
+    assert cr.needed_variants(RULES, ["balanced", "prefix-cache"], ["C3"]) == ["balanced", "prefix-cache"]  # C3a only
+    with pytest.raises(UsageError, match="--claims: no claim 'C9'"):
+        cr.needed_variants(RULES, every, ["C9"])
+
+
+def test_the_equal_load_of_an_earlier_run_is_taken_only_from_the_same_setup(tmp_path):
+    from smoke.sweep.capacity_run import equal_load_source
+    setup = {"mix_sha256": "m", "image_id": "sha256:1", "model": "mid (x)", "engine_cpus": 1.5, "cores": "0,1"}
+    src = tmp_path / "s9" / "capacity"
+    src.mkdir(parents=True)
+    (src / "plan.json").write_text(json.dumps(setup))
+    (src / "state.json").write_text(json.dumps({"equal_load_rps": 0.4706}))
+    assert equal_load_source(tmp_path, "s9", {**setup, "profiles": ["other"]}) == 0.4706
+    with pytest.raises(UsageError, match="image_id = 'sha256:1', this run 'sha256:2': not the same setup"):
+        equal_load_source(tmp_path, "s9", {**setup, "image_id": "sha256:2"})
+    with pytest.raises(UsageError, match="expected a capacity run with a stored equal_load_rps"):
+        equal_load_source(tmp_path, "s8", setup)
+    (src / "state.json").write_text(json.dumps({"equal_load_rps": None}))
+    with pytest.raises(UsageError, match="that run fixed no equal load"):
+        equal_load_source(tmp_path, "s9", setup)
