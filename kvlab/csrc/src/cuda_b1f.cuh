@@ -49,8 +49,39 @@ __device__ __forceinline__ void combine_row16(const Args& a, size_t o, float vs,
   if (lane == 0 && a.lse) a.lse[o] = fin_lse(M, Lt);
 }
 
+// PF (variants 61-63) aims at the merge chain's latency, not its work (session 9: the split merge costs ~4.5 us
+// at 1k, 8k and 32k alike, so a chain of dependent round trips). Bit 1: at its start a CTA asks L2 for every
+// line its end touches: the arrival counter (an atomic read-modify-write that misses L2 after the bench's
+// flush, so a DRAM round trip on the last CTA's path), its partial's slots and the item's output rows.
+// Bit 2: thread 0 alone fences and takes the ticket after the CTA barrier (the pattern of cooperative
+// groups' grid sync: the barrier orders the CTA's stores before its cumulative fence), and fences again
+// when it is the last, so the loads that follow the next barrier see every split's partial.
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+__device__ __forceinline__ void b1f_prefetch_tail(const Args& a, size_t o0) {
+  const int i = threadIdx.x, S = a.nslots, s = blockIdx.x;
+  if (i < 16) prefetch_l2(a.ws_acc + ((o0 + i / 4) * S + s) * MMA_D + (i % 4) * 32);  // 4 rows x 512 B
+  else if (i < 32) prefetch_l2(a.out + o0 * MMA_D + (i - 16) * 32);  // the item's 4 output rows, 2 KB
+  else if (i < 36) prefetch_l2(a.ws_m + (o0 + i - 32) * S + s);
+  else if (i < 40) prefetch_l2(a.ws_l + (o0 + i - 36) * S + s);
+  else if (i == 40) prefetch_l2(a.counters + size_t(blockIdx.z) * gridDim.y + blockIdx.y);
+  else if (i == 41 && a.lse) prefetch_l2(a.lse + o0);
+}
+__device__ __forceinline__ bool last_to_arrive_t0(const Args& a) {
+  __shared__ int s_last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* c = a.counters + (size_t(blockIdx.z) * gridDim.y + blockIdx.y);
+    __threadfence();
+    const int prev = atomicAdd(c, 1);
+    s_last = prev == int(gridDim.x) - 1;
+    if (s_last) atomicExch(c, 0), __threadfence();
+  }
+  __syncthreads();
+  return s_last;
+}
+
 // MRG 1: the last CTA merges with combine_row16 (S <= 16), 0: with combine_row. L2B: the copies' L2 prefetch size.
-template <int NW, int STG, int CL, int DIAG = 0, int MRG = 0, int L2B = 128>
+template <int NW, int STG, int CL, int DIAG = 0, int MRG = 0, int L2B = 128, int PF = 0>
 __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
   extern __shared__ __align__(16) float smem[];
   const int warp = threadIdx.x / 32, L = threadIdx.x % 32, g = L / 4, t = L % 4, hw = L / 16, part = L % 16;
@@ -104,6 +135,9 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
   };
 #pragma unroll 1
   for (int i = 0; i < STG - 1; ++i) issue(i);
+  if constexpr ((PF & 1) && CL == 0 && DIAG < 2) {
+    if (gridDim.x > 1) b1f_prefetch_tail(a, size_t(unit) * a.p.q_heads + head0);
+  }
 
   uint32_t qa[8][2];  // as b1_mma_kernel: rows 0-3 the bf16 hi parts of the query rows, rows 4-7 the lo parts
   {
@@ -151,7 +185,7 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
       const int r = idx / MMA_D, d = idx % MMA_D;
       put_merged(a, merge_groups(s_acc, s_m, s_l, NW, MMA_R, MMA_D, r, d), o0 + r, d, MMA_D, direct, blockIdx.x, vs);
     }
-    if (direct || !last_to_arrive(a)) return;
+    if (direct || !((PF & 2) ? last_to_arrive_t0(a) : last_to_arrive(a))) return;
     if (warp >= MMA_R) return;
     if (MRG == 1 && a.nslots <= 16) combine_row16(a, o0 + warp, vs, L);
     else combine_row(a, o0 + warp, vs, L, s_acc + warp * a.nslots);  // s_acc is free by now
@@ -192,8 +226,9 @@ __global__ void __launch_bounds__(32 * NW, 1) b1f_kernel(Args a) {
 // cluster merge (one cluster of all an item's splits, at most 16); 50 / 51: 45 with 3 / 4 stages;
 // diagnostics (DIAG above): 49 (1), 52 (2), 53 (3), 55 (4) on 45's shape, 54 (3), 56 (4) with 2 stages;
 // 57 / 58: 45 / 51 with the one-round-trip merge (combine_row16), 59: 49 with it; 60: 57 with an L2::256B
-// prefetch hint on the copies (a head's token row is 256 aligned bytes). Forced wherever the bf16 d128 GQA-4 decode
-// path applies (every layout and batch, so the oracle reaches them).
+// prefetch hint on the copies (a head's token row is 256 aligned bytes); 61: 57 with the merge chain's lines
+// asked of L2 at the start (PF 1), 62: 61 with thread 0's arrival too (PF 3), 63: 59 (diagnostic) with both.
+// Forced wherever the bf16 d128 GQA-4 decode path applies (every layout and batch, so the oracle reaches them).
 // Where it takes a decode call (bf16, head_dim 128, GQA-4 rows): by default (variant 45's shape) for spans and
 // contiguous (so virtual, and hybrid with nothing shared) at batch 1 from 16k context, where it read faster
 // than mma_kernel + combine in every repetition (H100, the bench's method, 3 repetitions in each of three calls,
@@ -206,7 +241,7 @@ bool b1f_applies(const Args& a) {
   const int v = fast_variant();
   const bool fast = a.mode == DECODE && p.kv_dtype == KVX_BF16 && p.head_dim == 128 && (p.q_heads / p.kv_heads) % 4 == 0;
   if (!fast) return false;
-  if (v >= 45 && v <= 60) return true;
+  if (v >= 45 && v <= 63) return true;
   return v == 0 && a.kind != PAGED && p.num_seqs == 1 && p.max_seq_len >= 16384;
 }
 
@@ -231,10 +266,10 @@ int cluster_size(const void* fn, cudaLaunchConfig_t cfg, int want, long need, in
   return best;
 }
 
-template <int NW, int STG, int CL, int DIAG = 0, int MRG = 0, int L2B = 128>
+template <int NW, int STG, int CL, int DIAG = 0, int MRG = 0, int L2B = 128, int PF = 0>
 int run_b1f_t(Args a, long items, float* out, float* lse) {
   const kvx_params& p = a.p;
-  const auto fn = b1f_kernel<NW, STG, CL, DIAG, MRG, L2B>;
+  const auto fn = b1f_kernel<NW, STG, CL, DIAG, MRG, L2B, PF>;
   const size_t smem = size_t(NW) * STG * B1M_STAGE + (size_t(NW) * (B1F_ROWS + 2 * MMA_R) + B1F_ROWS + 2 * MMA_R) * 4;
   Choice c{reinterpret_cast<const void*>(fn), smem};
   c.threads = 32 * NW;
@@ -295,6 +330,9 @@ int run_b1f(Args a, long items, float* out, float* lse) {
     case 58: return run_b1f_t<4, 4, 0, 0, 1>(a, items, out, lse);
     case 59: return run_b1f_t<4, 6, 0, 1, 1>(a, items, out, lse);
     case 60: return run_b1f_t<4, 6, 0, 0, 1, 256>(a, items, out, lse);
+    case 61: return run_b1f_t<4, 6, 0, 0, 1, 128, 1>(a, items, out, lse);
+    case 62: return run_b1f_t<4, 6, 0, 0, 1, 128, 3>(a, items, out, lse);
+    case 63: return run_b1f_t<4, 6, 0, 1, 1, 128, 3>(a, items, out, lse);
     default: return run_b1f_t<4, 6, 0>(a, items, out, lse);
   }
 }
