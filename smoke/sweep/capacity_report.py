@@ -189,30 +189,25 @@ def _ci(c: ClassCapacity) -> str:
 
 
 def render(report: CapacityReport, repo: Path) -> str:
-    """The report's Markdown; refuses (UsageError) unless the score is the pre-registered one."""
+    """The report's Markdown; refuses (UsageError) unless the score is the pre-registered one. A run
+    without searches (equal-load claims only) has no capacity, curve or search runs to show."""
     check_pre_registered(repo, report.score_commit)
-    classes = sorted({c for p in report.profiles.values() for c in p.classes})
-    out = ["# Per-class SLO capacity of each serving profile", "",
+    title = "Per-class SLO capacity of each serving profile" if report.profiles else \
+        "Equal-load claims of the serving profiles (no rate search in this run)"
+    out = [f"# {title}", "",
            f"Score, gates and verdict rules: commit `{report.score_commit}` ({', '.join(f'`{f}`' for f in SCORED)}), "
            "committed before the run.", "",
            f"Model: {report.model}. Engine: {report.engine} (`{report.engine_image}`). "
-           f"Search took {report.elapsed_s / 60:.1f} min of a {report.budget_s / 60:.0f}-min budget.", "",
+           f"The run took {report.elapsed_s / 60:.1f} min (calibration, pool starts and equal-load runs included); "
+           f"the searches' budget is {report.budget_s / 60:.0f} min.", "",
            "## SLOs (multiples of the unloaded single-request figures on this machine)", "",
            "| class | unloaded TTFT ms | TTFT bound ms | unloaded TPOT ms | TPOT bound ms |", "|---|---|---|---|---|"]
     for c, b in sorted(report.slo.items()):
         tp = "-" if b.tpot_ms is None else f"{b.tpot_ms:.1f} ({b.tpot_multiple:g}x)"
         un = "-" if b.unloaded_tpot_ms is None else f"{b.unloaded_tpot_ms:.1f}"
         out.append(f"| {c} | {b.unloaded_ttft_ms:.1f} | {b.ttft_ms:.1f} ({b.ttft_multiple:g}x) | {un} | {tp} |")
-    out += ["", "## Capacity (sessions/s, 95 % bootstrap CI over repetitions)", "",
-            "| profile | CPUs | system | " + " | ".join(classes) + " | combined score | search |",
-            "|" + "---|" * (len(classes) + 5)]
-    for name, p in report.profiles.items():
-        cells = [_ci(p.classes[c]) if c in p.classes else "-" for c in classes]
-        s = p.combined_score
-        out.append(f"| {name} | {p.total_cpus:g} | {_ci(p.system)} | " + " | ".join(cells)
-                   + f" | {s.estimate:.3g} [{s.low:.3g}, {s.high:.3g}] | {p.search} |")
-    out += ["", "Capacities are interpolated in attainment between the bracketing rates; `>=`/`<` mark a "
-            "capacity censored at the highest/lowest rate measured.", "", "## Claims", ""]
+    out += _capacity_table(report) if report.profiles else []
+    out += ["", "## Claims", ""]
     for k, c in report.claims.items():
         out.append(f"- **{k}** ({c.what}): **{c.verdict}**. {c.text}")
     if report.equal_load:
@@ -220,8 +215,28 @@ def render(report: CapacityReport, repo: Path) -> str:
                 "| metric | profile | mean [95 % CI] | runs |", "|---|---|---|---|"]
         for m, per in report.equal_load.items():
             out += [f"| {m} | {p} | {i.estimate:.3g} [{i.low:.3g}, {i.high:.3g}] | {i.n} |" for p, i in per.items()]
-    out += ["", "## Attainment per point (mean over valid runs; requests per class in the windows)", "",
-            "| profile | rate | runs | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 3)]
+    out += _search_tables(report) if report.profiles else []
+    return "\n".join(out) + "\n"
+
+
+def _capacity_table(report: CapacityReport) -> list[str]:
+    classes = sorted({c for p in report.profiles.values() for c in p.classes})
+    out = ["", "## Capacity (sessions/s, 95 % bootstrap CI over repetitions)", "",
+           "| profile | CPUs | system | " + " | ".join(classes) + " | combined score | search |",
+           "|" + "---|" * (len(classes) + 5)]
+    for name, p in report.profiles.items():
+        cells = [_ci(p.classes[c]) if c in p.classes else "-" for c in classes]
+        s = p.combined_score
+        out.append(f"| {name} | {p.total_cpus:g} | {_ci(p.system)} | " + " | ".join(cells)
+                   + f" | {s.estimate:.3g} [{s.low:.3g}, {s.high:.3g}] | {p.search} |")
+    return out + ["", "Capacities are interpolated in attainment between the bracketing rates; `>=`/`<` mark a "
+                  "capacity censored at the highest/lowest rate measured."]
+
+
+def _search_tables(report: CapacityReport) -> list[str]:
+    classes = sorted({c for p in report.profiles.values() for c in p.classes})
+    out = ["", "## Attainment per point (mean over valid runs; requests per class in the windows)", "",
+           "| profile | rate | runs | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 3)]
     for name, p in report.profiles.items():
         for pt in p.curve:
             cells = [f"{sum(pt.attainment[c]) / len(pt.attainment[c]):.2f} ({sum(pt.requests[c])})"
@@ -235,7 +250,7 @@ def render(report: CapacityReport, repo: Path) -> str:
         out += [f"| {name} | {r.rate_rps:g} | {r.seed} | {r.load1[0]:.2f} / {r.load1[1]:.2f} | {r.foreign_cpu_share:.0%} | "
                 f"{r.client_overhead_ms:.0f} | {r.send_lag_p99_ms:.0f} | "
                 f"{'-' if r.throttled_share is None else f'{r.throttled_share:.0%}'} | {r.discarded or '-'} |" for r in p.runs]
-    return "\n".join(out) + "\n"
+    return out
 
 
 def plot(report: CapacityReport, path: Path) -> None:

@@ -324,7 +324,7 @@ def test_a_pilot_with_no_valid_run_lists_its_runs_and_states_no_capacity(tmp_pat
     assert len([ln for ln in text.splitlines() if ln.startswith("| balanced |")]) == len(rows)
 
 
-def test_a_run_without_searches_runs_only_the_chosen_claims_variants_at_the_given_rate(tmp_path):
+def test_a_run_without_searches_runs_only_the_chosen_claims_variants_at_the_given_rate(tmp_path, monkeypatch):
     pools = KneePools({"balanced": 3.0, "prefix-cache": 3.0, "long-prefill-limit": 3.0})
     profiles = ("balanced", "prefix-cache", "long-prefill-limit")
     exp = experiment(tmp_path, pools, profiles=profiles, equal_load=True, search=False, equal_rps=0.5,
@@ -345,6 +345,12 @@ def test_a_run_without_searches_runs_only_the_chosen_claims_variants_at_the_give
     # KneePools answers RAG alike in both: the intervals coincide, so no difference can be shown.
     assert report.claims["C3a"].verdict == cap.NO_DIFFERENCE
     assert any("claims not judged" in n and "C4" in n and "C1" in n for n in notes)   # no replica map: no HOL figure
+    from smoke.sweep import capacity_report as rep
+    monkeypatch.setattr(rep, "check_pre_registered", lambda repo, commit: None)   # git's part: integration tests
+    text = rep.render(report, tmp_path)
+    assert text.startswith("# Equal-load claims of the serving profiles (no rate search in this run)")
+    assert "## Capacity" not in text and "## Attainment per point" not in text                # nothing searched
+    assert "| rag_ttft_p50_ms | prefix-cache |" in text and "- **C3a**" in text
     with pytest.raises(UsageError, match="needs an equal-load rate"):
         experiment(tmp_path / "x", pools, profiles=profiles, equal_load=True, search=False, claims=("C4",))
     with pytest.raises(UsageError, match="needs an equal-load rate"):        # C1 is no equal-load claim
