@@ -109,7 +109,8 @@ def build(store: Store, rules: Rules, plan: dict, calibration: dict, elapsed_s: 
     for p in plan["profiles"]:
         runs = [to_run(e) for e in entries if e["label"] == p and not e["variant"]]
         if not runs:
-            notes.append(f"{p}: no run yet")
+            if plan.get("search", True):
+                notes.append(f"{p}: no run yet")
             continue
         try:
             profiles[p] = rep.profile_capacity(runs, rules, plan["engine_cpus"])
