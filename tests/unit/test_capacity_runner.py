@@ -179,6 +179,8 @@ def test_equal_load_variants_run_once_per_pass_at_the_reference_rate_with_one_sh
     assert [r.id for r in ns.requests] == [r.id for r in full.requests if r.cls != "slow_reader"]
     assert any(r.cls == "slow_reader" for r in full.requests)
     assert pools.opened.count(("balanced", "no-tcmalloc")) == 3                    # its own pools, once per pass
+    # no-slow too: on the pools that just served the full trace, its replay would hit their prefix cache
+    assert pools.opened.count(("balanced", "no-slow")) == pools.opened.count(("slow-isolation", "no-slow")) == 3
     assert [e["requests"].get("slow_reader") for e in var if e["variant"].endswith("no-slow")] == [None] * 6
     skipped = experiment(tmp_path / "s", KneePools({"balanced": 3.0}), profiles=("balanced",), equal_load=True,
                          skip_variants=("balanced/no-tcmalloc",))
