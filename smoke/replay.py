@@ -14,6 +14,7 @@ import asyncio
 import os
 import contextlib
 import json
+import signal
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -439,8 +440,29 @@ def loop_factory():
         return None
 
 
+async def interruptible(coro):
+    """Await coro; a SIGTERM cancels it at an await and then raises KeyboardInterrupt, as asyncio.Runner
+    does for SIGINT. The CLI's own SIGTERM handler raises wherever Python is, which inside a transport's
+    callback makes the loop print "Fatal error on transport" and a traceback before the interrupt."""
+    loop, task, hit = asyncio.get_running_loop(), asyncio.current_task(), []
+    prev = signal.getsignal(signal.SIGTERM)
+    try:
+        loop.add_signal_handler(signal.SIGTERM, lambda: (hit.append(1), task.cancel()))
+    except (ValueError, RuntimeError, NotImplementedError):    # not the main thread: leave it to the caller
+        return await coro
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if hit:
+            raise KeyboardInterrupt("SIGTERM") from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, prev)      # remove_signal_handler leaves SIG_DFL
+
+
 def run(trace: Trace, base_url: str, model: str, out: Path | None, opts: ReplayOptions = ReplayOptions(),
         on_record: Callable[[RequestRecord], None] | None = None,
         lag_sink: list[float] | None = None) -> list[RequestRecord]:
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(replay(trace, base_url, model, out, opts, on_record, lag_sink))
+        return runner.run(interruptible(replay(trace, base_url, model, out, opts, on_record, lag_sink)))

@@ -178,7 +178,7 @@ def bare_ms_per_token(url: str, streams: int, tokens: int, interval: float, ramp
     reads: list[None] = []
     with Window(*steady_window(tokens, interval, ramp_s), reads.__len__) as w, \
             asyncio.Runner(loop_factory=replay.loop_factory()) as runner:
-        runner.run(all_())
+        runner.run(replay.interruptible(all_()))
     return w.ms_per_token
 
 
