@@ -23,7 +23,7 @@ from smoke import mix as mixmod, profiles as profmod, replay
 from smoke.sweep import capacity as cap, capacity_assemble as assemble, capacity_report as rep, lanes as lanemod
 from smoke.sweep.capacity_plan import requests_per_session
 from smoke.sweep.capacity_rules import Rules
-from smoke.sweep.capacity_runner import CALIBRATION, Experiment, Store, calibrate, bounds_of
+from smoke.sweep.capacity_runner import CALIBRATION, Experiment, Store, calibrate, bounds_of, needed_variants
 
 SOURCE_IMAGE = "deploylab/runtime:debian-trixie-cpu"     # the source-built vLLM 0.33.0 (matrix cell)
 
@@ -102,6 +102,12 @@ def prepare(opts: CapacityOptions, rules: Rules | None = None) -> Setup:
     profs = {p.name: p for p in profmod.load_many(list(opts.profiles) or None)}
     for p in profs.values():
         p.check_classes(mix)
+    if not opts.search and not opts.equal_load_from:
+        raise UsageError("--no-search: name the run whose equal load to use (--equal-load-from RUN)")
+    # before the model build and the calibration: an unknown claim is one line now, not minutes later
+    if not needed_variants(rules, list(profs), opts.claims) and not opts.search:
+        raise UsageError(f"--claims {','.join(opts.claims) or '(all)'}: none is measured at equal load with profiles "
+                         f"{', '.join(profs)}; a run without searches would measure nothing")
     ref = rules.equal_load.reference
     if ref not in profs:
         raise UsageError(f"--profiles: the reference profile {ref!r} (capacity.toml equal_load.reference) must be run "
@@ -195,8 +201,6 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
     rules, client, image = setup.rules, setup.client, setup.image
     store = Store(results / run / "capacity")
     pilot = opts.pilot()
-    if not opts.search and not opts.equal_load_from:
-        raise UsageError("--no-search: name the run whose equal load to use (--equal-load-from RUN)")
     want = {
         "profiles": list(setup.profiles), "mix": setup.mix.name, "mix_sha256": setup.mix.sha256, "engine_image": image,
         "image_id": client.images.get(image).id, "engine": setup.engine, "model": f"{opts.model_size} random-weight "

@@ -385,3 +385,13 @@ def test_the_equal_load_of_an_earlier_run_is_taken_only_from_the_same_setup(tmp_
     (src / "state.json").write_text(json.dumps({"equal_load_rps": None}))
     with pytest.raises(UsageError, match="that run fixed no equal load"):
         equal_load_source(tmp_path, "s9", setup)
+
+
+def test_claims_and_no_search_are_checked_before_any_container_or_model():
+    from smoke.sweep.capacity_run import CapacityOptions, prepare
+    with pytest.raises(UsageError, match="--claims: no claim 'C9'"):
+        prepare(CapacityOptions(profiles=("balanced",), claims=("C9",)))
+    with pytest.raises(UsageError, match="name the run whose equal load to use"):
+        prepare(CapacityOptions(profiles=("balanced",), search=False))
+    with pytest.raises(UsageError, match="none is measured at equal load with profiles balanced, class-aware"):
+        prepare(CapacityOptions(profiles=("balanced", "class-aware"), search=False, equal_load_from="s9", claims=("C1",)))
