@@ -18,7 +18,7 @@ def _loaders():
     from kvlab import inputs
     from model import spec
     from smoke import conform, mix, profiles
-    from smoke.sweep import capacity, knobs
+    from smoke.sweep import capacity, hol_probe, knobs
     return {
         "model/defaults.toml": lambda: spec.load(),
         "matrix/default.toml": lambda: spec.load(),
@@ -31,6 +31,7 @@ def _loaders():
         "kvlab/tolerances.toml": lambda: inputs.check(),
         "smoke/conform.toml": conform.load_checks,
         "smoke/sweep/capacity.toml": capacity.load_rules,
+        "smoke/sweep/hol_probe.toml": hol_probe.load_rules,
         "smoke/sweep/knobs.toml": knobs.load_intents,
         **{f"engines/{p.name}": (lambda n=p.stem: load_engine(n)) for p in (ROOT / "engines").glob("*.toml")},
         **{f"smoke/mixes/{p.name}": (lambda p=p: mix.load(p)) for p in (ROOT / "smoke/mixes").glob("*.toml")},
@@ -40,7 +41,7 @@ def _loaders():
 
 
 def _shipped() -> set[str]:
-    skip = ("tests/", "notes/", ".", "kvlab/csrc/")
+    skip = ("tests/", "notes/", ".", "kvlab/csrc/", "out/")          # out/: ignored run outputs
     return {str(p.relative_to(ROOT)) for p in ROOT.rglob("*.toml")
             if not str(p.relative_to(ROOT)).startswith(skip) and p.name != "pyproject.toml"
             and ".venv" not in p.parts and ".work" not in p.parts}
