@@ -521,16 +521,18 @@ def capacity(c, profiles=None, mix="default", image="", model="mid", engine_cpus
     print(run_capacity(opts, RESULTS, run, Path(notes), report_only=report_only))
 
 
-@task(help={"run": "results run name (a rerun resumes it)", "notes": "report folder",
+@task(help={"rules": "which pre-registered probe: idle (smoke/sweep/hol_probe.toml) or busy (hol_probe_busy.toml)",
+            "run": "results run name (a rerun resumes it)", "notes": "report folder",
             "model": "test model size (tiny, mid, small, bench)", "image": "engine image (default as for capacity)",
             "engine_cpus": "the engines' CPUs the probe's replica size derives from (probe.cpus = mean_lane)",
             "report_only": "rewrite the report from the stored runs (starts nothing)"})
 @one_line_errors
-def hol_probe(c, run="hol", notes="notes/sweep/hol", model="mid", image="", engine_cpus=1.5, report_only=False):
+def hol_probe(c, rules="idle", run="hol", notes="notes/sweep/hol", model="mid", image="", engine_cpus=1.5,
+              report_only=False):
     """C4 of issue 16: short prompts sent while the same replica prefills a long one, with and without the cap."""
     from smoke.sweep.hol_probe_run import run_probe
-    print(run_probe(RESULTS, run, Path(notes), model_size=model, image=image, engine_cpus=float(engine_cpus),
-                    report_only=report_only))
+    print(run_probe(RESULTS, run, Path(notes), rules_name=rules, model_size=model, image=image,
+                    engine_cpus=float(engine_cpus), report_only=report_only))
 
 
 @task(help={"label": "KEY or KEY=VALUE the containers and networks carry (default: any the toolkit labelled)",

@@ -35,8 +35,16 @@ from smoke.sweep.capacity_rules import Rules
 from smoke.sweep.capacity_runner import Session, Store, compress, throttle_json
 
 RULES_FILE = Path(__file__).with_name("hol_probe.toml")
-SCORED = ("smoke/sweep/hol_probe.toml", "smoke/sweep/hol_probe.py", "smoke/sweep/capacity.toml",
-          "smoke/sweep/capacity.py")
+RULES = {"idle": RULES_FILE, "busy": Path(__file__).with_name("hol_probe_busy.toml")}   # `invoke hol-probe --rules`
+
+
+def scored(rules_file: Path = RULES_FILE) -> tuple[str, ...]:
+    """The files a probe's verdict depends on: its rules, this module, and capacity's bootstrap and bounds."""
+    return (f"smoke/sweep/{rules_file.name}", "smoke/sweep/hol_probe.py", "smoke/sweep/capacity.toml",
+            "smoke/sweep/capacity.py")
+
+
+SCORED = scored()
 
 
 class _Probe(Strict):
@@ -51,12 +59,18 @@ class _Probe(Strict):
     offset_s: list[float] = Field(min_length=2, max_length=2, description="[low, high] seconds")
     repetitions: int = Field(ge=3, description="an integer >= 3 (issue 16's minimum)")
     min_during: PositiveInt
+    # A busy replica: a request of short_class with this many output tokens sent background_lead_s before
+    # each long prompt, so the long one is never alone in the batch (0: none, the replica is idle).
+    background_tokens: int = Field(default=0, ge=0, description="a non-negative integer")
+    background_lead_s: float = Field(default=0.0, ge=0, description="a non-negative number of seconds")
 
     @model_validator(mode="after")
     def _fits(self) -> _Probe:
         lo, hi = self.offset_s
         if not 0 <= lo <= hi < self.period_s:
             raise Fault("offset_s", f"expected 0 <= low <= high < period_s ({self.period_s:g}), got {self.offset_s}")
+        if self.background_lead_s + hi >= self.period_s:
+            raise Fault("background_lead_s", f"expected background_lead_s + offset_s high < period_s ({self.period_s:g})")
         if self.min_during > self.trials - self.warmup_trials:
             raise Fault("min_during", f"expected at most trials - warmup_trials ({self.trials - self.warmup_trials})")
         return self
@@ -70,30 +84,43 @@ def load_rules(path: Path = RULES_FILE) -> ProbeRules:
     return load(ProbeRules, path)
 
 
+def rules_file(name: str) -> Path:
+    if name not in RULES:
+        from model.errors import did_you_mean
+        raise UsageError(f"--rules: no probe {name!r}{did_you_mean(name, RULES)} (probes: {', '.join(RULES)})")
+    return RULES[name]
+
+
 # --- the trace: pairs of a long and a short prompt ------------------------------------------------
 
-def probe_trace(mix: Mix, rules: ProbeRules, seed: int) -> workload.Trace:
-    """`trials` pairs, pair i at i x period_s: the long prompt, then the short one offset_s later.
-    Prompts are the mix's own (its generator, this seed); ids are p<i>-long / p<i>-short."""
+def probe_trace(mix: Mix, rules: ProbeRules, seed: int, source: Path = RULES_FILE) -> workload.Trace:
+    """`trials` pairs, pair i at i x period_s (+ background_lead_s): the long prompt, then the short one
+    offset_s later, and with a background its request background_lead_s before the long one. Prompts
+    are the mix's own (its generator, this seed); ids are p<i>-long / p<i>-short / p<i>-bg."""
     p = rules.probe
     names = {c.name for c in mix.classes}
     for key, cls in (("long_class", p.long_class), ("short_class", p.short_class)):
         if cls not in names:
-            raise UsageError(f"{RULES_FILE}: probe.{key}: {cls!r} is not a class of mix {mix.name!r}")
-    weight = {c.name: (1.0 if c.name in (p.long_class, p.short_class) else 0.0) for c in mix.classes}
+            raise UsageError(f"{source}: probe.{key}: {cls!r} is not a class of mix {mix.name!r}")
+    want = {p.long_class: p.trials, p.short_class: p.trials * (2 if p.background_tokens else 1)}
+    weight = {c.name: (1.0 if c.name in want else 0.0) for c in mix.classes}
     m = replace(mix, classes=tuple(replace(c, weight=weight[c.name]) for c in mix.classes if weight[c.name]),
-                duration_s=float(8 * p.trials), arrival=replace(mix.arrival, process="poisson", rate_rps=1.0))
-    by: dict[str, list[workload.TraceRequest]] = {p.long_class: [], p.short_class: []}
+                duration_s=float(8 * max(want.values())), arrival=replace(mix.arrival, process="poisson", rate_rps=1.0))
+    by: dict[str, list[workload.TraceRequest]] = {c: [] for c in want}
     for r in workload.generate(m, seed).requests:
-        if not r.after and len(by[r.cls]) < p.trials:
+        if not r.after and len(by[r.cls]) < want[r.cls]:
             by[r.cls].append(r)
-    if short := [c for c, rs in by.items() if len(rs) < p.trials]:
+    if short := [c for c, rs in by.items() if len(rs) < want[c]]:
         raise UsageError(f"probe: the mix gave too few {short[0]} requests for {p.trials} pairs (seed {seed})")
     rng = random.Random(f"{seed}:offsets")
     out: list[workload.TraceRequest] = []
     for i in range(p.trials):
-        t = i * p.period_s
+        t = i * p.period_s + p.background_lead_s
         off = round(rng.uniform(*p.offset_s), 3)
+        if p.background_tokens:
+            bg = by[p.short_class][p.trials + i]
+            out.append(replace(bg, id=f"p{i:02d}-bg", t=round(t - p.background_lead_s, 3), session="", turn=0,
+                               max_tokens=p.background_tokens))
         out.append(replace(by[p.long_class][i], id=f"p{i:02d}-long", t=t, session="", turn=0))
         out.append(replace(by[p.short_class][i], id=f"p{i:02d}-short", t=round(t + off, 3), session="", turn=0))
     header = {"kind": "header", "probe": "hol", "seed": seed, "mix": mix.name, "mix_sha256": mix.sha256,
@@ -112,14 +139,17 @@ class Pair:
 
 
 def pairs(records: Sequence[RequestRecord], rules: ProbeRules) -> list[Pair]:
-    """The measured pairs (warm-up pairs dropped), in order."""
+    """The measured pairs (warm-up pairs dropped), in order. With a background request, a pair counts
+    only while the background still streamed when the short was sent (the long was not alone)."""
     by = {r.id: r for r in records}
     out = []
     for i in range(rules.probe.warmup_trials, rules.probe.trials):
-        lg, sh = by.get(f"p{i:02d}-long"), by.get(f"p{i:02d}-short")
+        lg, sh, bg = by.get(f"p{i:02d}-long"), by.get(f"p{i:02d}-short"), by.get(f"p{i:02d}-bg")
         lt = lg.ttft_s if lg is not None and lg.ok else None
         st = sh.ttft_s if sh is not None and sh.ok else None
         during = lt is not None and st is not None and lg.sent_s <= sh.sent_s < lg.sent_s + lt
+        if rules.probe.background_tokens:
+            during = during and bg is not None and bg.ok and bg.end_s > sh.sent_s
         out.append(Pair(i, None if st is None else 1000 * st, None if lt is None else 1000 * lt, during))
     return out
 
@@ -154,7 +184,7 @@ def as_run(records: Sequence[RequestRecord], m: Any, profile: str, seed: int, ru
     ttfts = [r.ttft_s * 1000 for r in records if r.ok and r.ttft_s is not None]
     lags = [(r.sent_s - r.scheduled_s) * 1000 for r in records]
     n = rules.probe.trials - rules.probe.warmup_trials
-    per = {rules.probe.long_class: n, rules.probe.short_class: n}
+    per = {rules.probe.long_class: n, rules.probe.short_class: n * (2 if rules.probe.background_tokens else 1)}
     return cap.Run(profile, 0.0, seed, per, per, m.usage.load1, m.usage.cores, m.usage.foreign_cpu_share,
                    float(np.mean(ttfts)) if ttfts else math.nan, m.server_ttft_mean_ms,
                    float(np.percentile(lags, 99)) if lags else 0.0)

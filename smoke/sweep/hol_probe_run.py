@@ -39,15 +39,19 @@ def factory(setup: Setup, store: Store, opts: CapacityOptions, cpus: float):
     return one
 
 
-def run_probe(results: Path, run: str, notes_dir: Path, *, model_size: str = "mid", image: str = "",
-              engine_cpus: float = 1.5, report_only: bool = False, say: Callable[[str], None] = print) -> Path:
+def run_probe(results: Path, run: str, notes_dir: Path, *, rules_name: str = "idle", model_size: str = "mid",
+              image: str = "", engine_cpus: float = 1.5, report_only: bool = False,
+              say: Callable[[str], None] = print) -> Path:
     repo = settings.ROOT
-    commit = rep.score_commit(repo, hp.SCORED)
-    rep.check_pre_registered(repo, commit, hp.SCORED)      # no run, and no report, on rules that moved
-    rules = hp.load_rules()
+    path = hp.rules_file(rules_name)
+    scored = hp.scored(path)
+    commit = rep.score_commit(repo, scored)
+    rep.check_pre_registered(repo, commit, scored)         # no run, and no report, on rules that moved
+    rules = hp.load_rules(path)
     opts = CapacityOptions(profiles=tuple(rules.probe.profiles), image=image, model_size=model_size,
                            engine_cpus=engine_cpus)
     setup = prepare(opts)
+    hp.probe_trace(setup.mix, rules, 1, path)             # its classes are the mix's: one line now, not after a start
     cpus = replica_cpus(rules, setup, engine_cpus)
     store = Store(results / run / "hol")
     plan = store.plan({
@@ -55,12 +59,12 @@ def run_probe(results: Path, run: str, notes_dir: Path, *, model_size: str = "mi
         "image_id": setup.client.images.get(setup.image).id, "engine": setup.engine,
         "model": f"{model_size} random-weight Llama ({setup.model_dir.name}, make_model.py)", "cpus": cpus,
         "cfs_period_us": setup.rules.lanes.cfs_period_us, "cores": ",".join(map(str, setup.cores)),
-        "score_commit": commit,
+        "score_commit": commit, "rules": path.name,
         "args": {p: list(setup.args[p][setup.profiles[p].default_pool]) for p in rules.probe.profiles}})
     if not report_only:
         hp.Probe(rules, setup.rules, setup.mix, store, factory(setup, store, opts, cpus), say).run()
     entries = hp.read_entries(store)
     judged = hp.judge(entries, rules, setup.rules)
-    md = report.write(report.build(judged, plan, entries), rules, entries, repo, notes_dir)
+    md = report.write(report.build(judged, plan, entries), rules, entries, repo, notes_dir, scored)
     copy_raw(store.root, notes_dir / "data")
     return md

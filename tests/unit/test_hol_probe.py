@@ -36,6 +36,7 @@ class HolPools:
     foreign: dict[int, float] = field(default_factory=dict)      # replay number → foreign CPU share
     fail_at: int = -1
     late_short: bool = False                     # every short is scheduled after its long's first token
+    background_s: float = 5.0                    # how long a background request streams
     replays: int = 0
 
     @contextmanager
@@ -61,14 +62,17 @@ class Session:
         recs = []
         for r in trace.requests:
             sent = r.t + (LONG_TTFT_S + 0.1 if o.late_short and r.id.endswith("-short") else 0.0)
-            if r.id.endswith("-long"):
+            if r.id.endswith("-bg"):
+                ttft = 0.05
+            elif r.id.endswith("-long"):
                 ttft = LONG_TTFT_S
             elif self.profile in o.capped:
                 ttft = 0.08
             else:             # waits for the long prompt's step to end: its first token, then one step
                 ttft = max(0.05, longs[r.id[:3]] + LONG_TTFT_S - sent + 0.05)
+            dur = o.background_s if r.id.endswith("-bg") else ttft + 0.2
             rec = RequestRecord(id=r.id, cls=r.cls, endpoint=r.endpoint, scheduled_s=sent, sent_s=sent,
-                                end_s=sent + ttft + 0.2, status="ok", http_status=200, ttft_s=ttft, e2e_s=ttft + 0.2,
+                                end_s=sent + dur, status="ok", http_status=200, ttft_s=ttft, e2e_s=dur,
                                 output_tokens=r.max_tokens, tokens_from="usage", streamed_tokens=r.max_tokens)
             recmod.append(path, rec)
             recs.append(rec)
@@ -77,8 +81,11 @@ class Session:
         return Measured(recs, usage, mean - 5.0, {}, [], {"main-0": hostload.Throttle(100, 30, 0.3)})
 
 
-def probe(tmp_path, pools) -> hp.Probe:
-    return hp.Probe(RULES, FAST, MIX, cr.Store(tmp_path / "hol"), pools, say=lambda s: None)
+BUSY = hp.load_rules(hp.rules_file("busy"))
+
+
+def probe(tmp_path, pools, rules=RULES) -> hp.Probe:
+    return hp.Probe(rules, FAST, MIX, cr.Store(tmp_path / "hol"), pools, say=lambda s: None)
 
 
 def test_the_trace_pairs_a_long_prompt_with_a_short_one_sent_inside_its_offset_range():
@@ -171,7 +178,33 @@ def test_no_stored_run_and_too_few_valid_runs_are_one_line(tmp_path):
         hp.judge(cr.Store(tmp_path / "hol").entries(), RULES, FAST)
 
 
+def test_on_a_busy_replica_a_background_request_leads_each_long_prompt():
+    p = BUSY.probe
+    assert p.background_tokens > 0 and p.background_lead_s > 0 and BUSY.probe.profiles == RULES.probe.profiles
+    t = hp.probe_trace(MIX, BUSY, 1)
+    by = {r.id: r for r in t.requests}
+    assert len(t.requests) == 3 * p.trials
+    for i in range(p.trials):
+        bg, lg = by[f"p{i:02d}-bg"], by[f"p{i:02d}-long"]
+        assert lg.t - bg.t == pytest.approx(p.background_lead_s) and bg.max_tokens == p.background_tokens
+        assert bg.cls == p.short_class and bg.messages != by[f"p{i:02d}-short"].messages
+    assert not any(r.id.endswith("-bg") for r in hp.probe_trace(MIX, RULES, 1).requests)   # the idle probe: none
+
+
+def test_on_a_busy_replica_a_pair_counts_only_while_the_background_still_streams(tmp_path):
+    e = probe(tmp_path, HolPools({A}), BUSY).one(A, 1)
+    assert e["counted"] == e["measured"] == BUSY.probe.trials - BUSY.probe.warmup_trials and not e["discarded"]
+    early = probe(tmp_path / "early", HolPools({A}, background_s=0.3), BUSY).one(A, 1)   # ended before the long began
+    assert early["counted"] == 0 and "pairs overlapped" in early["discarded"]
+
+
+def test_an_unknown_probe_name_is_one_line():
+    with pytest.raises(UsageError, match="--rules: no probe 'bussy' \\(did you mean 'busy'\\?\\)"):
+        hp.rules_file("bussy")
+
+
 @pytest.mark.parametrize("patch, key", [({"offset_s": [0.1, 6.0]}, "probe.offset_s"),
+                                        ({"background_lead_s": 4.5}, "probe.background_lead_s"),
                                         ({"min_during": 40}, "probe.min_during"),
                                         ({"repetitions": 2}, "probe.repetitions"),
                                         ({"profile": ["x", "y"]}, "probe.profile")])

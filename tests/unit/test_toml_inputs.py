@@ -32,6 +32,7 @@ def _loaders():
         "smoke/conform.toml": conform.load_checks,
         "smoke/sweep/capacity.toml": capacity.load_rules,
         "smoke/sweep/hol_probe.toml": hol_probe.load_rules,
+        "smoke/sweep/hol_probe_busy.toml": lambda: hol_probe.load_rules(hol_probe.rules_file("busy")),
         "smoke/sweep/knobs.toml": knobs.load_intents,
         **{f"engines/{p.name}": (lambda n=p.stem: load_engine(n)) for p in (ROOT / "engines").glob("*.toml")},
         **{f"smoke/mixes/{p.name}": (lambda p=p: mix.load(p)) for p in (ROOT / "smoke/mixes").glob("*.toml")},
