@@ -15,7 +15,7 @@ el() { echo "elapsed $(( $(date +%s) - T0 ))s $(date -u +%T)"; }
 left() { echo $(( LIMIT - ($(date +%s) - T0) )); }
 mkdir -p "$OUT/b1"
 KVX_B1F_LOG=1 REPS=${REPS:-3} SWEEP_ARGS=--eager-neighbour timeout $(( LIMIT < 390 ? LIMIT - 30 : 360 )) bash kvlab/gpu/b1_run.sh "$OUT/b1" "$CANDS" \
-  0/0,45/0,57/0,61/0,62/0,59/0,63/0,52/0 1024,8192,16384,32768 1 2>&1 | tee "$OUT/b1/stdout.txt"
+  0/0,45/0,57/0,61/0,62/0,59/0,63/0,52/0 "${CONTEXTS:-1024,8192,16384,32768}" 1 2>&1 | tee "$OUT/b1/stdout.txt"
 el
 BUILD_S=$(sed -n 's/^build: \([0-9]*\)s$/\1/p' "$OUT/b1/stdout.txt")
 python3 kvlab/gpu/b1_pick.py "$OUT/b1/sweep.txt" "$OUT/b1/oracle.log" --cands "$CANDS" | tee "$OUT/pick.txt"
