@@ -1,7 +1,7 @@
 """The batch-1 default rule of issue 18, applied to one call's records: a b1f candidate replaces the default
 where b1f is the default (batch 1, from 16k) only if it read faster than the default at every such context in
 EVERY repetition of the sweep and passed the oracle in the same call. The default is timed twice, as v0 and forced
-as its variant (45: the same kernel in another place of the sweep's order, which moves a reading by ~0.3 us), and
+as its variant (45: the same kernel in another place of the sweep's order, which moved a reading by 0.1-0.4 us), and
 a candidate must beat both. Prints the winner (least summed time) or 0, and why.
     python3 kvlab/gpu/b1_pick.py SWEEP_TXT ORACLE_LOG [--cands 57,61,62] [--base 0,45] [--contexts 16384,32768]"""
 import argparse

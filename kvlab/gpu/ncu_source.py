@@ -36,7 +36,10 @@ def main(path: str) -> None:
         sums = ", ".join(f"{c} {sum(num(r[c]) for r in rs):.0f}" for c in counted)
         print(f"{name}: {len(rs)} instructions, {100 * sum(num(r[allc]) for r in rs) / total:.1f}% of samples; {sums}")
     extra = [c for c in counted if c != allc]
-    show = lambda r: f"  {r[addr]:>8} {num(r[allc]):6.0f}  " + " ".join(f"{num(r[c]):6.0f}" for c in extra) + f"  {r[src].strip()}"  # noqa: E731
+
+    def show(r: dict) -> str:
+        counts = " ".join(f"{num(r[c]):6.0f}" for c in extra)
+        return f"  {r[addr]:>8} {num(r[allc]):6.0f}  {counts}  {r[src].strip()}"
     print(f"tail instructions with samples (address, {allc}, {', '.join(extra)}, SASS):")
     for r in regions["tail"]:
         if num(r[allc]) > 0:
