@@ -64,7 +64,7 @@ def test_cuda_oracle_catches_broken_span_end(kvx_cuda):
     assert any(not r.ok for r in res)
 
 
-@pytest.mark.parametrize("variant", ["0", "4", "8", "10", "11", "20", "22", "25", "40", "42", "45", "47"])
+@pytest.mark.parametrize("variant", ["0", "4", "8", "10", "11", "20", "22", "25", "40", "42", "45", "47", "57", "61", "62"])
 def test_cuda_oracle_wide_bf16_cases(kvx_cuda, monkeypatch, variant):
     from kvlab import ext, oracle, scenario
     monkeypatch.setenv("KVX_CUDA_VARIANT", variant)  # the kernel choice of the bf16 GQA-4 d128 path
