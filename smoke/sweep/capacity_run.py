@@ -152,17 +152,14 @@ def calibration_cpus(setup: Setup, opts: CapacityOptions) -> float:
 def pool_factory(setup: Setup, store: Store, opts: CapacityOptions):
     """(profile name | CALIBRATION, modifier) → a context manager of started pools (capacity_pools)."""
     ref = setup.reference
-    base = ref.pool(ref.default_pool)
     calib_cpus = calibration_cpus(setup, opts)
-    calib = profmod.Profile(CALIBRATION, "(calibration)", f"one replica, {calib_cpus:g} CPUs, the reference's knobs",
-                            (replace(base, replicas=1),), base.name, ())
+    calib = one_replica(ref, calib_cpus, setup.cores, name=CALIBRATION, source="(calibration)",
+                        description=f"one replica, {calib_cpus:g} CPUs, the reference's knobs")
 
     @contextmanager
     def pools(name: str, mod: str) -> Iterator[object]:
         if name == CALIBRATION:
-            prof, ls = calib, (lanemod.Lane(base.name, 0, f"{base.name}-0", calib_cpus,
-                                            lanemod.threads_for(calib_cpus, setup.cores)),)
-            args = setup.args[ref.name]
+            (prof, ls), args = calib, setup.args[ref.name]
         else:
             prof, ls, args = setup.profiles[name], setup.lanes[name], setup.args[name]
         log = store.root / "logs" / f"{name}{'+' + mod if mod else ''}"
@@ -170,6 +167,15 @@ def pool_factory(setup: Setup, store: Store, opts: CapacityOptions):
             yield p
 
     return pools
+
+
+def one_replica(prof: profmod.Profile, cpus: float, cores: list[int],
+                **rename: str) -> tuple[profmod.Profile, tuple[lanemod.Lane, ...]]:
+    """prof cut to one replica of its default pool at `cpus` (every class routed to it), and its lane:
+    the calibration replica, and each run of the head-of-line probe."""
+    base = prof.pool(prof.default_pool)
+    one = replace(prof, pools=(replace(base, replicas=1),), default_pool=base.name, routes=(), **rename)
+    return one, (lanemod.Lane(base.name, 0, f"{base.name}-0", cpus, lanemod.threads_for(cpus, cores)),)
 
 
 @contextmanager

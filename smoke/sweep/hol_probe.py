@@ -11,7 +11,6 @@ fakes and run on real replicas (`invoke hol-probe`).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -291,7 +290,3 @@ def read_entries(store: Store) -> list[dict]:
     if not es:
         raise UsageError(f"{store.runs_file}: no probe run stored: run `invoke hol-probe` first")
     return es
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=1, sort_keys=True) + "\n"

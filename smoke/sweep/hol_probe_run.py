@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 from model import settings
-from smoke import profiles as profmod
-from smoke.sweep import capacity as cap, capacity_report as rep, hol_probe as hp, hol_probe_report as report, lanes
-from smoke.sweep.capacity_run import CapacityOptions, Setup, copy_raw, prepare, start_pools
+from smoke.sweep import capacity as cap, capacity_report as rep, hol_probe as hp, hol_probe_report as report
+from smoke.sweep.capacity_run import CapacityOptions, Setup, copy_raw, one_replica, prepare, start_pools
 from smoke.sweep.capacity_runner import Store
 
 
@@ -30,11 +28,8 @@ def factory(setup: Setup, store: Store, opts: CapacityOptions, cpus: float):
     """(profile, run tag) → one started replica of the profile's default pool, its router in front."""
     @contextmanager
     def one(profile: str, tag: str) -> Iterator[object]:
-        prof = setup.profiles[profile]
-        base = prof.pool(prof.default_pool)
-        single = profmod.Profile(prof.name, prof.source, prof.description, (replace(base, replicas=1),), base.name, ())
-        lane = lanes.Lane(base.name, 0, f"{base.name}-0", cpus, lanes.threads_for(cpus, setup.cores))
-        with start_pools(setup, single, (lane,), setup.args[profile], store.root / "logs" / tag, opts) as p:
+        single, lane = one_replica(setup.profiles[profile], cpus, setup.cores)
+        with start_pools(setup, single, lane, setup.args[profile], store.root / "logs" / tag, opts) as p:
             yield p
     return one
 
