@@ -4,7 +4,7 @@ Everything that decides is the pre-registered score's: capacities and intervals 
 capacity_report.profile_capacity, the equal-load figures from capacity.py's helpers over the raw
 records (windows re-read from the compressed files), verdicts from capacity.judge. Claims whose
 profiles or variants were not measured (a partial or pilot run) are left out and listed as such,
-never guessed. A PILOT (a fixed rate grid, or no equal-load variants) is written with a banner
+never guessed. A PILOT (a fixed rate grid instead of the search) is written with a banner
 saying so, and never over notes/sweep's report.
 """
 

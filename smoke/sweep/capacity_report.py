@@ -184,8 +184,9 @@ def claims_out(rules: Rules, verdicts: dict[str, cap.Verdict]) -> dict[str, Clai
 # --- the Markdown report ------------------------------------------------------------------------
 
 def _ci(c: ClassCapacity) -> str:
-    mark = {"above": ">= ", "below": "< "}.get(c.censored, "")
-    return f"{mark}{c.capacity_rps:.3g} [{c.ci_low:.3g}, {c.ci_high:.3g}] (n={c.repetitions})"
+    # censored below, the estimate is 0 (for the bootstrap); the line states the rate it lies under
+    est = f"< {c.bracket[1] or 0:.3g}" if c.censored == "below" else f"{'>= ' if c.censored == 'above' else ''}{c.capacity_rps:.3g}"
+    return f"{est} [{c.ci_low:.3g}, {c.ci_high:.3g}] (n={c.repetitions})"
 
 
 def render(report: CapacityReport, repo: Path) -> str:

@@ -94,12 +94,13 @@ class Store:
         tmp.replace(self.root / name)
 
     def plan(self, want: dict) -> dict:
-        """The stored plan, or `want` stored as it; a rerun with another plan is refused."""
+        """The stored plan, or `want` stored as it; a rerun with another plan is refused. "pilot" is a label
+        the code derives from the options, not one: a rerun under a relabelling rule keeps the stored text."""
         have = self._json("plan.json")
         if have is None:
             self._put("plan.json", want)
             return want
-        if diff := sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k)):
+        if diff := sorted(k for k in set(have) | set(want) if k != "pilot" and have.get(k) != want.get(k)):
             k = diff[0]
             raise UsageError(f"{self.root}: this run was started with {k} = {have.get(k)!r}, now {want.get(k)!r}; "
                              "resume with the same options or name another --run")

@@ -66,3 +66,12 @@ def test_searches_to_verdict_class_aware_vs_one_pool():
     assert c1.verdict == "reproduced" and c1.what.startswith("one shared pool saturates")
     el = rep.equal_load_figures({"rag_ttft_p50_ms": {"a": [100.0, 110.0, None, 120.0]}}, FAST)
     assert el["rag_ttft_p50_ms"]["a"].n == 3 and el["rag_ttft_p50_ms"]["a"].estimate == pytest.approx(110.0)
+
+
+def test_a_capacity_censored_below_reads_as_under_the_lowest_rate_not_as_zero():
+    runs = [cap.Run("p", r, k, {"a": 100, "b": 50}, {"a": 100, "b": 100}, (0.5, 0.5), 2, 0.02, 120.0, 100.0, 10.0)
+            for k, r in enumerate([0.25, 0.25, 0.25, 0.5, 0.5, 0.5])]          # every rate fails on b
+    p = rep.profile_capacity(runs, FAST, 2.0)
+    assert p.system.censored == "below" and p.system.capacity_rps == 0
+    assert rep._ci(p.system).startswith("< 0.25 [0, ")
+    assert rep._ci(p.classes["a"]).startswith(">= 0.5 [")

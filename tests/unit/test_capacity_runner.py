@@ -209,6 +209,7 @@ def test_the_store_refuses_another_plan_and_reads_past_a_torn_last_line(tmp_path
     assert s.plan({"mix": "default", "engine_cpus": 1.5}) == {"mix": "default", "engine_cpus": 1.5}
     with pytest.raises(UsageError, match=r"started with engine_cpus = 1.5, now 2.0; resume with the same options"):
         s.plan({"mix": "default", "engine_cpus": 2.0})
+    assert s.plan({"mix": "default", "engine_cpus": 1.5, "pilot": "a label"}) == {"mix": "default", "engine_cpus": 1.5}
     s.append({"a": 1})
     with open(s.runs_file, "a") as fh:
         fh.write('{"b": ')
