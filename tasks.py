@@ -503,11 +503,12 @@ def names(*values: str) -> tuple[str, ...]:
             "timeout": "per-request timeout (s)", "report_only": "rewrite the report from the stored runs (starts nothing)",
             "search": "run the rate searches (--no-search: only the equal-load variants, at --equal-load-from's rate)",
             "equal_load_from": "an earlier run (same model, image, CPUs, mix) whose stored equal load to use",
-            "claims": "comma-separated claims whose equal-load variants run (default: every claim's), e.g. C3a,C4"})
+            "claims": "comma-separated claims whose equal-load variants run (default: every claim's), e.g. C3a,C4",
+            "calibration_from": "an earlier run (same setup) whose calibration to use: SLO bounds, lanes and start rate"})
 @one_line_errors
 def capacity(c, profiles=None, mix="default", image="", model="mid", engine_cpus=1.5, rates="", equal_load=True,
              run="capacity", notes="notes/sweep", timeout=120.0, report_only=False, search=True, equal_load_from="",
-             claims=""):
+             claims="", calibration_from=""):
     """Per-class SLO capacity of each profile (issue 16): calibration, interleaved rate searches, report."""
     from smoke.sweep.capacity_run import CapacityOptions, run_capacity
     try:
@@ -517,7 +518,7 @@ def capacity(c, profiles=None, mix="default", image="", model="mid", engine_cpus
     flat = names(*(profiles or ()))
     opts = CapacityOptions(profiles=flat, mix=mix, image=image, model_size=model, engine_cpus=float(engine_cpus),
                            rates=grid, equal_load=equal_load, request_timeout_s=float(timeout), search=search,
-                           equal_load_from=equal_load_from, claims=names(claims))
+                           equal_load_from=equal_load_from, claims=names(claims), calibration_from=calibration_from)
     print(run_capacity(opts, RESULTS, run, Path(notes), report_only=report_only))
 
 

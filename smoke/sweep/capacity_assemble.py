@@ -161,7 +161,7 @@ def write(report: rep.CapacityReport, repo: Path, out_dir: Path, plan: dict, cal
         extra += [f"| {p} | {x['host']} | {x['cpus']:g} | {x['threads']} |" for x in lanes]
     extra += ["", f"Service time per class (unloaded, {calibration.get('cpus', 1.0):g} CPUs; sizes the lanes): "
               + ", ".join(f"{c} {s * 1000:.0f} ms" for c, s in sorted(calibration["service_s"].items())),
-              f"Calibration: host load {calibration['load1'][0]:.2f} / {calibration['load1'][1]:.2f}, "
+              f"Calibration{source(calibration)}: host load {calibration['load1'][0]:.2f} / {calibration['load1'][1]:.2f}, "
               f"foreign CPU {calibration['foreign_cpu_share']:.0%}."]
     if causes:
         extra += ["", *causes]
@@ -193,7 +193,7 @@ def runs_note(store: Store, plan: dict, calibration: dict, rules: Rules, why: st
            f"({sum(1 for e in entries if e['discarded'])} discarded).", "",
            f"Score: commit `{plan['score_commit']}`. Model: {plan['model']}. Engine: {plan['engine']} "
            f"(`{plan['engine_image']}`). Engines: {plan['engine_cpus']:g} CPUs per profile over cores {plan['cores']}.", "",
-           f"## Calibration (unloaded, {calibration.get('cpus', 1.0):g} CPUs)", "",
+           f"## Calibration (unloaded, {calibration.get('cpus', 1.0):g} CPUs){source(calibration)}", "",
            f"Host load {calibration['load1'][0]:.2f} / {calibration['load1'][1]:.2f}, foreign CPU "
            f"{calibration['foreign_cpu_share']:.0%}; replica start {calibration['startup_s']:.0f} s, "
            f"{calibration['wall_s']:.0f} s of sequential requests.", "",
@@ -206,6 +206,11 @@ def runs_note(store: Store, plan: dict, calibration: dict, rules: Rules, why: st
     out += ["", "## Runs (attainment per class in the window; discarded runs are never averaged in)", "",
             *runs_table(entries, classes)]
     return "\n".join(out) + "\n"
+
+
+def source(calibration: dict) -> str:
+    """Where the calibration was measured when this run took it from an earlier one (--calibration-from)."""
+    return f" (taken from run {calibration['from']}, same setup)" if calibration.get("from") else ""
 
 
 def runs_table(entries: Sequence[dict], classes: Sequence[str]) -> list[str]:

@@ -44,6 +44,7 @@ class _Calibration(Strict):
     warmup_requests: int = Field(ge=0, description="a non-negative integer")
     requests_per_class: PositiveInt
     cpus: PositiveNumber | Literal["mean_lane"]
+    turns: Literal["first", "all"] = "first"   # which requests of a multi-turn session calibrate its class
 
 
 class _Lanes(Strict):

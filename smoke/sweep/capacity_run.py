@@ -23,7 +23,8 @@ from smoke import mix as mixmod, profiles as profmod, replay
 from smoke.sweep import capacity as cap, capacity_assemble as assemble, capacity_report as rep, lanes as lanemod
 from smoke.sweep.capacity_plan import requests_per_session
 from smoke.sweep.capacity_rules import Rules
-from smoke.sweep.capacity_runner import CALIBRATION, Experiment, Store, calibrate, bounds_of, needed_variants
+from smoke.sweep.capacity_runner import (CALIBRATION, Experiment, Store, bounds_of, calibrate, calibration_rules,
+                                        needed_variants)
 
 SOURCE_IMAGE = "deploylab/runtime:debian-trixie-cpu"     # the source-built vLLM 0.33.0 (matrix cell)
 
@@ -40,6 +41,7 @@ class CapacityOptions:
     search: bool = True                  # False: only the equal-load variants, at equal_load_from's rate
     equal_load_from: str = ""            # an earlier run (same model, image, CPUs, mix) whose equal load to use
     claims: tuple[str, ...] = ()         # only these claims' equal-load variants (() = every claim's)
+    calibration_from: str = ""           # an earlier run (same setup) whose calibration (SLO bounds, service times) to use
     request_timeout_s: float = 120.0
     startup_timeout_s: float = 600.0
     max_concurrency: int = 512
@@ -125,22 +127,42 @@ def prepare(opts: CapacityOptions, rules: Rules | None = None) -> Setup:
 SAME_SETUP = ("mix_sha256", "image_id", "model", "engine_cpus", "cores")
 
 
-def equal_load_source(results: Path, name: str, plan: dict) -> float:
-    """The equal-load rate an earlier run fixed (its reference's pass-1 estimate x fraction), checked to
-    come from the same setup: a rate is only "equal load" on the same model, image, CPUs and mix."""
+def earlier_run(results: Path, name: str, plan: dict, flag: str, want: str) -> dict:
+    """The JSON file `want` of an earlier capacity run, checked to come from the same setup (model,
+    image, CPUs, cores, mix): an equal load or a set of SLO bounds means the same only there."""
     src = results / name / "capacity"
     try:
         theirs = json.loads((src / "plan.json").read_text())
-        rate = json.loads((src / "state.json").read_text())["equal_load_rps"]
-    except (OSError, ValueError, KeyError):
-        raise UsageError(f"--equal-load-from: {src}: expected a capacity run with a stored equal_load_rps") from None
-    if rate is None:
-        raise UsageError(f"--equal-load-from: {src}/state.json: equal_load_rps is null (that run fixed no equal load)")
+        data = json.loads((src / want).read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"--{flag}: {src}: expected a capacity run with plan.json and {want}") from None
     if diff := [k for k in SAME_SETUP if theirs.get(k) != plan.get(k)]:
         k = diff[0]
-        raise UsageError(f"--equal-load-from: {src}/plan.json: {k} = {theirs.get(k)!r}, this run {plan.get(k)!r}: "
+        raise UsageError(f"--{flag}: {src}/plan.json: {k} = {theirs.get(k)!r}, this run {plan.get(k)!r}: "
                          "not the same setup")
+    return data
+
+
+def equal_load_source(results: Path, name: str, plan: dict) -> float:
+    """The equal-load rate an earlier run of the same setup fixed (its reference's pass-1 estimate x fraction)."""
+    rate = earlier_run(results, name, plan, "equal-load-from", "state.json").get("equal_load_rps", "missing")
+    if not isinstance(rate, (int, float)):
+        raise UsageError(f"--equal-load-from: {results / name / 'capacity'}/state.json: equal_load_rps is {rate!r} "
+                         "(that run fixed no equal load)")
     return float(rate)
+
+
+def calibration_source(results: Path, name: str, plan: dict, rules: Rules) -> dict:
+    """An earlier run's calibration (same setup, made under the same calibration and SLO rules), marked with
+    where it came from: a search split over sessions then judges every profile against the same bounds,
+    lanes and start rate."""
+    data = earlier_run(results, name, plan, "calibration-from", "calibration.json")
+    where = f"--calibration-from: {results / name / 'capacity'}/calibration.json"
+    if "bounds" not in data or "service_s" not in data:
+        raise UsageError(f"{where}: expected bounds and service_s")
+    if data.get("rules") != calibration_rules(rules):
+        raise UsageError(f"{where}: made under other capacity.toml calibration/slo rules than this run's: measure anew")
+    return {**data, "from": data.get("from") or name}
 
 
 def calibration_cpus(setup: Setup, opts: CapacityOptions) -> float:
@@ -225,8 +247,12 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
     if not opts.search:     # only then: a full run's plan.json keeps the keys it was started with
         want |= {"search": False, "claims": list(opts.claims), "equal_load_from": opts.equal_load_from,
                  "equal_load_rps": equal_load_source(results, opts.equal_load_from, want)}
+    if opts.calibration_from:
+        want["calibration_from"] = opts.calibration_from
     plan = store.plan(want)
     pools = pool_factory(setup, store, opts)
+    if opts.calibration_from and store.calibration() is None:
+        store.put_calibration(calibration_source(results, opts.calibration_from, want, rules))
     if report_only:
         calibration = store.calibration()
         if calibration is None:
@@ -250,7 +276,8 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
         for name, ls in setup.lanes.items():
             say(f"lanes {name}: " + ", ".join(f"{x.host} {x.cpus:g} CPUs (cores {x.threads})" for x in ls))
         exp.run()
-    elapsed = exp.elapsed_s() + calibration["startup_s"] + calibration["wall_s"]   # the budget counts calibration
+    # the budget counts the calibration this run measured, not one it took from an earlier run
+    elapsed = exp.elapsed_s() + (0.0 if calibration.get("from") else calibration["startup_s"] + calibration["wall_s"])
     out = notes_dir / "capacity-pilot" if pilot else notes_dir
     try:
         report, notes = assemble.build(store, rules, plan, calibration, elapsed, say)

@@ -400,24 +400,32 @@ class Experiment:
 # --- calibration ----------------------------------------------------------------------------------
 
 def calibration_trace(mix: Mix, rules: Rules, seed: int = 16, gap_s: float = 0.2) -> workload.Trace:
-    """warmup + requests_per_class first-turn requests of each class, round robin over the classes,
-    each sent when the one before it ended (+ gap_s): sequential single requests on an idle pool."""
+    """At least warmup + requests_per_class requests of each class, round robin over the classes, each sent
+    when the one before it ended (+ gap_s): sequential single requests on an idle pool. calibration.turns =
+    "first": first turns only; "all": whole sessions, their turns in order (later turns carry the history)."""
     c = rules.calibration
     want = c.warmup_requests + c.requests_per_class
     per = requests_per_session(mix)
     rarest = min(v for v in per.values() if v > 0)
     m = replace(mix, duration_s=math.ceil(3 * want / rarest), arrival=replace(mix.arrival, process="poisson", rate_rps=1.0))
-    by: dict[str, list[workload.TraceRequest]] = {}
-    for r in workload.generate(m, seed).requests:
-        if not r.after and len(by.setdefault(r.cls, [])) < want:
-            by[r.cls].append(r)
-    if short := [cls for cls in per if len(by.get(cls, ())) < want]:
-        raise UsageError(f"calibration: the mix gave too few {short[0]} requests ({len(by.get(short[0], ()))} < {want})")
+    reqs = workload.generate(m, seed).requests
+    turns: dict[str, list[workload.TraceRequest]] = {}
+    for r in reqs:
+        if r.session:
+            turns.setdefault(r.session, []).append(r)
+    by: dict[str, list[list[workload.TraceRequest]]] = {}     # class → units (a request, or a session's turns)
+    for r in reqs:
+        got = by.setdefault(r.cls, [])
+        if not r.after and sum(map(len, got)) < want:
+            got.append(sorted(turns[r.session], key=lambda x: x.turn) if c.turns == "all" and r.session else [r])
+    if short := [cls for cls in per if sum(map(len, by.get(cls, ()))) < want]:
+        raise UsageError(f"calibration: the mix gave too few {short[0]} requests "
+                         f"({sum(map(len, by.get(short[0], ())))} < {want})")
     out: list[workload.TraceRequest] = []
-    for i in range(want):
+    for i in range(max(map(len, by.values()))):
         for cls in sorted(by):
-            r = by[cls][i]
-            out.append(replace(r, t=0.0, after=out[-1].id if out else "", think_s=gap_s if out else 0.0))
+            for r in by[cls][i] if i < len(by[cls]) else ():
+                out.append(replace(r, t=0.0, after=out[-1].id if out else "", think_s=gap_s if out else 0.0))
     return workload.Trace({"kind": "header", "calibration": True, "seed": seed}, tuple(out))
 
 
@@ -442,13 +450,18 @@ def calibrate(store: Store, mix: Mix, rules: Rules, pools: PoolFactory, say: Cal
             "bounds": {c: b.model_dump() for c, b in bounds.items()}, "service_s": service,
             "load1": list(m.usage.load1), "foreign_cpu_share": m.usage.foreign_cpu_share,
             "startup_s": session.startup_s, "wall_s": m.usage.wall_s,
-            "tcmalloc": any(session.tcmalloc.values()), "cpus": cpus,
+            "tcmalloc": any(session.tcmalloc.values()), "cpus": cpus, "rules": calibration_rules(rules),
             "throttle": throttle_json(m.throttle)}
     store.put_calibration(data)
     for c, f in sorted(figures.items()):
         say(f"  {c}: unloaded TTFT {f.ttft_ms:.0f} ms, TPOT {f.tpot_ms if f.tpot_ms is None else round(f.tpot_ms, 1)} ms"
             f" → bounds {bounds[c].ttft_ms:.0f} / {bounds[c].tpot_ms if bounds[c].tpot_ms is None else round(bounds[c].tpot_ms, 1)} ms")
     return data
+
+
+def calibration_rules(rules: Rules) -> dict:
+    """The rules a calibration was made under (stored with it: another run may take it only under the same)."""
+    return {"calibration": rules.calibration.model_dump(), "slo": rules.slo.model_dump()}
 
 
 def bounds_of(calibration: dict) -> dict[str, cap.SLOBound]:

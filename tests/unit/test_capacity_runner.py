@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -220,12 +221,30 @@ def test_the_store_refuses_another_plan_and_reads_past_a_torn_last_line(tmp_path
 
 
 def test_calibration_sends_single_requests_one_after_another_round_robin_over_classes():
-    t = cr.calibration_trace(MIX, RULES)
+    first = RULES.model_copy(update={"calibration": RULES.calibration.model_copy(update={"turns": "first"})})
+    t = cr.calibration_trace(MIX, first)
     want = RULES.calibration.warmup_requests + RULES.calibration.requests_per_class
     classes = sorted(RULES.slo.classes)
     assert [r.cls for r in t.requests] == classes * want
     assert t.requests[0].after == "" and all(b.after == a.id for a, b in zip(t.requests, t.requests[1:]))
     assert all(r.turn == 0 for r in t.requests)
+
+
+def test_calibration_of_all_turns_sends_whole_sessions_in_turn_order():
+    assert RULES.calibration.turns == "all"
+    t = cr.calibration_trace(MIX, RULES)
+    want = RULES.calibration.warmup_requests + RULES.calibration.requests_per_class
+    reqs = t.requests
+    assert reqs[0].after == "" and all(b.after == a.id for a, b in zip(reqs, reqs[1:]))   # one at a time
+    count = Counter(r.cls for r in reqs)
+    assert set(count) == set(RULES.slo.classes) and min(count.values()) >= want
+    agent = [r for r in reqs if r.cls == "agent_loop"]
+    assert max(r.turn for r in agent) >= 2                                   # later turns are calibrated too
+    for i, r in enumerate(reqs):        # a session's turns run back to back, 0, 1, 2, ...: its history is built in order
+        if r.turn:
+            assert reqs[i - 1].session == r.session and reqs[i - 1].turn == r.turn - 1
+    sessions = {r.session for r in agent}
+    assert all(sum(1 for r in agent if r.session == s) >= 2 for s in sessions)   # whole sessions, none cut
 
 
 def test_calibration_is_measured_once_and_reused(tmp_path):
@@ -381,11 +400,40 @@ def test_the_equal_load_of_an_earlier_run_is_taken_only_from_the_same_setup(tmp_
     assert equal_load_source(tmp_path, "s9", {**setup, "profiles": ["other"]}) == 0.4706
     with pytest.raises(UsageError, match="image_id = 'sha256:1', this run 'sha256:2': not the same setup"):
         equal_load_source(tmp_path, "s9", {**setup, "image_id": "sha256:2"})
-    with pytest.raises(UsageError, match="expected a capacity run with a stored equal_load_rps"):
+    with pytest.raises(UsageError, match="expected a capacity run with plan.json and state.json"):
         equal_load_source(tmp_path, "s8", setup)
     (src / "state.json").write_text(json.dumps({"equal_load_rps": None}))
     with pytest.raises(UsageError, match="that run fixed no equal load"):
         equal_load_source(tmp_path, "s9", setup)
+
+
+def test_a_calibration_is_taken_only_from_the_same_setup_and_says_where_from(tmp_path):
+    from smoke.sweep.capacity_assemble import source
+    from smoke.sweep.capacity_run import calibration_source
+    setup = {"mix_sha256": "m", "image_id": "sha256:1", "model": "mid (x)", "engine_cpus": 1.5, "cores": "0,1"}
+    src = tmp_path / "s12" / "capacity"
+    src.mkdir(parents=True)
+    (src / "plan.json").write_text(json.dumps(setup))
+    cal = {"bounds": {"rag": {"ttft_ms": 500.0}}, "service_s": {"rag": 0.8}, "load1": [0.8, 1.0],
+           "rules": cr.calibration_rules(RULES)}
+    (src / "calibration.json").write_text(json.dumps(cal))
+    got = calibration_source(tmp_path, "s12", {**setup, "profiles": ["prefix-cache"]}, RULES)
+    assert got == {**cal, "from": "s12"} and source(got) == " (taken from run s12, same setup)" and source(cal) == ""
+    (src / "calibration.json").write_text(json.dumps({**cal, "from": "s9"}))    # a copy keeps its first source
+    assert calibration_source(tmp_path, "s12", setup, RULES)["from"] == "s9"
+    with pytest.raises(UsageError, match="--calibration-from: .*model = 'mid \\(x\\)', this run 'small': not the same setup"):
+        calibration_source(tmp_path, "s12", {**setup, "model": "small"}, RULES)
+    first = RULES.model_copy(update={"calibration": RULES.calibration.model_copy(update={"turns": "first"})})
+    with pytest.raises(UsageError, match="made under other capacity.toml calibration/slo rules than this run's"):
+        calibration_source(tmp_path, "s12", setup, first)
+    (src / "calibration.json").write_text(json.dumps({k: v for k, v in cal.items() if k != "rules"}))   # before s12
+    with pytest.raises(UsageError, match="made under other capacity.toml calibration/slo rules"):
+        calibration_source(tmp_path, "s12", setup, RULES)
+    (src / "calibration.json").write_text(json.dumps({"bounds": {}}))
+    with pytest.raises(UsageError, match="calibration.json: expected bounds and service_s"):
+        calibration_source(tmp_path, "s12", setup, RULES)
+    with pytest.raises(UsageError, match="--calibration-from: .*s8/capacity: expected a capacity run with plan.json"):
+        calibration_source(tmp_path, "s8", setup, RULES)
 
 
 def test_claims_and_no_search_are_checked_before_any_container_or_model():
