@@ -145,9 +145,9 @@ def earlier_run(results: Path, name: str, plan: dict, flag: str, want: str) -> d
 
 def equal_load_source(results: Path, name: str, plan: dict) -> float:
     """The equal-load rate an earlier run of the same setup fixed (its reference's pass-1 estimate x fraction)."""
-    rate = earlier_run(results, name, plan, "equal-load-from", "state.json").get("equal_load_rps", "missing")
-    if not isinstance(rate, (int, float)):
-        raise UsageError(f"--equal-load-from: {results / name / 'capacity'}/state.json: equal_load_rps is {rate!r} "
+    rate = earlier_run(results, name, plan, "equal-load-from", "state.json").get("equal_load_rps")
+    if rate is None:
+        raise UsageError(f"--equal-load-from: {results / name / 'capacity'}/state.json: no equal_load_rps "
                          "(that run fixed no equal load)")
     return float(rate)
 

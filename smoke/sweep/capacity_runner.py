@@ -22,6 +22,7 @@ import lzma
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -414,13 +415,14 @@ def calibration_trace(mix: Mix, rules: Rules, seed: int = 16, gap_s: float = 0.2
         if r.session:
             turns.setdefault(r.session, []).append(r)
     by: dict[str, list[list[workload.TraceRequest]]] = {}     # class → units (a request, or a session's turns)
+    n: Counter[str] = Counter()                                # class → requests in its units
     for r in reqs:
-        got = by.setdefault(r.cls, [])
-        if not r.after and sum(map(len, got)) < want:
-            got.append(sorted(turns[r.session], key=lambda x: x.turn) if c.turns == "all" and r.session else [r])
-    if short := [cls for cls in per if sum(map(len, by.get(cls, ()))) < want]:
-        raise UsageError(f"calibration: the mix gave too few {short[0]} requests "
-                         f"({sum(map(len, by.get(short[0], ())))} < {want})")
+        if not r.after and n[r.cls] < want:
+            unit = sorted(turns[r.session], key=lambda x: x.turn) if c.turns == "all" and r.session else [r]
+            by.setdefault(r.cls, []).append(unit)
+            n[r.cls] += len(unit)
+    if short := [cls for cls in per if n[cls] < want]:
+        raise UsageError(f"calibration: the mix gave too few {short[0]} requests ({n[short[0]]} < {want})")
     out: list[workload.TraceRequest] = []
     for i in range(max(map(len, by.values()))):
         for cls in sorted(by):

@@ -26,6 +26,7 @@ from smoke.sweep.capacity_pools import Measured
 RULES = cap.resolved(cap.load_rules(), 2.0)   # capacity.toml says "calibrated": the grid these tests walk
 FAST = RULES.model_copy(update={"bootstrap": RULES.bootstrap.model_copy(update={"n_resamples": 199})})
 MIX = mixmod.load("default")
+FIRST_TURNS = RULES.model_copy(update={"calibration": RULES.calibration.model_copy(update={"turns": "first"})})
 BOUNDS = {c: cap.SLOBound(ttft_ms=500, tpot_ms=50, unloaded_ttft_ms=100, unloaded_tpot_ms=10, ttft_multiple=5,
                           tpot_multiple=5) for c in RULES.slo.classes}
 
@@ -221,8 +222,7 @@ def test_the_store_refuses_another_plan_and_reads_past_a_torn_last_line(tmp_path
 
 
 def test_calibration_sends_single_requests_one_after_another_round_robin_over_classes():
-    first = RULES.model_copy(update={"calibration": RULES.calibration.model_copy(update={"turns": "first"})})
-    t = cr.calibration_trace(MIX, first)
+    t = cr.calibration_trace(MIX, FIRST_TURNS)
     want = RULES.calibration.warmup_requests + RULES.calibration.requests_per_class
     classes = sorted(RULES.slo.classes)
     assert [r.cls for r in t.requests] == classes * want
@@ -423,9 +423,8 @@ def test_a_calibration_is_taken_only_from_the_same_setup_and_says_where_from(tmp
     assert calibration_source(tmp_path, "s12", setup, RULES)["from"] == "s9"
     with pytest.raises(UsageError, match="--calibration-from: .*model = 'mid \\(x\\)', this run 'small': not the same setup"):
         calibration_source(tmp_path, "s12", {**setup, "model": "small"}, RULES)
-    first = RULES.model_copy(update={"calibration": RULES.calibration.model_copy(update={"turns": "first"})})
     with pytest.raises(UsageError, match="made under other capacity.toml calibration/slo rules than this run's"):
-        calibration_source(tmp_path, "s12", setup, first)
+        calibration_source(tmp_path, "s12", setup, FIRST_TURNS)
     (src / "calibration.json").write_text(json.dumps({k: v for k, v in cal.items() if k != "rules"}))   # before s12
     with pytest.raises(UsageError, match="made under other capacity.toml calibration/slo rules"):
         calibration_source(tmp_path, "s12", setup, RULES)
