@@ -183,8 +183,13 @@ class BuildContainer:
         # Long-lived (phases are exec'd into it, sharing its caches), so not a run_once; the toolkit
         # labels it so cleanup_leftovers finds it after a crash.
         limit = {}
-        if self.mem_gib is not None:  # swap as much as memory: over the limit the kernel's OOM killer acts
+        if self.mem_gib is not None:
+            # Over the limit the kernel's OOM killer must act, not swap. memswap = mem forbids swap only
+            # where cgroup v1 accounts it (without swapaccount Docker drops it, and on a host with swap the
+            # compile pages for many minutes instead of dying), hence swappiness 0 there too
             limit = {"mem_limit": int(self.mem_gib * 2**30), "memswap_limit": int(self.mem_gib * 2**30)}
+            if self.client.info().get("CgroupVersion") == "1":
+                limit["mem_swappiness"] = 0
         self.container = start_detached(self.client, self.image, ["sleep", "infinity"], role="build", env=self.env,
                                         ro={SCRIPTS: RESOURCES}, rw=self.ws.mounts(), shm_size="1g", **limit)
         return self

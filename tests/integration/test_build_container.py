@@ -39,3 +39,19 @@ def test_a_container_removed_from_outside_is_an_interruption(box, docker_client)
     with pytest.raises(BuildInterrupted):
         bc.run("long", "sleep 60")
     assert time.monotonic() - t0 < 30
+
+
+def test_a_memory_limit_leaves_no_swap_to_page_into(docker_client, tmp_path):
+    # Over build_mem_gib the OOM killer must end the compile; with swap open to it, a host that has
+    # swap pages it for many minutes instead. What the container's own cgroup says, not Docker's config.
+    ws = Workspace(tmp_path / "cell", tmp_path / "cache")
+    with BuildContainer(docker_client, IMAGE, ws, {}, tmp_path / "logs", mem_gib=0.6) as bc:
+        if docker_client.info().get("CgroupVersion") == "1":
+            got = bc.run("cg", "cat /sys/fs/cgroup/memory/memory.{limit_in_bytes,memsw.limit_in_bytes,swappiness}")
+            limit, memsw, swappiness = (int(x) for x in got.log.split())
+            assert (memsw, swappiness) == (limit, 0), got.log
+        else:
+            got = bc.run("cg", "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory.swap.max")
+            limit, swap = (int(x) for x in got.log.split())
+            assert swap == 0, got.log
+    assert abs(limit - 0.6 * 2**30) < 2**20, got.log  # the kernel rounds to its page size
