@@ -90,6 +90,7 @@ def prepare(opts: CapacityOptions, rules: Rules | None = None) -> Setup:
     """Check the mix, profiles and knobs against the engine image; build the test model. No pool yet."""
     from containers.engine import client as docker_client
     from smoke.image import DEFAULT_TAG
+    from smoke.router import nginx
     from smoke.server import ensure_model
     from smoke.sweep import knobs
     from smoke.sweep.pools import probe_engine
@@ -121,6 +122,8 @@ def prepare(opts: CapacityOptions, rules: Rules | None = None) -> Setup:
     args = {p.name: {pool.name: knobs.translate(pool.knob_dict, caps, f"{p.source}: pools.{pool.name}.knobs")
                      for pool in p.pools} for p in profs.values()}
     model_dir = ensure_model(client, DEFAULT_TAG, opts.model_size)   # the vllm-cpu image has transformers
+    # every profile's pools sit behind the router; on a fresh machine its image is built here, not pulled
+    nginx.ensure_image(client, CAPS_CACHE / "router-image.log")
     return Setup(rules, mix, profs, client, image, caps.label, args, model_dir, cores)
 
 

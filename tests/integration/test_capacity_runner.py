@@ -62,7 +62,15 @@ def test_a_tiny_calibration_and_one_point_on_the_real_engine(docker_client, tmp_
         "equal_load": rules.equal_load.model_copy(update={"reference": "one"})})
     opts = run.CapacityOptions(profiles=(str(src),), mix="default", model_size="tiny", engine_cpus=1.0,
                                request_timeout_s=60.0, startup_timeout_s=420.0)
+    # as on a fresh machine: no router image yet (no registry to pull it from), so prepare builds it
+    from docker.errors import ImageNotFound
+    from smoke.router import nginx
+    try:
+        docker_client.images.remove(nginx.ROUTER_TAG)
+    except ImageNotFound:
+        pass
     setup = run.prepare(opts, rules)
+    assert docker_client.images.get(nginx.ROUTER_TAG)
     store = cr.Store(tmp_path / "cap")
     pools = run.pool_factory(setup, store, opts)
     seen = {}
