@@ -45,7 +45,11 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)  # the CLI's own cleanup runs, as on Ctrl-C
-        out, _ = proc.communicate(timeout=120)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
         raise AssertionError(f"invoke matrix still running after {timeout:.0f} s; its output:\n{out}") from None
     assert proc.returncode == 0, out
     assert "Traceback" not in out, out
