@@ -138,7 +138,8 @@ def build(store: Store, rules: Rules, plan: dict, calibration: dict, elapsed_s: 
     verdicts = cap.judge(judged, figures, {p: c.total_cpus for p, c in profiles.items()}) if judged.claims else {}
     report = rep.CapacityReport(
         score_commit=plan["score_commit"], model=plan["model"], engine=plan["engine"], engine_image=plan["engine_image"],
-        threshold=rules.attainment.threshold, slo={c: cap.SLOBound(**b) for c, b in calibration["bounds"].items()},
+        host=plan.get("host", ""), threshold=rules.attainment.threshold,
+        slo={c: cap.SLOBound(**b) for c, b in calibration["bounds"].items()},
         profiles=profiles, equal_load_rps=eq_rate, equal_load=eq, claims=rep.claims_out(rules, verdicts),
         elapsed_s=elapsed_s, budget_s=rules.budget.search_minutes * 60)
     return report, notes
@@ -192,7 +193,8 @@ def runs_note(store: Store, plan: dict, calibration: dict, rules: Rules, why: st
            f"{rules.repetitions.per_point} begun. Stored runs: {len(entries)} "
            f"({sum(1 for e in entries if e['discarded'])} discarded).", "",
            f"Score: commit `{plan['score_commit']}`. Model: {plan['model']}. Engine: {plan['engine']} "
-           f"(`{plan['engine_image']}`). Engines: {plan['engine_cpus']:g} CPUs per profile over cores {plan['cores']}.", "",
+           f"(`{plan['engine_image']}`). " + (f"Host: {plan['host']}. " if plan.get("host") else "")
+           + f"Engines: {plan['engine_cpus']:g} CPUs per profile over cores {plan['cores']}.", "",
            f"## Calibration (unloaded, {calibration.get('cpus', 1.0):g} CPUs){source(calibration)}", "",
            f"Host load {calibration['load1'][0]:.2f} / {calibration['load1'][1]:.2f}, foreign CPU "
            f"{calibration['foreign_cpu_share']:.0%}; replica start {calibration['startup_s']:.0f} s, "

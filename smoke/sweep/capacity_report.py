@@ -125,6 +125,7 @@ class CapacityReport(_Out):
     model: str
     engine: str
     engine_image: str
+    host: str = ""        # CPU model, cores, memory: capacities and bounds compare on one host only
     threshold: float
     slo: dict[str, cap.SLOBound]
     profiles: dict[str, ProfileCapacity]
@@ -199,6 +200,7 @@ def render(report: CapacityReport, repo: Path) -> str:
            f"Score, gates and verdict rules: commit `{report.score_commit}` ({', '.join(f'`{f}`' for f in SCORED)}), "
            "committed before the run.", "",
            f"Model: {report.model}. Engine: {report.engine} (`{report.engine_image}`). "
+           + (f"Host: {report.host}. " if report.host else "") +
            f"The run took {report.elapsed_s / 60:.1f} min (calibration, pool starts and equal-load runs included); "
            f"the searches' budget is {report.budget_s / 60:.0f} min.", "",
            "## SLOs (multiples of the unloaded single-request figures on this machine)", "",

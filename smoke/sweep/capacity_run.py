@@ -20,7 +20,8 @@ from pathlib import Path
 from model import settings
 from model.errors import UsageError
 from smoke import mix as mixmod, profiles as profmod, replay
-from smoke.sweep import capacity as cap, capacity_assemble as assemble, capacity_report as rep, lanes as lanemod
+from smoke.sweep import (capacity as cap, capacity_assemble as assemble, capacity_report as rep, hostload,
+                         lanes as lanemod)
 from smoke.sweep.capacity_plan import requests_per_session
 from smoke.sweep.capacity_rules import Rules
 from smoke.sweep.capacity_runner import (CALIBRATION, Experiment, Store, bounds_of, calibrate, calibration_rules,
@@ -127,7 +128,7 @@ def prepare(opts: CapacityOptions, rules: Rules | None = None) -> Setup:
     return Setup(rules, mix, profs, client, image, caps.label, args, model_dir, cores)
 
 
-SAME_SETUP = ("mix_sha256", "image_id", "model", "engine_cpus", "cores")
+SAME_SETUP = ("mix_sha256", "image_id", "model", "engine_cpus", "cores", "host")
 
 
 def earlier_run(results: Path, name: str, plan: dict, flag: str, want: str) -> dict:
@@ -245,8 +246,8 @@ def run_capacity(opts: CapacityOptions, results: Path, run: str, notes_dir: Path
         "profiles": list(setup.profiles), "mix": setup.mix.name, "mix_sha256": setup.mix.sha256, "engine_image": image,
         "image_id": client.images.get(image).id, "engine": setup.engine, "model": f"{opts.model_size} random-weight "
         f"Llama ({setup.model_dir.name}, make_model.py)", "engine_cpus": opts.engine_cpus,
-        "cores": ",".join(map(str, setup.cores)), "score_commit": commit, "rates": list(opts.rates),
-        "equal_load": opts.equal_load, "pilot": pilot}
+        "cores": ",".join(map(str, setup.cores)), "host": hostload.describe_host(), "score_commit": commit,
+        "rates": list(opts.rates), "equal_load": opts.equal_load, "pilot": pilot}
     if not opts.search:     # only then: a full run's plan.json keeps the keys it was started with
         want |= {"search": False, "claims": list(opts.claims), "equal_load_from": opts.equal_load_from,
                  "equal_load_rps": equal_load_source(results, opts.equal_load_from, want)}

@@ -39,6 +39,7 @@ from smoke.sweep.capacity_rules import Rules
 
 SLOW_CLASS = "slow_reader"
 CALIBRATION = "calibration"          # the pool factory's name for the calibration replica
+LATER = ("host",)                   # plan keys recorded since session 13 (older stored plans lack them)
 
 
 class Session(Protocol):
@@ -96,12 +97,14 @@ class Store:
 
     def plan(self, want: dict) -> dict:
         """The stored plan, or `want` stored as it; a rerun with another plan is refused. "pilot" is a label
-        the code derives from the options, not one: a rerun under a relabelling rule keeps the stored text."""
+        the code derives from the options, not one: a rerun under a relabelling rule keeps the stored text.
+        A plan stored before a key was recorded (LATER) is not refused for lacking it."""
         have = self._json("plan.json")
         if have is None:
             self._put("plan.json", want)
             return want
-        if diff := sorted(k for k in set(have) | set(want) if k != "pilot" and have.get(k) != want.get(k)):
+        if diff := sorted(k for k in set(have) | set(want) if k != "pilot" and have.get(k) != want.get(k)
+                          and not (k in LATER and k not in have)):
             k = diff[0]
             raise UsageError(f"{self.root}: this run was started with {k} = {have.get(k)!r}, now {want.get(k)!r}; "
                              "resume with the same options or name another --run")

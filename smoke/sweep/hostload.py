@@ -151,3 +151,31 @@ def usage(a: Sample, b: Sample, cores: int | None = None) -> Usage:
     host, ours = b.host_busy_s - a.host_busy_s, b.ours_s - a.ours_s
     return Usage((round(a.load1, 2), round(b.load1, 2)), cores, max(0.0, host - ours) / (cores * wall),
                  ours / (cores * wall), wall)
+
+
+def cpu_model(cpuinfo_text: str) -> str:
+    """/proc/cpuinfo's first "model name" ("" when there is none, as on some ARM kernels)."""
+    return next((ln.split(":", 1)[1].strip() for ln in cpuinfo_text.splitlines() if ln.startswith("model name")), "")
+
+
+def memory_gib(meminfo_text: str) -> float | None:
+    """MemTotal from /proc/meminfo in GiB."""
+    kb = next((ln.split()[1] for ln in meminfo_text.splitlines() if ln.startswith("MemTotal:")), None)
+    return int(kb) / 2**20 if kb else None
+
+
+def proc_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def describe_host() -> str:
+    """The host a capacity run measured on: CPU model, usable cores, memory. SLO bounds and capacities are
+    that host's (a long prefill took 2.7x as long on one 2-core VM as on another), so a plan records it and an
+    earlier run's calibration is reused only on the same host."""
+    mem = memory_gib(proc_text("/proc/meminfo"))
+    parts = [cpu_model(proc_text("/proc/cpuinfo")) or "unknown CPU", f"{len(os.sched_getaffinity(0))} cores",
+             f"{mem:.1f} GiB" if mem else ""]
+    return ", ".join(p for p in parts if p)

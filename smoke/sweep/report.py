@@ -25,24 +25,14 @@ import numpy as np  # noqa: E402
 
 from smoke.metrics import isolation, tpot_ms  # noqa: E402
 from smoke.records import read as read_records  # noqa: E402
-from smoke.sweep import knobs as knobmod, score as scoremod  # noqa: E402
+from smoke.sweep import hostload, knobs as knobmod, score as scoremod  # noqa: E402
 
 SEED_ADVICE = {"partial_prefills": 2, "long_partial_prefills": 1}  # the seed's chunked-prefill advice, as intents
 
 
 def describe_machine(client) -> dict[str, Any]:
-    cpu = ""
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")))
-        mem = f"{kb / 2**20:.1f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
+    mem = hostload.memory_gib(hostload.proc_text("/proc/meminfo"))
+    cpu, mem = hostload.cpu_model(hostload.proc_text("/proc/cpuinfo")), f"{mem:.1f} GiB" if mem else ""
     info = client.info()
     return {"cpus": len(os.sched_getaffinity(0)), "cpu_model": cpu, "memory": mem, "kernel": platform.release(),
             "docker": info.get("ServerVersion", ""), "cgroup": info.get("CgroupVersion", ""),

@@ -77,6 +77,19 @@ def test_busy_time_leaves_out_idle_and_iowait():
         hostload.busy_seconds("intr 1 2 3\n")
 
 
+# Read on session 13's host (2026-12-07): the first lines of /proc/cpuinfo's first processor and of /proc/meminfo.
+CPUINFO = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 167\n"
+           "model name\t: Intel(R) Xeon(R) Processor\nstepping\t: 1\n")
+MEMINFO = "MemTotal:       24683784 kB\nMemFree:         8650612 kB\n"
+
+
+def test_the_host_is_named_by_cpu_model_cores_and_memory():
+    assert hostload.cpu_model(CPUINFO) == "Intel(R) Xeon(R) Processor" and hostload.cpu_model("processor\t: 0\n") == ""
+    assert hostload.memory_gib(MEMINFO) == pytest.approx(23.54, abs=0.01) and hostload.memory_gib("") is None
+    here = hostload.describe_host()     # this machine's own files
+    assert f"{len(os.sched_getaffinity(0))} cores" in here and "GiB" in here
+
+
 # cgroup v1 cpu.stat of a 0.55-CPU class-aware lane, read on this host 2026-12-06 15:04 during run capacity-s8
 # (notes/sweep/evidence/cfs-throttle-1.txt); and the v2 shape of the same counters (kernel docs' field names).
 CPU_STAT_V1 = "nr_periods 11812\nnr_throttled 4796\nthrottled_time 449871253092\nnr_bursts 0\nburst_time 0\n"

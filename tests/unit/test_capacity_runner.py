@@ -212,6 +212,12 @@ def test_the_store_refuses_another_plan_and_reads_past_a_torn_last_line(tmp_path
     with pytest.raises(UsageError, match=r"started with engine_cpus = 1.5, now 2.0; resume with the same options"):
         s.plan({"mix": "default", "engine_cpus": 2.0})
     assert s.plan({"mix": "default", "engine_cpus": 1.5, "pilot": "a label"}) == {"mix": "default", "engine_cpus": 1.5}
+    # a plan stored before the host was recorded resumes; one that recorded another host does not
+    assert s.plan({"mix": "default", "engine_cpus": 1.5, "host": "Xeon, 2 cores"}) == {"mix": "default", "engine_cpus": 1.5}
+    other = cr.Store(tmp_path / "other")
+    other.plan({"mix": "default", "host": "EPYC, 2 cores"})
+    with pytest.raises(UsageError, match=r"started with host = 'EPYC, 2 cores', now 'Xeon, 2 cores'"):
+        other.plan({"mix": "default", "host": "Xeon, 2 cores"})
     s.append({"a": 1})
     with open(s.runs_file, "a") as fh:
         fh.write('{"b": ')
