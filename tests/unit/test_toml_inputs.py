@@ -38,6 +38,8 @@ def _loaders():
         **{f"smoke/mixes/{p.name}": (lambda p=p: mix.load(p)) for p in (ROOT / "smoke/mixes").glob("*.toml")},
         **{f"smoke/profiles/{p.name}": (lambda p=p: profiles.load(p))
            for p in (ROOT / "smoke/profiles").glob("*.toml")},
+        **{f"smoke/profiles/variants/{p.name}": (lambda p=p: profiles.load(p))
+           for p in (ROOT / "smoke/profiles/variants").glob("*.toml")},
     }
 
 
