@@ -114,9 +114,12 @@ def build(store: Store, rules: Rules, plan: dict, calibration: dict, elapsed_s: 
             continue
         try:
             profiles[p] = rep.profile_capacity(runs, rules, plan["engine_cpus"])
-        except (UsageError, ValueError) as exc:   # pydantic: fewer than 3 repetitions at a deciding point
+        except (UsageError, ValueError) as exc:   # no valid run; pydantic: an interval that misses its estimate
             notes.append(f"{p}: no capacity stated ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
-    if not profiles and (plan.get("search", True) or not any(e["variant"] for e in entries)):
+            continue
+        if profiles[p].not_stated:
+            notes.append(f"{p}: no capacity stated ({profiles[p].not_stated}); its points and runs are shown")
+    if not any(p.system for p in profiles.values()) and (plan.get("search", True) or not any(e["variant"] for e in entries)):
         raise UsageError(f"{store.root}: no profile has a capacity yet (runs stored: {len(entries)})")
     figures = rep.capacity_figures(profiles)
     eq_rate = store.state().get("equal_load_rps")
@@ -134,7 +137,7 @@ def build(store: Store, rules: Rules, plan: dict, calibration: dict, elapsed_s: 
                 eq.setdefault(m, {})[v] = rep.IntervalOut.of(i)
     judged, left = measurable_claims(rules, figures)
     if left:
-        notes.append("claims not judged (a profile or variant they compare was not measured): " + ", ".join(left))
+        notes.append("claims not judged (a profile or variant they compare was not measured or has no stated capacity): " + ", ".join(left))
     verdicts = cap.judge(judged, figures, {p: c.total_cpus for p, c in profiles.items()}) if judged.claims else {}
     report = rep.CapacityReport(
         score_commit=plan["score_commit"], model=plan["model"], engine=plan["engine"], engine_image=plan["engine_image"],

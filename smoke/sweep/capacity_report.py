@@ -105,12 +105,19 @@ class RunLog(_Out):
 
 class ProfileCapacity(_Out):
     total_cpus: float = Field(gt=0)
-    system: ClassCapacity
+    system: ClassCapacity | None           # None: not stated (not_stated says why); curve and runs still shown
     classes: dict[str, ClassCapacity]
-    combined_score: IntervalOut
+    combined_score: IntervalOut | None
     curve: list[CurvePoint]
     runs: list[RunLog]
     search: str                            # why the search stopped
+    not_stated: str = ""
+
+    @model_validator(mode="after")
+    def _stated_or_why(self) -> ProfileCapacity:
+        if (self.system is None) == (not self.not_stated):
+            raise ValueError("a profile states its capacity or says why not, not both")
+        return self
 
 
 class ClaimOut(_Out):
@@ -151,10 +158,16 @@ def profile_capacity(runs: Sequence[cap.Run], rules: Rules, total_cpus: float) -
         raise UsageError(f"{runs[0].profile if runs else '?'}: no valid run: no capacity")
     classes = list(pts[0].runs[0].requests)
     thr, interp = rules.attainment.threshold, rules.capacity.interpolate
+    # an unfinished search has fewer than 3 repetitions where it decides: its points are shown, no capacity
+    short = [f"{c or 'system'} {k.repetitions}" for c in (None, *classes)
+             if (k := cap.capacity(pts, thr, c, interp)).repetitions < 3]
+    stated = not short
     return ProfileCapacity(
-        total_cpus=total_cpus, system=_class_capacity(pts, rules, None),
-        classes={c: _class_capacity(pts, rules, c) for c in classes},
-        combined_score=IntervalOut.of(cap.points_ci(pts, rules, lambda ps: cap.combined_score(ps, thr, interp))),
+        total_cpus=total_cpus, system=_class_capacity(pts, rules, None) if stated else None,
+        classes={c: _class_capacity(pts, rules, c) for c in classes} if stated else {},
+        combined_score=IntervalOut.of(cap.points_ci(pts, rules, lambda ps: cap.combined_score(ps, thr, interp)))
+        if stated else None,
+        not_stated="" if stated else "search unfinished: valid runs at the deciding rate " + ", ".join(short) + " (3 needed)",
         curve=[CurvePoint(rate_rps=p.rate, attainment={c: [r.attainment[c] for r in p.runs] for c in classes},
                           requests={c: [r.requests[c] for r in p.runs] for c in classes}) for p in pts],
         runs=[RunLog(rate_rps=r.rate, seed=r.seed, load1=r.load1, foreign_cpu_share=r.foreign_cpu_share,
@@ -165,11 +178,12 @@ def profile_capacity(runs: Sequence[cap.Run], rules: Rules, total_cpus: float) -
 
 
 def capacity_figures(profiles: dict[str, ProfileCapacity]) -> dict[str, dict[str, cap.Interval]]:
-    """The searched metrics of the claims (C1, C2, C3c), per profile, for capacity.judge."""
+    """The searched metrics of the claims (C1, C2, C3c), per profile with a stated capacity, for capacity.judge."""
+    stated = {k: p for k, p in profiles.items() if p.system and p.combined_score}
     return {"system_capacity": {k: cap.Interval(p.system.capacity_rps, p.system.ci_low, p.system.ci_high,
-                                                p.system.repetitions) for k, p in profiles.items()},
+                                                p.system.repetitions) for k, p in stated.items()},
             "combined_score": {k: cap.Interval(p.combined_score.estimate, p.combined_score.low, p.combined_score.high,
-                                               p.combined_score.n) for k, p in profiles.items()}}
+                                               p.combined_score.n) for k, p in stated.items()}}
 
 
 def equal_load_figures(values: dict[str, dict[str, list[float | None]]], rules: Rules) -> dict[str, dict[str, cap.Interval]]:
@@ -222,12 +236,20 @@ def render(report: CapacityReport, repo: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def _classes(report: CapacityReport) -> list[str]:
+    return sorted({c for p in report.profiles.values() for pt in p.curve for c in pt.attainment})
+
+
 def _capacity_table(report: CapacityReport) -> list[str]:
-    classes = sorted({c for p in report.profiles.values() for c in p.classes})
+    classes = _classes(report)
     out = ["", "## Capacity (sessions/s, 95 % bootstrap CI over repetitions)", "",
            "| profile | CPUs | system | " + " | ".join(classes) + " | combined score | search |",
            "|" + "---|" * (len(classes) + 5)]
     for name, p in report.profiles.items():
+        if p.system is None or p.combined_score is None:
+            out.append(f"| {name} | {p.total_cpus:g} | not stated: {p.not_stated} | " + " | ".join("-" for _ in classes)
+                       + f" | - | {p.search} |")
+            continue
         cells = [_ci(p.classes[c]) if c in p.classes else "-" for c in classes]
         s = p.combined_score
         out.append(f"| {name} | {p.total_cpus:g} | {_ci(p.system)} | " + " | ".join(cells)
@@ -237,7 +259,7 @@ def _capacity_table(report: CapacityReport) -> list[str]:
 
 
 def _search_tables(report: CapacityReport) -> list[str]:
-    classes = sorted({c for p in report.profiles.values() for c in p.classes})
+    classes = _classes(report)
     out = ["", "## Attainment per point (mean over valid runs; requests per class in the windows)", "",
            "| profile | rate | runs | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 3)]
     for name, p in report.profiles.items():
@@ -264,7 +286,7 @@ def plot(report: CapacityReport, path: Path) -> None:
     n = len(report.profiles)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), sharey=True, squeeze=False)
     for ax, (name, p) in zip(axes[0], report.profiles.items()):
-        for c in p.classes:
+        for c in sorted({c for pt in p.curve for c in pt.attainment}):
             xs = [pt.rate_rps for pt in p.curve]
             ax.plot(xs, [sum(pt.attainment[c]) / len(pt.attainment[c]) for pt in p.curve], marker="o", label=c)
         ax.axhline(report.threshold, ls="--", c="k", lw=0.8)

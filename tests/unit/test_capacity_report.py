@@ -52,6 +52,8 @@ def test_capacity_json_round_trips_and_rejects_what_the_issue_forbids():
         rep.ClassCapacity(**{**c, "repetitions": 2})
     with pytest.raises(ValidationError, match="outside its interval"):
         rep.ClassCapacity(**{**c, "capacity_rps": c["ci_high"] + 1})
+    with pytest.raises(ValidationError, match="states its capacity or says why not"):
+        rep.ProfileCapacity(**{**r.profiles["p"].model_dump(), "not_stated": "search unfinished"})
     with pytest.raises(ValidationError, match="verdict"):
         rep.ClaimOut(what="x", verdict="partly reproduced", text="")
 

@@ -292,6 +292,34 @@ def test_the_report_states_what_was_measured_and_leaves_out_the_claims_it_cannot
     json.loads(report.model_dump_json())
 
 
+def test_a_search_cut_short_shows_its_points_and_runs_and_states_no_capacity_for_it(tmp_path, monkeypatch):
+    exp = experiment(tmp_path, KneePools({"balanced": 3.0, "class-aware": 5.0}))
+    exp.run()
+    store = cr.Store(tmp_path / "cap")
+    lines = store.runs_file.read_text().splitlines()
+    ca = [ln for ln in lines if json.loads(ln)["label"] == "class-aware"]
+    store.runs_file.write_text("\n".join(ln for ln in lines if ln not in ca[3:]) + "\n")   # its first pass only
+    plan = {"profiles": ["balanced", "class-aware"], "engine_cpus": 1.5, "score_commit": "a" * 40, "model": "m",
+            "engine": "e", "engine_image": "img"}
+    calib = {"bounds": {c: b.model_dump() for c, b in BOUNDS.items()}}
+    report, notes = assemble.build(store, FAST, plan, calib, exp.elapsed_s())
+    cut = report.profiles["class-aware"]
+    assert cut.system is None and cut.classes == {} and cut.combined_score is None
+    assert cut.not_stated.startswith("search unfinished: valid runs at the deciding rate system 1")
+    assert len(cut.runs) == 3 and cut.curve
+    assert report.profiles["balanced"].system.repetitions >= 3
+    assert "C1" not in report.claims and any("claims not judged" in n and "C1" in n for n in notes)
+    assert any(n.startswith("class-aware: no capacity stated (search unfinished") for n in notes)
+    from smoke.sweep import capacity_report as rep
+    assert rep.CapacityReport.model_validate_json(report.model_dump_json()) == report
+    monkeypatch.setattr(rep, "check_pre_registered", lambda repo, commit: None)   # git's part: integration tests
+    text = rep.render(report, tmp_path)
+    assert "| class-aware | 1.5 | not stated: search unfinished" in text
+    assert len([ln for ln in text.splitlines() if ln.startswith("| class-aware | ")]) == 1 + len(cut.curve) + 3
+    rep.plot(report, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+
 def test_the_report_says_why_requests_missed_per_profile_rate_and_class(tmp_path):
     exp = experiment(tmp_path, KneePools({"balanced": 3.0}), profiles=("balanced",))
     exp.run()
