@@ -18,6 +18,9 @@ from kvlab.gpu.bench import BS, D, HKV, HQ, graphed, timed_set
 # (CTAs per SM, chunk KiB, stages, interleaved): shared memory per CTA = 2 x chunk x stages
 SHAPES = ((1, 4, 12, 0), (1, 8, 6, 0), (1, 8, 12, 0), (1, 16, 3, 0), (1, 16, 6, 0), (1, 32, 3, 0),
           (2, 8, 6, 0), (2, 16, 3, 0), (1, 16, 6, 1), (2, 8, 6, 1), (4, 8, 3, 0), (1, 64, 1, 0))
+# plain loads, each CTA a contiguous range: (CTAs per SM, threads, loads in flight per thread)
+LD_SHAPES = ((8, 256, 8), (4, 256, 8), (4, 256, 16), (2, 256, 16), (2, 256, 32), (2, 512, 16), (1, 1024, 16),
+             (8, 256, 4))
 
 
 def build(out: Path) -> ctypes.CDLL:
@@ -25,6 +28,8 @@ def build(out: Path) -> ctypes.CDLL:
     subprocess.run(["nvcc", "-O3", "-arch=sm_90", "-shared", "-Xcompiler", "-fPIC", "-o", str(out), str(src)], check=True)
     lib = ctypes.CDLL(str(out))
     lib.bulk_floor.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long] + [ctypes.c_int] * 4 + \
+        [ctypes.c_void_p, ctypes.c_void_p]
+    lib.ld_floor.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long] + [ctypes.c_int] * 3 + \
         [ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
@@ -34,6 +39,7 @@ def main():
     ap.add_argument("--site", required=True)
     ap.add_argument("--contexts", default="8192,32768")
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--no-bulk", action="store_true", help="leave out the bulk copy shapes")
     args = ap.parse_args()
     kvx = ext.load(Path(args.site))
     lib, kvxlib = build(Path("/tmp/bulk_floor.so")), kvx.library("cuda")
@@ -63,13 +69,19 @@ def main():
                 ctypes.c_void_p(k.data_ptr()), ctypes.c_size_t(each), ctypes.c_void_p(v.data_ptr()),
                 ctypes.c_size_t(each), ctypes.c_void_p(sink.data_ptr()), stream(), ctypes.c_int32(8), ctypes.c_int32(0)),
         }
-        for cps, kib, stg, il in SHAPES:
+        for cps, kib, stg, il in () if args.no_bulk else SHAPES:
             eager[f"bulk-{cps}cta-{kib}k-x{stg}{'-il' if il else ''}"] = (
                 lambda cps=cps, kib=kib, stg=stg, il=il: lib.bulk_floor(
                     k.data_ptr(), v.data_ptr(), each, kib << 10, stg, cps * sms, il, sink.data_ptr(), stream()))
-        for name, f in eager.items():
-            rc = f()
-            assert not isinstance(rc, int) or rc == 0, f"{name}: rc {rc}"
+        for cps, thr, unroll in LD_SHAPES:
+            res = lib.ld_floor_resident(thr, unroll)   # fewer than cps: the grid runs in more than one wave
+            eager[f"ld-{cps}cta-{thr}t-u{unroll}" + (f"-res{res}" if res < cps else "")] = (
+                lambda cps=cps, thr=thr, unroll=unroll: lib.ld_floor(
+                    k.data_ptr(), v.data_ptr(), each, cps * sms, thr, unroll, sink.data_ptr(), stream()))
+        for name, f in list(eager.items()):
+            if isinstance(rc := f(), int) and rc:
+                print(f"  {name}: not run (rc {rc})", flush=True)
+                del eager[name]
         torch.cuda.synchronize()
         cands = {}
         for name, f in eager.items():
