@@ -99,6 +99,7 @@ class _Pool(Strict):
 class _Meta(Strict):
     name: NonEmptyStr | None = None
     description: str = ""
+    extends: NonEmptyStr | None = Field(None, description="a registered profile or a .toml path (relative to this file)")
 
 
 class _Routing(Strict):
@@ -140,9 +141,40 @@ def parse(doc: dict[str, Any], source: str, stem: str) -> Profile:
                    tuple(f.routing.classes.items()))
 
 
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """over's keys on base's, tables merged key by key (a variant states only what it changes)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def document(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A profile file's TOML with [profile] extends resolved: the base's document under this file's keys.
+    The base's name and description are not inherited."""
+    doc = read_toml(path)
+    meta = doc.get("profile")
+    base = meta.get("extends") if isinstance(meta, dict) else None
+    if not isinstance(base, str) or not base:
+        return doc                           # absent, or wrong: parse() says so in one line
+    here = (*chain, path.resolve())
+    try:
+        bpath = resolve(path.parent / base if base.endswith(".toml") else base)
+    except UsageError as exc:
+        raise UsageError(f"{path}: profile.extends: {exc}") from None
+    if bpath.resolve() in here:
+        raise UsageError(f"{path}: profile.extends: {base!r} extends {path.name} again (a cycle: "
+                         + " -> ".join(p.name for p in (*here, bpath)) + ")")
+    inherited = document(bpath, here)
+    inherited["profile"] = {}
+    out = _merged(inherited, doc)
+    del out["profile"]["extends"]
+    return out
+
+
 def load(name_or_path: str | Path) -> Profile:
     path = resolve(name_or_path)
-    return parse(read_toml(path), str(path), path.stem)
+    return parse(document(path), str(path), path.stem)
 
 
 def load_many(names: list[str] | tuple[str, ...] | None) -> list[Profile]:

@@ -143,6 +143,35 @@ def test_translate_checks_knob_values_first(caps):
         knobs.translate({"scheduling_policy": "fcfz"}, caps, "x")
 
 
+def test_a_variant_extends_a_profile_and_states_only_what_it_changes(tmp_path):
+    base = profiles.load("class-aware")
+    v = profiles.load(profiles.PROFILES_DIR / "variants" / "class-aware-b2048.toml")
+    assert v.name == "class-aware-b2048" and v.description.startswith("class-aware routing with a 2048-token")
+    assert v.pool("bulk").knob_dict == {**base.pool("bulk").knob_dict, "token_budget": 2048}
+    assert v.pool("interactive") == base.pool("interactive")
+    assert (v.pools[1].name, v.default_pool, v.routes) == (base.pools[1].name, base.default_pool, base.routes)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "v.toml").write_text('[profile]\nextends = "../p.toml"\n')
+    (tmp_path / "sub" / "w.toml").write_text('[profile]\nextends = "v.toml"\n[pools.main]\nreplicas = 3\n')
+    (tmp_path / "p.toml").write_text(GOOD)
+    w = profiles.load(tmp_path / "sub" / "w.toml")              # a chain; paths relative to each file
+    assert w.pool("main").replicas == 3 and w.pool("main").knob_dict == {"token_budget": 512, "prefix_caching": False}
+
+
+@pytest.mark.parametrize("extends, expect", [
+    ('"clas-aware"', r"w\.toml: profile\.extends: clas-aware: not a profile file or a registered profile \(did you mean 'class-aware'\?\)"),
+    ('"w.toml"', r"w\.toml: profile\.extends: 'w\.toml' extends w\.toml again \(a cycle: w\.toml -> w\.toml\)"),
+    ('"v.toml"', r"v\.toml: profile\.extends: 'w\.toml' extends v\.toml again \(a cycle: w\.toml -> v\.toml -> w\.toml\)"),
+    ("3", r"w\.toml: profile\.extends: "),
+])
+def test_a_bad_extends_is_one_line(tmp_path, extends, expect):
+    (tmp_path / "v.toml").write_text('[profile]\nextends = "w.toml"\n')
+    (tmp_path / "w.toml").write_text(f"[profile]\nextends = {extends}\n" + GOOD)
+    with pytest.raises(UsageError, match=expect) as e:
+        profiles.load(tmp_path / "w.toml")
+    assert "\n" not in str(e.value)
+
+
 def test_routed_class_must_exist_in_the_mix(tmp_path):
     p = _load(tmp_path, GOOD + '[routing.classes]\nslow_readr = "main"\n')
     with pytest.raises(UsageError, match=r"routing\.classes\.slow_readr: not a class of mix 'default' \(did you mean 'slow_reader'\?\)"):
