@@ -196,7 +196,7 @@ def runs_note(store: Store, plan: dict, calibration: dict, rules: Rules, why: st
            f"{rules.repetitions.per_point} begun. Stored runs: {len(entries)} "
            f"({sum(1 for e in entries if e['discarded'])} discarded).", "",
            f"Score: commit `{plan['score_commit']}`. Model: {plan['model']}. Engine: {plan['engine']} "
-           f"(`{plan['engine_image']}`). " + (f"Host: {plan['host']}. " if plan.get("host") else "")
+           f"(`{plan['engine_image']}`). " + rep.host_phrase(plan.get("host", ""))
            + f"Engines: {plan['engine_cpus']:g} CPUs per profile over cores {plan['cores']}.", "",
            f"## Calibration (unloaded, {calibration.get('cpus', 1.0):g} CPUs){source(calibration)}", "",
            f"Host load {calibration['load1'][0]:.2f} / {calibration['load1'][1]:.2f}, foreign CPU "

@@ -204,6 +204,11 @@ def _ci(c: ClassCapacity) -> str:
     return f"{est} [{c.ci_low:.3g}, {c.ci_high:.3g}] (n={c.repetitions})"
 
 
+def host_phrase(host: str) -> str:
+    """The host a report's figures were measured on, as one sentence ('' when its plan predates it)."""
+    return f"Host: {host}. " if host else ""
+
+
 def render(report: CapacityReport, repo: Path) -> str:
     """The report's Markdown; refuses (UsageError) unless the score is the pre-registered one. A run
     without searches (equal-load claims only) has no capacity, curve or search runs to show."""
@@ -214,7 +219,7 @@ def render(report: CapacityReport, repo: Path) -> str:
            f"Score, gates and verdict rules: commit `{report.score_commit}` ({', '.join(f'`{f}`' for f in SCORED)}), "
            "committed before the run.", "",
            f"Model: {report.model}. Engine: {report.engine} (`{report.engine_image}`). "
-           + (f"Host: {report.host}. " if report.host else "") +
+           + host_phrase(report.host) +
            f"The run took {report.elapsed_s / 60:.1f} min (calibration, pool starts and equal-load runs included); "
            f"the searches' budget is {report.budget_s / 60:.0f} min.", "",
            "## SLOs (multiples of the unloaded single-request figures on this machine)", "",
