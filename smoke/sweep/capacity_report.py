@@ -70,11 +70,14 @@ class IntervalOut(_Out):
         return cls(estimate=i.estimate, low=i.low, high=i.high, n=i.n)
 
 
+MIN_REPETITIONS = 3   # a stated capacity rests on at least this many valid runs at its deciding points
+
+
 class ClassCapacity(_Out):
     capacity_rps: float = Field(ge=0)
     ci_low: float
     ci_high: float
-    repetitions: int = Field(ge=3)
+    repetitions: int = Field(ge=MIN_REPETITIONS)
     censored: Literal["", "below", "above"]
     bracket: tuple[float | None, float | None]
     described: str
@@ -143,9 +146,9 @@ class CapacityReport(_Out):
     budget_s: float
 
 
-def _class_capacity(pts: Sequence[cap.Point], rules: Rules, cls: str | None) -> ClassCapacity:
+def _class_capacity(pts: Sequence[cap.Point], rules: Rules, cls: str | None, c: cap.Capacity) -> ClassCapacity:
+    """c: cap.capacity of these points for cls (computed once by the caller)."""
     thr, interp = rules.attainment.threshold, rules.capacity.interpolate
-    c = cap.capacity(pts, thr, cls, interp)
     ci = cap.points_ci(pts, rules, lambda ps: cap.capacity(ps, thr, cls, interp).rps)
     return ClassCapacity(capacity_rps=c.rps, ci_low=ci.low, ci_high=ci.high, repetitions=c.repetitions,
                          censored=c.censored, bracket=(c.lo, c.hi), described=c.describe())
@@ -158,16 +161,17 @@ def profile_capacity(runs: Sequence[cap.Run], rules: Rules, total_cpus: float) -
         raise UsageError(f"{runs[0].profile if runs else '?'}: no valid run: no capacity")
     classes = list(pts[0].runs[0].requests)
     thr, interp = rules.attainment.threshold, rules.capacity.interpolate
-    # an unfinished search has fewer than 3 repetitions where it decides: its points are shown, no capacity
-    short = [f"{c or 'system'} {k.repetitions}" for c in (None, *classes)
-             if (k := cap.capacity(pts, thr, c, interp)).repetitions < 3]
+    caps = {c: cap.capacity(pts, thr, c, interp) for c in (None, *classes)}
+    # an unfinished search has too few repetitions where it decides: its points are shown, no capacity
+    short = [f"{c or 'system'} {k.repetitions}" for c, k in caps.items() if k.repetitions < MIN_REPETITIONS]
     stated = not short
     return ProfileCapacity(
-        total_cpus=total_cpus, system=_class_capacity(pts, rules, None) if stated else None,
-        classes={c: _class_capacity(pts, rules, c) for c in classes} if stated else {},
+        total_cpus=total_cpus, system=_class_capacity(pts, rules, None, caps[None]) if stated else None,
+        classes={c: _class_capacity(pts, rules, c, caps[c]) for c in classes} if stated else {},
         combined_score=IntervalOut.of(cap.points_ci(pts, rules, lambda ps: cap.combined_score(ps, thr, interp)))
         if stated else None,
-        not_stated="" if stated else "search unfinished: valid runs at the deciding rate " + ", ".join(short) + " (3 needed)",
+        not_stated="" if stated else "search unfinished: valid runs at the deciding rate " + ", ".join(short)
+        + f" ({MIN_REPETITIONS} needed)",
         curve=[CurvePoint(rate_rps=p.rate, attainment={c: [r.attainment[c] for r in p.runs] for c in classes},
                           requests={c: [r.requests[c] for r in p.runs] for c in classes}) for p in pts],
         runs=[RunLog(rate_rps=r.rate, seed=r.seed, load1=r.load1, foreign_cpu_share=r.foreign_cpu_share,
@@ -241,8 +245,12 @@ def render(report: CapacityReport, repo: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def _measured_classes(p: ProfileCapacity) -> set[str]:
+    return {c for pt in p.curve for c in pt.attainment}   # also where no capacity is stated
+
+
 def _classes(report: CapacityReport) -> list[str]:
-    return sorted({c for p in report.profiles.values() for pt in p.curve for c in pt.attainment})
+    return sorted(set().union(*map(_measured_classes, report.profiles.values())))
 
 
 def _capacity_table(report: CapacityReport) -> list[str]:
@@ -291,7 +299,7 @@ def plot(report: CapacityReport, path: Path) -> None:
     n = len(report.profiles)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), sharey=True, squeeze=False)
     for ax, (name, p) in zip(axes[0], report.profiles.items()):
-        for c in sorted({c for pt in p.curve for c in pt.attainment}):
+        for c in sorted(_measured_classes(p)):
             xs = [pt.rate_rps for pt in p.curve]
             ax.plot(xs, [sum(pt.attainment[c]) / len(pt.attainment[c]) for pt in p.curve], marker="o", label=c)
         ax.axhline(report.threshold, ls="--", c="k", lw=0.8)
