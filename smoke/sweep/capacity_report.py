@@ -291,23 +291,41 @@ def _search_tables(report: CapacityReport) -> list[str]:
     return out
 
 
+def grid(n: int, most_cols: int = 4) -> tuple[int, int]:
+    """Rows and columns for n panels: at most most_cols a row, rows as even as they come (7 → 2 x 4)."""
+    rows = max(1, -(-n // most_cols))
+    return rows, max(1, -(-n // rows))
+
+
 def plot(report: CapacityReport, path: Path) -> None:
-    """Attainment vs rate, one panel per profile, one line per class, the threshold dashed."""
+    """Attainment vs rate, one panel per profile, one line per class, the threshold dashed, the system
+    capacity dotted (and in the title)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    n = len(report.profiles)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), sharey=True, squeeze=False)
-    for ax, (name, p) in zip(axes[0], report.profiles.items()):
+    from matplotlib.ticker import FuncFormatter
+    rows, cols = grid(len(report.profiles))
+    # one rate axis for all: the profiles had equal CPU, so their knees compare across panels
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), sharex=True, sharey=True, squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(report.profiles):]:
+        ax.set_visible(False)
+    for k, (ax, (name, p)) in enumerate(zip(flat, report.profiles.items())):
         for c in sorted(_measured_classes(p)):
             xs = [pt.rate_rps for pt in p.curve]
             ax.plot(xs, [sum(pt.attainment[c]) / len(pt.attainment[c]) for pt in p.curve], marker="o", label=c)
         ax.axhline(report.threshold, ls="--", c="k", lw=0.8)
+        if p.system is not None and p.system.capacity_rps > 0:
+            ax.axvline(p.system.capacity_rps, ls=":", c="grey", lw=1.0)
         ax.set_xscale("log", base=2)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("sessions/s")
-    axes[0][0].set_ylabel("SLO attainment")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.set_title(name if p.system is None else f"{name}: {_ci(p.system)}", fontsize=8)
+        if k + cols >= len(report.profiles):   # no panel below this one: its rate axis is labelled
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel("sessions/s")
+    for row in axes:
+        row[0].set_ylabel("SLO attainment")
+    flat[len(report.profiles) - 1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -320,6 +320,23 @@ def test_a_search_cut_short_shows_its_points_and_runs_and_states_no_capacity_for
     assert (tmp_path / "a.png").stat().st_size > 0
 
 
+def test_the_attainment_plot_puts_seven_profiles_in_two_rows_not_one_strip(tmp_path):
+    from matplotlib.image import imread
+
+    from smoke.sweep import capacity_report as rep
+    assert [rep.grid(n) for n in (1, 2, 4, 5, 7, 8)] == [(1, 1), (1, 2), (1, 4), (2, 3), (2, 4), (2, 4)]
+    exp = experiment(tmp_path, KneePools({"balanced": 3.0}), profiles=("balanced",))
+    exp.run()
+    plan = {"profiles": ["balanced"], "engine_cpus": 1.5, "score_commit": "a" * 40, "model": "m", "engine": "e",
+            "engine_image": "img"}
+    report, _ = assemble.build(cr.Store(tmp_path / "cap"), FAST, plan,
+                               {"bounds": {c: b.model_dump() for c, b in BOUNDS.items()}}, exp.elapsed_s())
+    seven = report.model_copy(update={"profiles": {f"p{i}": report.profiles["balanced"] for i in range(7)}})
+    rep.plot(seven, tmp_path / "seven.png")
+    height, width = imread(tmp_path / "seven.png").shape[:2]
+    assert height / width == pytest.approx((2 * 3.0) / (4 * 3.2), rel=0.05)   # 2 x 4 panels, not 1 x 7
+
+
 def test_the_report_says_why_requests_missed_per_profile_rate_and_class(tmp_path):
     exp = experiment(tmp_path, KneePools({"balanced": 3.0}), profiles=("balanced",))
     exp.run()
