@@ -8,6 +8,7 @@ exits first, the error carries the tail of its log. Removal is guaranteed by the
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,9 +34,11 @@ ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMER
               "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
 
-def model_key() -> str:
-    h = hashlib.sha256(MODEL_SCRIPT.read_bytes() + WORDS_FILE.read_bytes()).hexdigest()
-    return h[:12]
+def model_key(script: str | None = None) -> str:
+    """What builds the model (make_model.py's syntax tree, words.txt), not its comments or layout: a comment
+    edit must not rename the model, since runs compare their plans' model names (--calibration-from)."""
+    tree = ast.dump(ast.parse(MODEL_SCRIPT.read_text() if script is None else script))
+    return hashlib.sha256(tree.encode() + WORDS_FILE.read_bytes()).hexdigest()[:12]
 
 
 def ensure_model(client, image: str = DEFAULT_TAG, size: str = "tiny") -> Path:

@@ -105,11 +105,20 @@ def measure(records: Sequence[RequestRecord], duration_s: float, bounds: Mapping
             raise UsageError(f"record {r.id}: class {r.cls!r} has no SLO (capacity.toml slo.classes)")
         n[r.cls] += 1
         good[r.cls] += meets(r, bounds[r.cls])
-    ttfts = [r.ttft_s * 1000 for r in records if r.ok and r.ttft_s is not None]
-    lags = [(r.sent_s - r.scheduled_s) * 1000 for r in records]
     return Run(profile, rate, seed, {c: good[c] for c in n}, dict(n), load1, cores, foreign_cpu_share,
-               mean(ttfts) if ttfts else math.nan, server_ttft_mean_ms,
-               float(np.percentile(lags, 99)) if lags else 0.0)
+               client_ttft_mean_ms(records), server_ttft_mean_ms, send_lag_p99_ms(records))
+
+
+def client_ttft_mean_ms(records: Sequence[RequestRecord]) -> float:
+    """The client's mean TTFT over every answered request of the run (NaN when none was: a discard)."""
+    ttfts = [r.ttft_s * 1000 for r in records if r.ok and r.ttft_s is not None]
+    return mean(ttfts) if ttfts else math.nan
+
+
+def send_lag_p99_ms(records: Sequence[RequestRecord]) -> float:
+    """How late the client sent requests past their trace time, p99 over the run."""
+    lags = [(r.sent_s - r.scheduled_s) * 1000 for r in records]
+    return float(np.percentile(lags, 99)) if lags else 0.0
 
 
 def discard_reason(run: Run, rules: Rules) -> str:
@@ -374,10 +383,16 @@ class Interval:
     low: float
     high: float
     n: int                            # repetitions behind it (fewest per resampled point)
+    below: float | None = None        # a capacity censored below this rate (the lowest measured failed): 0, 0, 0
 
     @property
     def half_width(self) -> float:
         return (self.high - self.low) / 2
+
+    def describe(self) -> str:
+        if self.below is not None:
+            return f"< {self.below:g} (censored: the lowest rate measured failed)"
+        return f"{self.estimate:.3g} [{self.low:.3g}, {self.high:.3g}]"
 
 
 def points_ci(pts: Sequence[Point], rules: Rules, statistic: Callable[[Sequence[Point]], float]) -> Interval:
@@ -428,7 +443,7 @@ class Verdict:
 
 def compare(a: Interval, b: Interval, better: str, what: str = "") -> Verdict:
     """a is the claim's profile, b the one it should beat."""
-    nums = f"{a.estimate:.3g} [{a.low:.3g}, {a.high:.3g}] vs {b.estimate:.3g} [{b.low:.3g}, {b.high:.3g}]"
+    nums = f"{a.describe()} vs {b.describe()}"
     up, down = a.low > b.high, a.high < b.low
     if up or down:
         word = REPRODUCED if up == (better == "higher") else NOT_REPRODUCED

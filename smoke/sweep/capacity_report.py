@@ -185,7 +185,9 @@ def capacity_figures(profiles: dict[str, ProfileCapacity]) -> dict[str, dict[str
     """The searched metrics of the claims (C1, C2, C3c), per profile with a stated capacity, for capacity.judge."""
     stated = {k: p for k, p in profiles.items() if p.system and p.combined_score}
     return {"system_capacity": {k: cap.Interval(p.system.capacity_rps, p.system.ci_low, p.system.ci_high,
-                                                p.system.repetitions) for k, p in stated.items()},
+                                                p.system.repetitions,
+                                                p.system.bracket[1] if p.system.censored == "below" else None)
+                                for k, p in stated.items()},
             "combined_score": {k: cap.Interval(p.combined_score.estimate, p.combined_score.low, p.combined_score.high,
                                                p.combined_score.n) for k, p in stated.items()}}
 
@@ -203,9 +205,10 @@ def claims_out(rules: Rules, verdicts: dict[str, cap.Verdict]) -> dict[str, Clai
 # --- the Markdown report ------------------------------------------------------------------------
 
 def _ci(c: ClassCapacity) -> str:
-    # censored below, the estimate is 0 (for the bootstrap); the line states the rate it lies under
-    est = f"< {c.bracket[1] or 0:.3g}" if c.censored == "below" else f"{'>= ' if c.censored == 'above' else ''}{c.capacity_rps:.3g}"
-    return f"{est} [{c.ci_low:.3g}, {c.ci_high:.3g}] (n={c.repetitions})"
+    # censored below, the estimate and interval are 0 (for the bootstrap): the cell states the rate it lies under
+    if c.censored == "below":
+        return f"< {c.bracket[1] or 0:.3g} (n={c.repetitions})"
+    return f"{'>= ' if c.censored == 'above' else ''}{c.capacity_rps:.3g} [{c.ci_low:.3g}, {c.ci_high:.3g}] (n={c.repetitions})"
 
 
 def host_phrase(host: str) -> str:

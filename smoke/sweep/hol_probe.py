@@ -11,7 +11,6 @@ fakes and run on real replicas (`invoke hol-probe`).
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +20,6 @@ from pathlib import Path
 from statistics import median
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from model.errors import UsageError
@@ -180,13 +178,10 @@ def discard_reason(fig: Figures, run: cap.Run, rules: ProbeRules, cap_rules: Rul
 
 def as_run(records: Sequence[RequestRecord], m: Any, profile: str, seed: int, rules: ProbeRules) -> cap.Run:
     """The run as capacity.discard_reason reads it (the instrument's bounds; every pair counts as a request)."""
-    ttfts = [r.ttft_s * 1000 for r in records if r.ok and r.ttft_s is not None]
-    lags = [(r.sent_s - r.scheduled_s) * 1000 for r in records]
     n = rules.probe.trials - rules.probe.warmup_trials
     per = {rules.probe.long_class: n, rules.probe.short_class: n * (2 if rules.probe.background_tokens else 1)}
     return cap.Run(profile, 0.0, seed, per, per, m.usage.load1, m.usage.cores, m.usage.foreign_cpu_share,
-                   float(np.mean(ttfts)) if ttfts else math.nan, m.server_ttft_mean_ms,
-                   float(np.percentile(lags, 99)) if lags else 0.0)
+                   cap.client_ttft_mean_ms(records), m.server_ttft_mean_ms, cap.send_lag_p99_ms(records))
 
 
 # --- the driver ---------------------------------------------------------------------------------------

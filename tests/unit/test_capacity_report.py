@@ -75,5 +75,11 @@ def test_a_capacity_censored_below_reads_as_under_the_lowest_rate_not_as_zero():
             for k, r in enumerate([0.25, 0.25, 0.25, 0.5, 0.5, 0.5])]          # every rate fails on b
     p = rep.profile_capacity(runs, FAST, 2.0)
     assert p.system.censored == "below" and p.system.capacity_rps == 0
-    assert rep._ci(p.system).startswith("< 0.25 [0, ")
+    assert rep._ci(p.system) == "< 0.25 (n=3)"               # not "< 0.25 [0, 0]": that interval is the encoding
     assert rep._ci(p.classes["a"]).startswith(">= 0.5 [")
+    ok = rep.profile_capacity([cap.Run("q", r, k, {"a": 100, "b": 100}, {"a": 100, "b": 100}, (0.5, 0.5), 2, 0.02,
+                                       120.0, 100.0, 10.0) for k, r in enumerate([0.25] * 3 + [0.5] * 3)], FAST, 2.0)
+    fig = rep.capacity_figures({"p": p, "q": ok})["system_capacity"]
+    assert fig["p"].below == 0.25 and fig["q"].below is None
+    text = cap.compare(fig["q"], fig["p"], "higher").text
+    assert "vs < 0.25 (censored: the lowest rate measured failed)" in text and "0 [0, 0]" not in text
