@@ -272,7 +272,8 @@ def test_capacity_ci_over_repetitions():
 def test_judge_combines_parts_and_requires_equal_cpu():
     i = lambda lo, hi: cap.Interval((lo + hi) / 2, lo, hi, 3)    # noqa: E731
     prof = ["class-aware", "balanced", "large-token", "small-interactive", "prefix-cache", "slow-isolation",
-            "long-prefill-limit", "balanced/no-tcmalloc", "class-aware-b2048"]
+            "long-prefill-limit", "balanced/no-tcmalloc", "class-aware-b2048",
+            "balanced-least-conn"]
     fig = {m: {p: i(1, 2) for p in prof} for m in ("system_capacity", "combined_score", "rag_ttft_p50_ms",
                                                    "slow_tpot_ratio", "hol_ttft_p50_ms", "tpot_p50_ms")}
     fig["system_capacity"]["class-aware"] = i(5, 6)
@@ -282,6 +283,9 @@ def test_judge_combines_parts_and_requires_equal_cpu():
     assert v["C1"].word == cap.REPRODUCED and v["C3c"].word == cap.REPRODUCED and v["C3a"].word == cap.REPRODUCED
     assert v["C3b"].word == cap.NO_DIFFERENCE and v["C3"].word == cap.NO_DIFFERENCE
     assert v["X2"].word == cap.NO_DIFFERENCE      # 1-2 vs 1-2: the intervals overlap
+    assert v["X3"].word == cap.NO_DIFFERENCE
+    fig["system_capacity"]["balanced-least-conn"] = i(0.2, 0.5)
+    assert cap.judge(RULES, fig, cpus)["X3"].word == cap.NOT_REPRODUCED
     fig["slow_tpot_ratio"]["slow-isolation"] = i(3, 4)
     assert cap.judge(RULES, fig, cpus)["C3"].word == cap.NOT_REPRODUCED
     with pytest.raises(UsageError, match="claim C1: class-aware had 2.0 CPUs, balanced 1.5"):

@@ -150,6 +150,10 @@ def test_a_variant_extends_a_profile_and_states_only_what_it_changes(tmp_path):
     assert v.pool("bulk").knob_dict == {**base.pool("bulk").knob_dict, "token_budget": 2048}
     assert v.pool("interactive") == base.pool("interactive")
     assert (v.pools[1].name, v.default_pool, v.routes) == (base.pools[1].name, base.default_pool, base.routes)
+    lc = profiles.load(profiles.PROFILES_DIR / "variants" / "balanced-least-conn.toml")
+    rr = profiles.load("balanced")
+    assert (lc.pool("main").balance, rr.pool("main").balance) == ("least_conn", "round_robin")
+    assert lc.pool("main").knob_dict == rr.pool("main").knob_dict and lc.pool("main").cores == rr.pool("main").cores
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "v.toml").write_text('[profile]\nextends = "../p.toml"\n')
     (tmp_path / "sub" / "w.toml").write_text('[profile]\nextends = "v.toml"\n[pools.main]\nreplicas = 3\n')
