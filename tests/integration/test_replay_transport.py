@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import pytest
 
 from smoke import replay
@@ -57,3 +62,26 @@ def test_request_deadline_becomes_an_error_record():
         recs = replay.run(Trace({}, _reqs(2, 5)), src.url, "m", None, replay.ReplayOptions(request_timeout_s=1.0))
     assert all(r.status == "error" and r.error.startswith("timeout after") and "request deadline 1s" in r.error
                for r in recs), [r.error for r in recs]
+
+
+def _cli_sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")        # what tasks.py installs
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_replay_stops_it_with_streams_open(sig):
+    # 60 paced streams (~1 s each, one started every 50 ms): the signal lands while many are mid-read.
+    # Ctrl-C or `kill` must end the run, not let it finish (session 15 saw a SIGINT outlive a capacity run).
+    prev = signal.signal(signal.SIGTERM, _cli_sigterm)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), sig))
+    try:
+        with Source(0.05) as src:
+            timer.start()
+            t = time.monotonic()
+            with pytest.raises(KeyboardInterrupt):
+                replay.run(Trace({}, _reqs(60, 20, gap=0.05)), src.url, "m", None,
+                           replay.ReplayOptions(max_concurrency=60))
+            assert time.monotonic() - t < 2.0            # all 60 would take ~4 s
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, prev)
